@@ -1,0 +1,14 @@
+# The two commands of the README: `make demo` runs the main job, `make test` runs the tests.
+# make demo DATASET=../shared/datasets/mpdd/metal_plate uses a real category instead of synthetic parts.
+DATASET ?=
+OUT ?= runs/demo
+
+.PHONY: setup demo test
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	.venv/bin/python scripts/demo.py --out $(OUT) $(if $(DATASET),--dataset $(DATASET))
+
+test: setup
+	.venv/bin/python -m pytest -q
