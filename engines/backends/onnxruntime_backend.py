@@ -1,0 +1,35 @@
+"""ONNX Runtime on the CPU: the default backend of a line PC without an NVIDIA GPU."""
+from __future__ import annotations
+
+import numpy as np
+
+from engines.backends.base import BackendError
+from engines.bundle import ENCODER_ONNX, FLOWS_ONNX, Bundle
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, threads: int = 0):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendError("backend 'onnxruntime' needs the onnxruntime package: pip install onnxruntime") from None
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # 0 lets ONNX Runtime use every core; a line PC running other services sets it lower.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        providers = ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(bundle.file(ENCODER_ONNX)), options, providers=providers)
+        self.flows = ort.InferenceSession(str(bundle.file(FLOWS_ONNX)), options, providers=providers)
+        self.feature_names = [o.name for o in self.encoder.get_outputs()]
+        self.flow_inputs = [i.name for i in self.flows.get_inputs()]
+
+    def log_likelihoods(self, images: np.ndarray) -> list[np.ndarray]:
+        features = self.encoder.run(self.feature_names, {"image": np.ascontiguousarray(images, dtype=np.uint8)})
+        return self.flows.run(None, dict(zip(self.flow_inputs, features)))
+
+    def close(self) -> None:
+        self.encoder = self.flows = None

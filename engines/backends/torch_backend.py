@@ -1,0 +1,68 @@
+"""The torch model itself, rebuilt from the bundle (encoder from its pinned weights, flows from
+flows.pt): the reference the exported graphs are checked against, and the CUDA path."""
+from __future__ import annotations
+
+import numpy as np
+
+from engines.backends.base import BackendError
+from engines.bundle import FLOW_WEIGHTS, Bundle
+
+
+def build_torch_model(bundle: Bundle):
+    """Return (PreprocessedEncoder, CflowDecoders) as calibrated, in eval mode on the CPU."""
+    import torch
+
+    from engines.cflow import CflowDecoders, PreprocessedEncoder, feature_shapes
+    from engines.encoders import load_encoder
+    from engines.flow import FlowConfig
+
+    manifest = bundle.manifest
+    encoder, info = load_encoder(manifest.encoder.name)
+    if info.weights_sha256 != manifest.encoder.weights_sha256:
+        raise BackendError(
+            f"encoder weights {info.weights_path} (sha256 {info.weights_sha256[:12]}) differ from the ones "
+            f"this bundle was calibrated with ({manifest.encoder.weights_sha256[:12]}); install the same weights package or re-calibrate"
+        )
+    shapes = feature_shapes(manifest.encoder.tap_channels, manifest.encoder.tap_strides, manifest.input_size)
+    flow = manifest.flow
+    decoders = CflowDecoders(shapes, FlowConfig(flow.coupling_blocks, flow.condition_channels, flow.clamp, flow.hidden_ratio))
+    state = torch.load(bundle.file(FLOW_WEIGHTS), map_location="cpu", weights_only=True)
+    decoders.load_state_dict(state, strict=True)
+    return PreprocessedEncoder(encoder, manifest.encoder.mean, manifest.encoder.std).eval(), decoders.eval()
+
+
+class TorchBackend:
+    """On CUDA the encoder and couplings run in float16 with the reductions in float32 (the same
+    arithmetic as the FP16 ONNX graphs); on the CPU everything is float32."""
+
+    name = "torch"
+
+    def __init__(self, bundle: Bundle, device: str = "auto", threads: int = 0, precision: str | None = None):
+        try:
+            import torch
+        except ImportError:
+            raise BackendError("backend 'torch' needs torch: pip install 'edge-inspect[cpu]'") from None
+        from engines.cflow import FoldedDecoders
+
+        if threads:
+            torch.set_num_threads(threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.torch = torch
+        self.device = torch.device(device)
+        self.precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
+        dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        encoder, decoders = build_torch_model(bundle)
+        if dtype != torch.float32:
+            encoder = encoder.with_compute_dtype(dtype)
+        self.encoder = encoder.to(self.device).eval()
+        self.flows = FoldedDecoders(decoders, dtype).to(self.device).eval()
+
+    def log_likelihoods(self, images: np.ndarray) -> list[np.ndarray]:
+        with self.torch.inference_mode():
+            batch = self.torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).to(self.device)
+            maps = self.flows(*self.encoder(batch))
+            return [m.float().cpu().numpy() for m in maps]
+
+    def close(self) -> None:
+        self.encoder = self.flows = None

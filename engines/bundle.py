@@ -1,0 +1,204 @@
+"""The calibrated bundle: a directory that carries everything inspection needs.
+
+Written atomically (temp dir, fsync, rename) and verified on open: format version, then the
+sha256 of every file listed in the manifest, before any of them is parsed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engines.scoring import ScoringConstants
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ENCODER_ONNX = "encoder.onnx"
+FLOWS_ONNX = "flows.onnx"
+# Mixed-precision graphs (half convolutions, float32 reductions) that GPU engines are built from.
+ENCODER_FP16_ONNX = "encoder_fp16.onnx"
+FLOWS_FP16_ONNX = "flows_fp16.onnx"
+FLOW_WEIGHTS = "flows.pt"
+
+
+class BundleError(RuntimeError):
+    """A bundle that cannot be used; the message names the file and says what to do."""
+
+
+@dataclass(frozen=True)
+class EncoderRecord:
+    name: str
+    weights_sha256: str
+    tap_channels: tuple[int, ...]
+    tap_strides: tuple[int, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class FlowRecord:
+    coupling_blocks: int
+    condition_channels: int
+    clamp: float
+    hidden_ratio: float
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Decision levels on the anomaly map, with how they were chosen (for audit)."""
+
+    image: float
+    pixel: float
+    target_false_reject_rate: float
+    target_pixel_false_positive_rate: float
+    method: str
+    good_parts: int
+    good_score_quantiles: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format_version: int
+    created: str
+    project_version: str
+    encoder: EncoderRecord
+    input_size: tuple[int, int]  # (height, width)
+    colour: str  # "rgb" or "gray": how frames are converted before the encoder
+    flow: FlowRecord
+    scoring: ScoringConstants
+    thresholds: Thresholds
+    training: dict
+    files: dict[str, str]  # file name -> sha256
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["scoring"] = self.scoring.to_json()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Manifest":
+        return cls(
+            format_version=int(data["format_version"]),
+            created=str(data["created"]),
+            project_version=str(data["project_version"]),
+            encoder=EncoderRecord(
+                name=data["encoder"]["name"],
+                weights_sha256=data["encoder"]["weights_sha256"],
+                tap_channels=tuple(data["encoder"]["tap_channels"]),
+                tap_strides=tuple(data["encoder"]["tap_strides"]),
+                mean=tuple(data["encoder"]["mean"]),
+                std=tuple(data["encoder"]["std"]),
+            ),
+            input_size=tuple(data["input_size"]),
+            colour=str(data["colour"]),
+            flow=FlowRecord(**data["flow"]),
+            scoring=ScoringConstants.from_json(data["scoring"]),
+            thresholds=Thresholds(**data["thresholds"]),
+            training=dict(data.get("training", {})),
+            files=dict(data["files"]),
+        )
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: Manifest
+    bundle_id: str  # short hash of the manifest: names this calibration in every message
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bundle(destination: Path, manifest_without_files: Manifest, write_files, force: bool = False) -> Bundle:
+    """Create a bundle directory atomically.
+
+    `write_files(tmp_dir)` writes the payload files; their checksums go into the manifest,
+    which is written last. An existing destination is refused unless force, and even then it is
+    only replaced once the new bundle is complete on disk.
+    """
+    destination = Path(destination)
+    if destination.exists() and not force:
+        raise BundleError(f"{destination} already exists; choose another output path or pass --force to replace it")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the service user must read it
+    try:
+        write_files(tmp)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest = Manifest(**{**manifest_without_files.__dict__, "files": files})
+        (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
+        _fsync_tree(tmp)
+        if destination.exists():
+            old = destination.with_name(f".{destination.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(destination, old)
+            os.rename(tmp, destination)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, destination)
+        _fsync_dir(destination.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return open_bundle(destination)
+
+
+def open_bundle(path: str | os.PathLike) -> Bundle:
+    """Read and verify a bundle; raises BundleError naming what is wrong."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{path}: no {MANIFEST}; is this a bundle written by edge-calibrate?")
+    raw = manifest_path.read_bytes()
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise BundleError(f"{manifest_path}: not valid JSON ({error}); re-run edge-calibrate") from None
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path}: bundle format version {version!r}, this software reads version {FORMAT_VERSION}; "
+            "re-calibrate with this version's edge-calibrate"
+        )
+    try:
+        manifest = Manifest.from_json(data)
+    except (KeyError, TypeError, ValueError) as error:
+        raise BundleError(f"{manifest_path}: missing or malformed field ({error}); re-run edge-calibrate") from None
+    for name, expected in manifest.files.items():
+        file_path = path / name
+        if not file_path.is_file():
+            raise BundleError(f"{file_path}: listed in the manifest but missing; copy the whole bundle directory again")
+        if sha256_file(file_path) != expected:
+            raise BundleError(f"{file_path}: checksum mismatch (corrupt or modified); copy the bundle again or re-calibrate")
+    for required in (ENCODER_ONNX, FLOWS_ONNX, FLOW_WEIGHTS):
+        if required not in manifest.files:
+            raise BundleError(f"{manifest_path}: the manifest lists no {required}; re-run edge-calibrate")
+    return Bundle(path, manifest, hashlib.sha256(raw).hexdigest()[:12])

@@ -1,0 +1,131 @@
+"""Registry of frozen ImageNet encoders that CFLOW-AD can sit on.
+
+Each entry yields a module mapping a normalised float NCHW RGB batch to three feature maps at
+strides 8, 16 and 32, plus what the bundle must record to reproduce it (weights' sha256,
+channel counts, input normalisation in pixel units).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class EncoderError(RuntimeError):
+    """An encoder cannot be built here; the message says what to install or pass."""
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    name: str
+    tap_channels: tuple[int, ...]
+    tap_strides: tuple[int, ...]
+    mean: tuple[float, float, float]  # pixel units, RGB
+    std: tuple[float, float, float]
+    weights_sha256: str
+    weights_path: str
+
+
+# TF-Lite preprocessing of the EfficientNet-Lite checkpoints: (x - 127) / 128.
+_LITE_MEAN = (127.0, 127.0, 127.0)
+_LITE_STD = (128.0, 128.0, 128.0)
+_IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+_IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+LITE_ENCODERS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+TORCHVISION_ENCODERS = ("resnet18", "wide_resnet50_2")
+ENCODER_NAMES = LITE_ENCODERS + TORCHVISION_ENCODERS
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_encoder(name: str, weights_path: str | None = None) -> tuple[nn.Module, EncoderInfo]:
+    """Build a frozen, eval-mode encoder by name. Raises EncoderError with a remedy."""
+    if name in LITE_ENCODERS:
+        return _load_lite(name, weights_path)
+    if name in TORCHVISION_ENCODERS:
+        return _load_torchvision_resnet(name, weights_path)
+    raise EncoderError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODER_NAMES)}")
+
+
+def _freeze(module: nn.Module) -> nn.Module:
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
+
+
+def _load_lite(name: str, weights_path: str | None) -> tuple[nn.Module, EncoderInfo]:
+    from engines import efficientnet_lite
+
+    variant = name.split("-")[1]
+    if weights_path is None:
+        model, weights = efficientnet_lite.load_pretrained(variant)
+        path, sha = weights.path, weights.sha256
+    else:
+        model = efficientnet_lite.EfficientNetLite(variant)
+        state = _load_state_dict(weights_path)
+        state = {k: v for k, v in state.items() if k.startswith(("_conv_stem", "_bn0", "_blocks."))}
+        model.load_state_dict(state, strict=True)
+        path, sha = str(weights_path), file_sha256(weights_path)
+    info = EncoderInfo(name, tuple(model.tap_channels), tuple(model.tap_strides), _LITE_MEAN, _LITE_STD, sha, path)
+    return _freeze(model), info
+
+
+def _load_state_dict(path: str | os.PathLike) -> dict:
+    if not Path(path).is_file():
+        raise EncoderError(f"encoder weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a bad file
+        raise EncoderError(f"cannot read encoder weights {path}: {error}") from None
+    if not isinstance(state, dict):
+        raise EncoderError(f"encoder weights {path} are not a state dict")
+    return state
+
+
+class _ResNetTaps(nn.Module):
+    def __init__(self, resnet: nn.Module):
+        super().__init__()
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1)
+        self.layer2, self.layer3, self.layer4 = resnet.layer2, resnet.layer3, resnet.layer4
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        s8 = self.layer2(self.stem(x))
+        s16 = self.layer3(s8)
+        return [s8, s16, self.layer4(s16)]
+
+
+def _load_torchvision_resnet(name: str, weights_path: str | None) -> tuple[nn.Module, EncoderInfo]:
+    try:
+        import torchvision.models as models
+    except Exception as error:  # a CUDA-only torchvision wheel fails with various errors
+        raise EncoderError(
+            f"encoder {name!r} needs torchvision, which does not import here ({type(error).__name__}: {error}); "
+            f"install a torchvision build matching torch {torch.__version__}, or use one of {', '.join(LITE_ENCODERS)}"
+        ) from None
+    builder = getattr(models, name)
+    if weights_path is None:
+        weights_enum = {"resnet18": models.ResNet18_Weights, "wide_resnet50_2": models.Wide_ResNet50_2_Weights}[name]
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights_enum.IMAGENET1K_V1.url).name
+        if not cached.is_file():
+            raise EncoderError(
+                f"no ImageNet weights for {name!r} in torchvision's cache ({cached}); "
+                "download them on a connected machine and pass --encoder-weights FILE"
+            )
+        weights_path = str(cached)
+    model = builder(weights=None)
+    model.load_state_dict(_load_state_dict(weights_path), strict=True)
+    channels = {"resnet18": (128, 256, 512), "wide_resnet50_2": (512, 1024, 2048)}[name]
+    info = EncoderInfo(name, channels, (8, 16, 32), _IMAGENET_MEAN, _IMAGENET_STD, file_sha256(weights_path), str(weights_path))
+    return _freeze(_ResNetTaps(model)), info

@@ -1,0 +1,61 @@
+"""ONNX graphs of the encoder and the flows: the exact input of every inference backend."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from engines.cflow import CflowDecoders, FoldedDecoders, PreprocessedEncoder
+
+OPSET = 17
+
+
+def feature_names(count: int) -> list[str]:
+    return [f"features_{i}" for i in range(count)]
+
+
+def log_likelihood_names(count: int) -> list[str]:
+    return [f"log_likelihood_{i}" for i in range(count)]
+
+
+def export_encoder(encoder: PreprocessedEncoder, input_size: tuple[int, int], path: Path, scales: int) -> None:
+    """uint8 RGB (N, H, W, 3) -> feature maps; the batch axis is dynamic, the image size fixed."""
+    example = torch.zeros((1, input_size[0], input_size[1], 3), dtype=torch.uint8)
+    outputs = feature_names(scales)
+    _export(encoder, (example,), path, ["image"], outputs, {name: {0: "batch"} for name in ["image", *outputs]})
+
+
+def export_flows(decoders: CflowDecoders, path: Path, compute_dtype: torch.dtype = torch.float32) -> None:
+    """Feature maps -> float32 log-likelihood per channel at every position, per scale."""
+    folded = FoldedDecoders(decoders, compute_dtype).eval()
+    examples = tuple(torch.zeros((1, s.channels, s.height, s.width), dtype=compute_dtype) for s in decoders.shapes)
+    inputs, outputs = feature_names(len(examples)), log_likelihood_names(len(examples))
+    _export(folded, examples, path, inputs, outputs, {name: {0: "batch"} for name in [*inputs, *outputs]})
+
+
+def export_half_graphs(encoder: PreprocessedEncoder, decoders: CflowDecoders, input_size: tuple[int, int], encoder_path: Path, flows_path: Path) -> None:
+    """The mixed-precision pair a GPU engine is built from: convolutions and couplings in
+    float16 with explicit casts, the input normalisation and every log-likelihood reduction in
+    float32. Strongly typed TensorRT builds exactly these types; the weakly typed build
+    constrains each layer to the type declared here. The features between the two graphs are
+    float16, so they stay half on the device."""
+    export_encoder(encoder.with_compute_dtype(torch.float16).eval(), input_size, encoder_path, len(decoders.shapes))
+    export_flows(decoders, flows_path, torch.float16)
+
+
+def _export(module, args, path: Path, input_names, output_names, dynamic_axes) -> None:
+    with warnings.catch_warnings():
+        # The tracer warns about shape arithmetic that is constant for a fixed input size.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )

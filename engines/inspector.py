@@ -1,0 +1,40 @@
+"""Frame to anomaly map and image score with one bundle and one backend; shared by the daemon
+and the offline evaluation so both score every part identically."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engines.backends import InferenceBackend
+from engines.bundle import Bundle
+from engines.preprocess import to_model_input
+from engines.scoring import anomaly_maps
+
+
+@dataclass(frozen=True)
+class Inspection:
+    anomaly_map: np.ndarray  # float32 (H, W) at the bundle's input size
+    score: float
+
+
+class Inspector:
+    def __init__(self, bundle: Bundle, backend: InferenceBackend):
+        self.bundle = bundle
+        self.backend = backend
+        self.input_size = tuple(bundle.manifest.input_size)
+        self.colour = bundle.manifest.colour
+
+    def model_input(self, frame: np.ndarray) -> np.ndarray:
+        return to_model_input(frame, self.input_size, self.colour)
+
+    def inspect_batch(self, model_inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 RGB (B, H, W, 3) -> maps (B, H, W), scores (B,)."""
+        return self.score(self.backend.log_likelihoods(model_inputs))
+
+    def score(self, log_likelihoods: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return anomaly_maps(log_likelihoods, self.bundle.manifest.scoring, self.input_size)
+
+    def inspect(self, frame: np.ndarray) -> Inspection:
+        maps, scores = self.inspect_batch(self.model_input(frame)[None])
+        return Inspection(maps[0], float(scores[0]))
