@@ -1,0 +1,117 @@
+"""edge-calibrate: learn a station's good parts and write a bundle for edge-inspect."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from calibration.calibrate import AugmentConfig, CalibrationSettings, calibrate
+from engines.encoders import ENCODER_NAMES
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'256' or 'HEIGHTxWIDTH'; multiples of 32 so every scale tiles the image exactly."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input size {text!r}: expected N or HEIGHTxWIDTH, e.g. 256 or 256x320") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or any(p < 64 or p > 2048 or p % 32 for p in parts):
+        raise argparse.ArgumentTypeError(f"input size {text!r}: each side must be a multiple of 32 between 64 and 2048")
+    return parts[0], parts[1]
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: must be between 0 and 1 (exclusive)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-calibrate",
+        description="Train CFLOW-AD on a folder of good part images and write a bundle for edge-inspect.",
+    )
+    parser.add_argument("good", type=Path, help="folder of good part images (PNG, JPEG, BMP, TIFF; any size, colour or gray)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="bundle directory to write")
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle at --output")
+    parser.add_argument("--holdout", type=Path, help="separate folder of good images for the threshold (default: hold out part of GOOD)")
+    parser.add_argument("--holdout-fraction", type=fraction, default=0.2, help="share of GOOD held out for the threshold (default 0.2)")
+    parser.add_argument("--defects", type=Path, help="optional folder of defective parts: reports the miss rate at the threshold")
+    parser.add_argument("--target-frr", type=fraction, default=0.01, help="target false-reject rate on good parts (default 0.01)")
+    parser.add_argument("--pixel-fpr", type=fraction, default=0.005, help="share of good pixels allowed above the region threshold (default 0.005)")
+    parser.add_argument("--encoder", choices=ENCODER_NAMES, default="efficientnet-lite0")
+    parser.add_argument("--input-size", type=parse_size, default=(256, 256), help="N or HEIGHTxWIDTH, multiples of 32 (default 256)")
+    parser.add_argument("--colour", choices=("auto", "rgb", "gray"), default="auto", help="auto: gray when every good image is gray")
+    parser.add_argument("--coupling-blocks", type=int, default=8)
+    parser.add_argument("--epochs", type=float, default=None, help="passes over the finest scale's fibers (default from the training config)")
+    parser.add_argument("--max-steps", type=int, default=None, help="cap on optimiser steps per scale (a quick trial run)")
+    parser.add_argument("--augment", type=int, default=0, metavar="COPIES", help="add COPIES shifted/rotated copies of each good image (unfixtured parts)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the calibration report as JSON on stdout")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from dataclasses import replace
+
+    from calibration.images import ImageFolderError
+    from engines.bundle import BundleError
+    from engines.encoders import EncoderError
+    from engines.flow import FlowConfig
+    from calibration.train import TrainConfig
+
+    if args.coupling_blocks < 1:
+        print("edge-calibrate: --coupling-blocks must be at least 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    train = TrainConfig(seed=args.seed)
+    if args.epochs is not None:
+        train = replace(train, epochs=args.epochs, steps_per_scale=None)
+    if args.max_steps is not None:
+        if args.max_steps < 1:
+            print("edge-calibrate: --max-steps must be at least 1", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        train = replace(train, max_steps_per_scale=args.max_steps, min_steps_per_scale=min(train.min_steps_per_scale, args.max_steps))
+    settings = CalibrationSettings(
+        encoder=args.encoder,
+        input_size=args.input_size,
+        colour=None if args.colour == "auto" else args.colour,
+        flow=FlowConfig(coupling_blocks=args.coupling_blocks),
+        train=train,
+        augment=AugmentConfig(copies=args.augment),
+        holdout_fraction=args.holdout_fraction,
+        target_false_reject_rate=args.target_frr,
+        target_pixel_false_positive_rate=args.pixel_fpr,
+        threads=args.threads,
+    )
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        bundle, report = calibrate(args.good, args.output, settings, args.holdout, args.defects, args.force, log=log)
+    except (ImageFolderError, FileExistsError, BundleError, EncoderError) as error:
+        print(f"edge-calibrate: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("edge-calibrate: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_FAILED
+    t = bundle.manifest.thresholds
+    log(f"wrote {bundle.path} (bundle {bundle.bundle_id}) in {report.seconds['total']:.0f}s")
+    log(f"image threshold {t.image:.3f} ({t.method}); region threshold {t.pixel:.3f}")
+    log(f"held-out false-reject rate {report.holdout_false_reject_rate:.3f} on {report.holdout_images} good parts")
+    if report.defect_miss_rate is not None:
+        log(f"miss rate {report.defect_miss_rate:.3f} on {report.defect_images} defective parts")
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps({"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, **asdict(report)}, indent=2))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

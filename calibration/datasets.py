@@ -1,0 +1,69 @@
+"""MVTec-AD layout categories: train/good, test/<type>, ground_truth/<type>/<stem>_mask.png."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from calibration.images import ImageFolderError, list_images, read_image
+
+
+@dataclass(frozen=True)
+class TestImage:
+    path: Path
+    defect_type: str  # "good" for defect-free parts
+    mask_path: Path | None  # None for good parts (an all-zero mask)
+
+    @property
+    def is_defective(self) -> bool:
+        return self.defect_type != "good"
+
+
+@dataclass(frozen=True)
+class Category:
+    root: Path
+    train_good: list[Path]
+    test: list[TestImage]
+
+    @property
+    def name(self) -> str:
+        return f"{self.root.parent.name}/{self.root.name}"
+
+    @property
+    def defect_types(self) -> list[str]:
+        return sorted({t.defect_type for t in self.test if t.is_defective})
+
+
+def open_category(root: str | Path) -> Category:
+    """Index a category folder; a wrong layout is an ImageFolderError that says what is missing."""
+    root = Path(root)
+    expected = "expected train/good, test/<type>/ and ground_truth/<type>/<stem>_mask.png"
+    for needed in ("train/good", "test"):
+        if not (root / needed).is_dir():
+            raise ImageFolderError(f"{root}: no {needed}/ folder; {expected}")
+    test = []
+    for type_dir in sorted(p for p in (root / "test").iterdir() if p.is_dir()):
+        for path in list_images(type_dir):
+            if type_dir.name == "good":
+                test.append(TestImage(path, "good", None))
+                continue
+            mask = root / "ground_truth" / type_dir.name / f"{path.stem}_mask.png"
+            if not mask.is_file():
+                raise ImageFolderError(f"{path}: no mask at {mask}; {expected}")
+            test.append(TestImage(path, type_dir.name, mask))
+    if not any(t.is_defective for t in test):
+        raise ImageFolderError(f"{root}: test/ holds no defect type folder; {expected}")
+    return Category(root, list_images(root / "train" / "good"), test)
+
+
+def read_mask(item: TestImage, size: tuple[int, int]) -> np.ndarray:
+    """bool (H, W) at the model input size (nearest neighbour keeps masks binary)."""
+    if item.mask_path is None:
+        return np.zeros(size, dtype=bool)
+    mask = read_image(item.mask_path)
+    if mask.ndim == 3:
+        mask = mask[:, :, 0]
+    mask = cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    return mask > 0

@@ -1,0 +1,142 @@
+"""Evaluate a bundle on an MVTec-layout category through the same inspection path as the daemon."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from calibration.datasets import Category, read_mask
+from calibration.images import load_images
+from calibration.metrics import auroc, pixel_auroc, pro_auc, rates_at_threshold
+from calibration.progress import Progress
+from calibration.reference_scoring import test_set_max_maps
+from engines.backends import open_backend
+from engines.bundle import Bundle
+from engines.inspector import Inspector
+from engines.overlay import label, overlay
+
+
+@dataclass
+class ScoredCategory:
+    category: Category
+    images: np.ndarray  # uint8 RGB model inputs
+    masks: np.ndarray  # bool (N, H, W)
+    labels: np.ndarray  # bool (N,), True = defective
+    maps: np.ndarray  # calibrated anomaly maps (N, H, W)
+    scores: np.ndarray
+    reference_maps: np.ndarray  # test-set-max normalised, evaluation only
+    reference_scores: np.ndarray
+    log_likelihoods: list[np.ndarray]  # per scale (N, h, w), for scoring ablations
+    seconds_per_image: float
+
+
+def score_category(
+    bundle: Bundle, category: Category, backend: str = "onnxruntime", batch_size: int = 8, threads: int = 0, move=None
+) -> ScoredCategory:
+    """Inspect every test image. `move(images, masks) -> (images, masks)` perturbs the parts
+    (robustness studies); the masks move with them."""
+    size = tuple(bundle.manifest.input_size)
+    images = load_images([t.path for t in category.test], size, bundle.manifest.colour).images
+    masks = np.stack([read_mask(t, size) for t in category.test])
+    if move is not None:
+        images, masks = move(images, masks)
+    inspector = Inspector(bundle, open_backend(backend, bundle, threads=threads))
+    progress = Progress(f"inspecting {category.name}", len(images))
+    maps, scores, log_likelihoods = [], [], []
+    started = time.monotonic()
+    for start in range(0, len(images), batch_size):
+        ll = inspector.backend.log_likelihoods(images[start : start + batch_size])
+        batch_maps, batch_scores = inspector.score(ll)
+        maps.append(batch_maps)
+        scores.append(batch_scores)
+        log_likelihoods.append(ll)
+        progress.update(min(start + batch_size, len(images)))
+    elapsed = time.monotonic() - started
+    inspector.backend.close()
+    per_scale = [np.concatenate([ll[s] for ll in log_likelihoods]) for s in range(len(log_likelihoods[0]))]
+    reference_maps, reference_scores = test_set_max_maps(per_scale, size)
+    return ScoredCategory(
+        category=category,
+        images=images,
+        masks=masks,
+        labels=np.array([t.is_defective for t in category.test]),
+        maps=np.concatenate(maps),
+        scores=np.concatenate(scores),
+        reference_maps=reference_maps,
+        reference_scores=reference_scores,
+        log_likelihoods=per_scale,
+        seconds_per_image=elapsed / len(images),
+    )
+
+
+def category_metrics(maps, scores, masks, labels, threshold: float | None) -> dict:
+    out = {"images": int(len(labels)), "defective": int(labels.sum()), "image_auroc": auroc(scores, labels)}
+    if masks.any():
+        out["pixel_auroc"] = pixel_auroc(maps, masks)
+        out["pro"] = pro_auc(maps, masks, fpr_limit=0.3)
+    if threshold is not None:
+        frr, miss = rates_at_threshold(scores, labels, threshold)
+        out["false_reject_rate"], out["miss_rate"] = frr, miss
+    return out
+
+
+def evaluate_scored(bundle: Bundle, scored: ScoredCategory) -> dict:
+    """Metrics overall and per defect type (each type against all good test parts)."""
+    threshold = bundle.manifest.thresholds.image
+    good = ~scored.labels
+    result = {
+        "category": scored.category.name,
+        "bundle": str(bundle.path),
+        "bundle_id": bundle.bundle_id,
+        "encoder": bundle.manifest.encoder.name,
+        "input_size": list(bundle.manifest.input_size),
+        "threshold": threshold,
+        "seconds_per_image": scored.seconds_per_image,
+        "overall": category_metrics(scored.maps, scored.scores, scored.masks, scored.labels, threshold),
+        "reference_test_set_max": category_metrics(scored.reference_maps, scored.reference_scores, scored.masks, scored.labels, None),
+        "per_type": {},
+    }
+    types = np.array([t.defect_type for t in scored.category.test])
+    for defect in scored.category.defect_types:
+        keep = good | (types == defect)
+        result["per_type"][defect] = category_metrics(scored.maps[keep], scored.scores[keep], scored.masks[keep], scored.labels[keep], threshold)
+    return result
+
+
+def contact_sheet(bundle: Bundle, scored: ScoredCategory, per_type: int = 4, tile: int = 192) -> np.ndarray:
+    """A grid (one row per type, good first): each tile the part with its heatmap, the defect
+    outline in white, the score and the verdict at the calibrated threshold."""
+    thresholds = bundle.manifest.thresholds
+    types = ["good", *scored.category.defect_types]
+    rows = []
+    for defect in types:
+        indices = [i for i, t in enumerate(scored.category.test) if t.defect_type == defect]
+        # The highest-scoring good parts and a spread of defects are the informative ones.
+        ranked = sorted(indices, key=lambda i: -scored.scores[i])
+        chosen = ranked[:per_type] if defect == "good" else ranked[:: max(1, math.ceil(len(ranked) / per_type))][:per_type]
+        tiles = []
+        for i in chosen:
+            picture = overlay(scored.images[i], scored.maps[i], 0.0, thresholds.image * 1.5)
+            contours, _ = cv2.findContours(scored.masks[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(picture, contours, -1, (255, 255, 255), 1)
+            picture = cv2.resize(picture, (tile, tile))
+            verdict = "REJECT" if scored.scores[i] > thresholds.image else "pass"
+            colour = (80, 80, 255) if verdict == "REJECT" else (120, 255, 120)
+            tiles.append(label(picture, [defect, f"{scored.scores[i]:.2f} {verdict}"], colour))
+        tiles += [np.zeros((tile, tile, 3), np.uint8)] * (per_type - len(tiles))
+        rows.append(np.hstack(tiles))
+    return np.vstack(rows)
+
+
+def write_outputs(result: dict, sheet: np.ndarray, out_dir: Path) -> tuple[Path, Path]:
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out_dir / "evaluation.json", out_dir / "contact_sheet.png"
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    cv2.imwrite(str(png_path), sheet)
+    return json_path, png_path

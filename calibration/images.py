@@ -1,0 +1,74 @@
+"""Reading folders of part images, with errors that name the file."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engines.preprocess import FrameError, to_model_input
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class ImageFolderError(ValueError):
+    """A folder or file that cannot be used; the message names it and says what to do."""
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageFolderError(f"{folder}: not a folder")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image as OpenCV stores it (BGR, gray or BGRA; 8 or 16 bit)."""
+    if path.stat().st_size == 0:
+        raise ImageFolderError(f"{path}: empty file")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageFolderError(f"{path}: not a readable image (corrupt or unsupported format)")
+    return image
+
+
+def is_grayscale(image: np.ndarray) -> bool:
+    if image.ndim == 2 or image.shape[2] == 1:
+        return True
+    colour = image[:, :, :3]
+    return bool(np.array_equal(colour[:, :, 0], colour[:, :, 1]) and np.array_equal(colour[:, :, 1], colour[:, :, 2]))
+
+
+@dataclass
+class LoadedImages:
+    paths: list[Path]
+    images: np.ndarray  # uint8 (N, H, W, 3) RGB at the model input size
+    grayscale: bool  # every source image was grayscale
+
+
+def load_images(paths: list[Path], input_size: tuple[int, int], colour: str | None = None) -> LoadedImages:
+    """Read and resize every image. colour None means: 'gray' if all images are grayscale, else 'rgb'.
+
+    All files are checked and every bad one is reported at once, so a user fixes a folder in one go.
+    """
+    raw, problems = [], []
+    for path in paths:
+        try:
+            raw.append(read_image(path))
+        except (ImageFolderError, OSError) as error:
+            problems.append(str(error))
+    if problems:
+        raise ImageFolderError(f"{len(problems)} unreadable image(s):\n  " + "\n  ".join(problems))
+    grayscale = all(is_grayscale(image) for image in raw)
+    mode = colour or ("gray" if grayscale else "rgb")
+    out = np.empty((len(raw), input_size[0], input_size[1], 3), dtype=np.uint8)
+    for i, (path, image) in enumerate(zip(paths, raw)):
+        try:
+            out[i] = to_model_input(image, input_size, mode)
+        except FrameError as error:
+            problems.append(f"{path}: {error}")
+    if problems:
+        raise ImageFolderError(f"{len(problems)} unusable image(s):\n  " + "\n  ".join(problems))
+    return LoadedImages(list(paths), out, grayscale)

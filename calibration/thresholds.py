@@ -1,0 +1,59 @@
+"""Scoring constants and decision thresholds from held-out good parts only."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engines.bundle import Thresholds
+from engines.scoring import ScoringConstants
+
+EULER_GAMMA = 0.5772156649015329
+
+
+def fit_scoring_constants(log_likelihoods: list[np.ndarray], blur_sigma: float) -> ScoringConstants:
+    """Per scale, the 99th percentile of the held-out good parts' log-likelihood per channel over
+    every position (the maximum itself moves with a single odd position; q99 and the maximum
+    scored the same on MPDD metal_plate)."""
+    return ScoringConstants(tuple(float(np.percentile(ll.astype(np.float64), 99)) for ll in log_likelihoods), blur_sigma)
+
+
+def gumbel_quantile(scores: np.ndarray, probability: float) -> float:
+    """Quantile of a Gumbel law fitted by moments: the image score is a maximum over many
+    positions, whose tail an extreme-value law extrapolates better than a handful of samples."""
+    beta = float(np.std(scores, ddof=1)) * math.sqrt(6.0) / math.pi
+    location = float(np.mean(scores)) - EULER_GAMMA * beta
+    return location - beta * math.log(-math.log(probability))
+
+
+def choose_thresholds(
+    good_scores: np.ndarray, good_maps: np.ndarray, target_frr: float, target_pixel_fpr: float
+) -> Thresholds:
+    """Image threshold for the target false-reject rate on held-out good parts.
+
+    With enough parts (at least 10 expected rejects) the empirical quantile is used; with fewer,
+    the quantile of a fitted Gumbel law, never below the empirical quantile. The pixel threshold
+    marks defect regions: the level that target_pixel_fpr of good pixels exceed.
+    """
+    scores = np.sort(np.asarray(good_scores, dtype=np.float64))
+    n = len(scores)
+    empirical = float(np.quantile(scores, 1.0 - target_frr, method="higher"))
+    if n * target_frr >= 10:
+        image, method = empirical, f"empirical {100 * (1 - target_frr):g}% quantile of {n} held-out good parts"
+    else:
+        image = max(gumbel_quantile(scores, 1.0 - target_frr), empirical)
+        method = (
+            f"Gumbel fit to {n} held-out good parts' scores (too few for an empirical "
+            f"{100 * (1 - target_frr):g}% quantile), not below the empirical one"
+        )
+    pixel = float(np.quantile(good_maps.ravel(), 1.0 - target_pixel_fpr))
+    quantiles = {f"q{q:g}": float(np.quantile(scores, q / 100.0)) for q in (50, 90, 95, 99, 100)}
+    return Thresholds(
+        image=image,
+        pixel=min(pixel, image),
+        target_false_reject_rate=target_frr,
+        target_pixel_false_positive_rate=target_pixel_fpr,
+        method=method,
+        good_parts=n,
+        good_score_quantiles=quantiles,
+    )
