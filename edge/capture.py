@@ -1,0 +1,183 @@
+"""Camera sources: each yields Frames until stopped; reconnects are the caller's loop's job.
+
+A source raises SourceUnavailable when it cannot deliver (device gone, stream down, folder
+unmounted); the capture loop reports that and retries with backoff.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.config import SourceConfig
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class Frame:
+    image: np.ndarray  # as OpenCV delivers it: BGR, gray or BGRA; uint8 or uint16
+    frame_id: int
+    t_capture: float  # time.time() when the frame was read
+    part_id: str | None = None
+    source_name: str | None = None  # file name for folder sources
+
+
+class SourceUnavailable(RuntimeError):
+    """The source cannot deliver now; the message says what and where."""
+
+
+class EndOfStream(Exception):
+    """A finite source (a video file without loop) has no more frames."""
+
+
+class BadFrame(Exception):
+    """One unreadable frame or file; logged and skipped, the source stays up."""
+
+
+class VideoCaptureSource:
+    """V4L2 devices, video files, RTSP/HTTP streams and GStreamer pipelines through OpenCV."""
+
+    def __init__(self, config: SourceConfig):
+        self.config = config
+        self.capture: cv2.VideoCapture | None = None
+        self.next_due = 0.0
+
+    @property
+    def description(self) -> str:
+        c = self.config
+        return {"v4l2": f"V4L2 device {c.device}", "file": f"video file {c.path}", "stream": f"stream {c.url}", "gstreamer": "GStreamer pipeline"}[c.type]
+
+    def open(self) -> None:
+        c = self.config
+        if c.type == "gstreamer" and not _has_gstreamer():
+            raise SourceUnavailable("this OpenCV build has no GStreamer support; install an OpenCV built with GStreamer (e.g. the distribution's python3-opencv) to use gstreamer sources")
+        if c.type == "file" and not Path(c.path).is_file():
+            raise SourceUnavailable(f"video file {c.path} not found")
+        if c.type == "v4l2":
+            device = int(c.device) if str(c.device).isdigit() else c.device
+            capture = cv2.VideoCapture(device, cv2.CAP_V4L2)
+            if c.width:
+                capture.set(cv2.CAP_PROP_FRAME_WIDTH, c.width)
+            if c.height:
+                capture.set(cv2.CAP_PROP_FRAME_HEIGHT, c.height)
+            if c.fps:
+                capture.set(cv2.CAP_PROP_FPS, c.fps)
+        elif c.type == "gstreamer":
+            capture = cv2.VideoCapture(c.pipeline, cv2.CAP_GSTREAMER)
+        elif c.type == "stream":
+            capture = cv2.VideoCapture(c.url, cv2.CAP_FFMPEG)
+        else:
+            capture = cv2.VideoCapture(c.path, cv2.CAP_FFMPEG)
+        if not capture.isOpened():
+            capture.release()
+            raise SourceUnavailable(f"cannot open {self.description}")
+        self.capture = capture
+
+    def read(self, frame_id: int) -> Frame:
+        if self.capture is None:
+            self.open()
+        if self.config.type == "file" and self.config.fps:
+            # Pace a file like the camera it stands in for.
+            now = time.monotonic()
+            if now < self.next_due:
+                time.sleep(self.next_due - now)
+            self.next_due = max(now, self.next_due) + 1.0 / self.config.fps
+        ok, image = self.capture.read()
+        if not ok or image is None:
+            if self.config.type == "file":
+                if not Path(self.config.path).is_file():
+                    self.close()
+                    raise SourceUnavailable(f"video file {self.config.path} disappeared")
+                if self.config.loop:
+                    self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                    ok, image = self.capture.read()
+                if not ok or image is None:
+                    raise EndOfStream()
+            else:
+                self.close()
+                raise SourceUnavailable(f"{self.description} stopped delivering frames")
+        return Frame(image=image, frame_id=frame_id, t_capture=time.time())
+
+    def close(self) -> None:
+        if self.capture is not None:
+            self.capture.release()
+            self.capture = None
+
+
+def _has_gstreamer() -> bool:
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GStreamer:"):
+            return "YES" in line
+    return False
+
+
+class FolderSource:
+    """A line camera drops one image file per part into a folder; the file name (without the
+    suffix) is the part id. Files are taken oldest first, once each; a file is only read once
+    its size has stopped changing, so a half-written image is never inspected."""
+
+    def __init__(self, config: SourceConfig):
+        self.config = config
+        self.folder = Path(config.path)
+        self.done_dir = Path(config.done_dir) if config.done_dir else None
+        self.seen: set[str] = set()
+        self.sizes: dict[str, int] = {}
+
+    @property
+    def description(self) -> str:
+        return f"folder {self.folder}"
+
+    def open(self) -> None:
+        if not self.folder.is_dir():
+            raise SourceUnavailable(f"folder {self.folder} not found (unmounted?)")
+        if self.done_dir:
+            self.done_dir.mkdir(parents=True, exist_ok=True)
+
+    def _candidates(self) -> list[os.DirEntry]:
+        try:
+            entries = [e for e in os.scandir(self.folder) if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES) and e.name not in self.seen]
+        except OSError:
+            raise SourceUnavailable(f"folder {self.folder} not readable (unmounted?)") from None
+        return sorted(entries, key=lambda e: (e.stat().st_mtime_ns, e.name))
+
+    def read(self, frame_id: int, stop=None) -> Frame:
+        while stop is None or not stop.is_set():
+            for entry in self._candidates():
+                size = entry.stat().st_size
+                if self.sizes.get(entry.name) != size:
+                    # First sighting or still growing: look again next poll.
+                    self.sizes[entry.name] = size
+                    continue
+                self.seen.add(entry.name)
+                self.sizes.pop(entry.name, None)
+                return self._load(Path(entry.path), frame_id)
+            time.sleep(self.config.poll_interval_s)
+        raise EndOfStream()
+
+    def _load(self, path: Path, frame_id: int) -> Frame:
+        part_id = path.stem
+        try:
+            data = np.fromfile(str(path), dtype=np.uint8)
+        except OSError as error:
+            raise BadFrame(f"{path}: cannot read ({error.strerror})") from None
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        if self.done_dir:
+            try:
+                os.replace(path, self.done_dir / path.name)
+            except OSError:
+                pass
+        if image is None:
+            raise BadFrame(f"{path}: not a readable image (empty, corrupt or unsupported)")
+        return Frame(image=image, frame_id=frame_id, t_capture=time.time(), part_id=part_id, source_name=path.name)
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(config: SourceConfig):
+    return FolderSource(config) if config.type == "folder" else VideoCaptureSource(config)

@@ -1,0 +1,164 @@
+"""edge-inspect: the daemon. Loads and verifies bundles, warms the engines, runs every station,
+keeps systemd's watchdog fed only while every stage is alive, drains on SIGTERM and reloads
+bundles on SIGHUP without dropping the MQTT sessions."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.audit import AuditLog
+from edge.config import Config
+from edge.outbox import Outbox
+from edge.publisher import StationPublisher
+from edge.sdnotify import SystemdNotifier
+from edge.station import Station
+from edge.stats import StationStats
+from engines.backends import open_backend
+from engines.bundle import Bundle, open_bundle
+from engines.inspector import Inspector
+
+log = logging.getLogger("edge.daemon")
+HEARTBEAT_MAX_AGE_S = 5.0
+DRAIN_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class StationEngine:
+    bundle: Bundle
+    inspector: Inspector
+
+
+def load_engines(config: Config, cached: dict | None = None, notifier: SystemdNotifier | None = None) -> dict[str, StationEngine]:
+    """One engine per distinct bundle path, opened, verified and warmed up (the first call of an
+    ONNX Runtime or TensorRT session is far slower than the rest)."""
+    engines: dict[str, StationEngine] = {}
+    for camera in config.cameras:
+        path = str(Path(camera.bundle or config.bundle).resolve())
+        if path in engines:
+            continue
+        bundle = open_bundle(path)
+        backend = open_backend(config.backend, bundle, threads=config.threads, state_dir=Path(config.state_dir), notifier=notifier)
+        inspector = Inspector(bundle, backend)
+        height, width = bundle.manifest.input_size
+        inspector.inspect_batch(np.zeros((1, height, width, 3), np.uint8))
+        engines[path] = StationEngine(bundle, inspector)
+        log.info("bundle %s (%s) on %s: %s, %dx%d", bundle.bundle_id, path, backend.name, bundle.manifest.encoder.name, width, height)
+    return engines
+
+
+class Daemon:
+    def __init__(self, config: Config, notifier: SystemdNotifier | None = None):
+        self.config = config
+        self.notifier = notifier or SystemdNotifier()
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self.stations: list[Station] = []
+        self.publishers: list[StationPublisher] = []
+
+    def _bundle_key(self, camera) -> str:
+        return str(Path(camera.bundle or self.config.bundle).resolve())
+
+    def build(self) -> None:
+        self.notifier.status("loading bundles")
+        engines = load_engines(self.config, notifier=self.notifier)
+        state = Path(self.config.state_dir)
+        for camera in self.config.cameras:
+            engine = engines[self._bundle_key(camera)]
+            outbox = Outbox(state / "outbox" / camera.station)
+            audit = AuditLog(state / "audit" / f"{camera.station}.jsonl", self.config.audit_max_bytes, self.config.audit_backups)
+            stats = StationStats(engine.bundle.manifest.thresholds.good_score_quantiles)
+            publisher = StationPublisher(self.config.mqtt, camera.station, outbox)
+            station = Station(camera, engine, publisher, audit, stats, self.config.publish, self.config.queue_size)
+            publisher.on_trigger = station.on_trigger
+            self.publishers.append(publisher)
+            self.stations.append(station)
+
+    def reload(self) -> None:
+        """Swap in re-calibrated bundles; a bundle that fails to load leaves the old one running."""
+        self.notifier.reloading()
+        try:
+            engines = load_engines(self.config, notifier=self.notifier)
+        except Exception as error:  # keep inspecting with what works
+            log.error("reload failed, keeping the current bundles: %s", error)
+        else:
+            for station in self.stations:
+                station.engine = engines[self._bundle_key(station.camera)]
+                station.stats.calibration = station.engine.bundle.manifest.thresholds.good_score_quantiles
+            log.info("reloaded bundles: %s", ", ".join(e.bundle.bundle_id for e in engines.values()))
+        self.notifier.ready("inspecting")
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_requested.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+
+    def run(self) -> int:
+        self.build()
+        for publisher in self.publishers:
+            publisher.start()
+        for station in self.stations:
+            station.start()
+        self.notifier.ready(f"inspecting {len(self.stations)} station(s)")
+        log.info("inspecting: %s", ", ".join(s.camera.station for s in self.stations))
+        watchdog_every = self.notifier.watchdog_interval_s() or 1.0
+        next_stats = next_watchdog = time.monotonic()
+        while not self.stop_requested.is_set():
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+            now = time.monotonic()
+            if now >= next_watchdog:
+                next_watchdog = now + watchdog_every
+                stale = [f"{s.camera.station}/{stage}" for s in self.stations for stage in s.stale_stages(HEARTBEAT_MAX_AGE_S)]
+                if stale:
+                    # A hung stage must end in a restart: withholding the ping lets systemd do it.
+                    log.error("stages not alive: %s; withholding the watchdog ping", ", ".join(stale))
+                else:
+                    self.notifier.watchdog()
+            if now >= next_stats:
+                next_stats = now + self.config.publish.stats_interval_s
+                self.publish_stats()
+            if self.stations and all(s.finished for s in self.stations):
+                log.info("every source has ended")
+                break
+            self.stop_requested.wait(0.2)
+        return self.shutdown()
+
+    def publish_stats(self) -> None:
+        for station, publisher in zip(self.stations, self.publishers):
+            undelivered = publisher.reap()
+            snapshot = station.stats.snapshot()
+            snapshot.update(
+                station=station.camera.station,
+                camera=station.camera_state,
+                bundle_id=station.engine.bundle.bundle_id,
+                outbox_pending=undelivered,
+                audit_write_errors=station.audit.errors,
+                broker_error=publisher.counters.last_error or None,
+            )
+            publisher.publish_stats(snapshot)
+
+    def shutdown(self) -> int:
+        self.notifier.stopping()
+        log.info("stopping: draining in-flight parts")
+        drained = all(station.join(DRAIN_TIMEOUT_S) for station in self.stations)
+        if not drained:
+            log.error("drain timed out after %.0f s; undelivered rejects stay in the outbox", DRAIN_TIMEOUT_S)
+        self.publish_stats()
+        deadline = time.monotonic() + 5.0
+        for publisher in self.publishers:
+            # Give outstanding reject acknowledgements a moment before leaving.
+            while publisher.reap() and publisher.connected.is_set() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            publisher.stop()
+        for station in self.stations:
+            station.audit.close()
+            station.engine.inspector.backend.close()
+        self.notifier.close()
+        return 0 if drained else 1

@@ -1,0 +1,68 @@
+"""Anomaly map and score to a verdict with defect regions, against the calibrated thresholds."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DefectRegion:
+    x: int  # bounding box in the frame's pixels (after ROI offset)
+    y: int
+    width: int
+    height: int
+    area: int  # pixels above the region threshold, in frame pixels
+    peak: float  # highest map value inside the region
+
+    def to_json(self) -> dict:
+        return {"bbox": [self.x, self.y, self.width, self.height], "area": self.area, "peak": round(self.peak, 4)}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reject: bool
+    score: float
+    threshold: float
+    regions: tuple[DefectRegion, ...]
+
+
+def decide(
+    anomaly_map: np.ndarray,
+    score: float,
+    image_threshold: float,
+    pixel_threshold: float,
+    min_region_area: int,
+    frame_box: tuple[int, int, int, int],
+) -> Verdict:
+    """Reject when the score exceeds the image threshold (strictly, as calibrated).
+
+    Regions are the 8-connected components of the map above the pixel threshold, at least
+    min_region_area frame pixels large, mapped from map coordinates into the frame's
+    (x, y, width, height) box: the inspected region of interest.
+    """
+    reject = bool(score > image_threshold)
+    if not reject:
+        return Verdict(False, float(score), float(image_threshold), ())
+    box_x, box_y, box_w, box_h = frame_box
+    map_h, map_w = anomaly_map.shape
+    sx, sy = box_w / map_w, box_h / map_h
+    above = (anomaly_map > pixel_threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
+    regions = []
+    for index in range(1, count):
+        x, y, w, h, area = stats[index]
+        frame_area = int(round(area * sx * sy))
+        if frame_area < min_region_area:
+            continue
+        peak = float(anomaly_map[labels == index].max())
+        regions.append(
+            DefectRegion(
+                x=box_x + int(x * sx), y=box_y + int(y * sy),
+                width=max(1, int(round(w * sx))), height=max(1, int(round(h * sy))),
+                area=frame_area, peak=peak,
+            )
+        )
+    regions.sort(key=lambda r: -r.peak)
+    return Verdict(True, float(score), float(image_threshold), tuple(regions))

@@ -1,0 +1,184 @@
+"""One MQTT session per station: status with a will, rejects through the durable outbox,
+results, heatmaps, retained stats, and the trigger subscription (paho-mqtt 2.x, v2 callbacks)."""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import ssl
+import threading
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+
+from edge.config import MqttConfig
+from edge.outbox import Outbox, PendingMessage
+
+log = logging.getLogger("edge.publisher")
+
+
+@dataclass
+class PublishCounters:
+    rejects_published: int = 0
+    rejects_acknowledged: int = 0
+    rejects_late: int = 0
+    results_dropped: int = 0  # results while the broker was away (rejects are kept instead)
+    connect_failures: int = 0
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class Topics:
+    base: str
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def reject(self) -> str:
+        return f"{self.base}/reject"
+
+    @property
+    def result(self) -> str:
+        return f"{self.base}/result"
+
+    @property
+    def heatmap(self) -> str:
+        return f"{self.base}/heatmap"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.base}/stats"
+
+    @property
+    def trigger(self) -> str:
+        return f"{self.base}/trigger"
+
+
+class StationPublisher:
+    def __init__(self, config: MqttConfig, station: str, outbox: Outbox, on_trigger=None):
+        self.config = config
+        self.topics = Topics(f"{config.topic_prefix}/{station}")
+        self.outbox = outbox
+        self.on_trigger = on_trigger
+        self.counters = PublishCounters()
+        self.lock = threading.Lock()
+        # Outbox sequence -> paho's message info. Acknowledgements are read from the info objects
+        # (reap) rather than matched in on_publish: paho calls on_publish holding its own message
+        # lock, and taking ours there would deadlock against a concurrent publish().
+        self.in_flight: dict[int, mqtt.MQTTMessageInfo] = {}
+        self.connected = threading.Event()
+        client_id = f"{config.client_id or 'edge-inspect-' + socket.gethostname()}-{station}"
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
+        self.client.will_set(self.topics.status, "offline", qos=1, retain=True)
+        if config.username:
+            self.client.username_pw_set(config.username, config.password)
+        if config.tls is not None:
+            tls = config.tls
+            key_password = None
+            if tls.key_password_file:
+                with open(tls.key_password_file) as handle:
+                    key_password = handle.read().rstrip("\r\n")
+            self.client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file, keyfile_password=key_password, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            self.client.tls_insecure_set(tls.insecure_skip_hostname_check)
+        # Backoff between reconnects, so a refused login is not retried in a tight loop.
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.max_inflight_messages_set(100)
+        self.stopping = False
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
+        self.client.loop_start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Say offline ourselves (the will is only for unclean ends) and leave."""
+        self.stopping = True
+        if self.connected.is_set():
+            info = self.client.publish(self.topics.status, "offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=timeout_s)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # -- callbacks (paho's network thread) ----------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.counters.connect_failures += 1
+            self.counters.last_error = f"broker refused the connection: {reason_code}"
+            if self.counters.connect_failures in (1, 10) or self.counters.connect_failures % 100 == 0:
+                log.error("%s: %s (attempt %d; retrying with backoff)", self.topics.base, self.counters.last_error, self.counters.connect_failures)
+            return
+        self.connected.set()
+        self.counters.last_error = ""
+        log.info("%s: connected to %s:%d", self.topics.base, self.config.host, self.config.port)
+        client.publish(self.topics.status, "online", qos=1, retain=True)
+        client.subscribe(self.topics.trigger, qos=1)
+        self._flush_outbox()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.stopping:
+            log.info("%s: disconnected from broker on shutdown", self.topics.base)
+        elif self.connected.is_set():
+            log.warning("%s: disconnected from broker (%s); rejects wait in the outbox", self.topics.base, reason_code)
+        self.connected.clear()
+
+    def _on_message(self, client, userdata, message) -> None:
+        if self.on_trigger is not None and message.topic == self.topics.trigger:
+            self.on_trigger(bytes(message.payload))
+
+    # -- publishing ---------------------------------------------------------------------------
+    def _send_durable(self, message: PendingMessage) -> None:
+        with self.lock:
+            if message.sequence in self.in_flight:
+                return
+        info = self.client.publish(message.topic, json.dumps(message.payload), qos=1)
+        if info.rc == mqtt.MQTT_ERR_SUCCESS:
+            with self.lock:
+                self.in_flight[message.sequence] = info
+            self.counters.rejects_published += 1
+
+    def reap(self) -> int:
+        """Delete acknowledged rejects from the outbox; returns how many are still unacknowledged."""
+        with self.lock:
+            done = [sequence for sequence, info in self.in_flight.items() if info.is_published()]
+            for sequence in done:
+                del self.in_flight[sequence]
+        for sequence in done:
+            self.outbox.done(sequence)
+        self.counters.rejects_acknowledged += len(done)
+        return len(self.outbox)
+
+    def _flush_outbox(self) -> None:
+        """Send what waited on disk, oldest first, marked late."""
+        for message in self.outbox.pending():
+            if not message.payload.get("late"):
+                message = PendingMessage(message.sequence, message.topic, {**message.payload, "late": True})
+                self.counters.rejects_late += 1
+            self._send_durable(message)
+
+    def publish_reject(self, payload: dict) -> None:
+        self.reap()
+        message = self.outbox.put(self.topics.reject, {**payload, "late": False})
+        if self.connected.is_set():
+            self._send_durable(message)
+
+    def publish_result(self, payload: dict) -> None:
+        if not self.connected.is_set():
+            self.counters.results_dropped += 1
+            return
+        self.client.publish(self.topics.result, json.dumps(payload), qos=1)
+
+    def publish_heatmap(self, jpeg: bytes) -> None:
+        if self.connected.is_set():
+            self.client.publish(self.topics.heatmap, jpeg, qos=0)
+
+    def publish_stats(self, stats: dict) -> None:
+        if self.connected.is_set():
+            self.client.publish(self.topics.stats, json.dumps(stats), qos=0, retain=True)

@@ -1,0 +1,347 @@
+"""One camera station: capture -> inference -> publishing, each in its own thread, joined by
+bounded queues. Live cameras drop the oldest waiting frame when inference falls behind (counted);
+files and folders are not live, so they wait instead and no part is skipped."""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import cv2
+import numpy as np
+
+from edge.capture import BadFrame, EndOfStream, Frame, SourceUnavailable, open_source
+from edge.config import CameraConfig, PublishConfig
+from edge.decision import Verdict, decide
+from engines.overlay import colour_bar, label, overlay
+from engines.preprocess import FrameError
+
+log = logging.getLogger("edge.station")
+LIVE_SOURCES = ("v4l2", "stream", "gstreamer")
+
+
+class FrameQueue:
+    """Bounded FIFO. put() on a full queue drops the oldest item (live cameras) or waits
+    (blocking=True: files and folders)."""
+
+    def __init__(self, size: int):
+        self.items: collections.deque = collections.deque()
+        self.size = size
+        self.condition = threading.Condition()
+
+    def put(self, item, blocking: bool, stop: threading.Event) -> int:
+        with self.condition:
+            while blocking and len(self.items) >= self.size and not stop.is_set():
+                self.condition.wait(0.2)
+            dropped = 0
+            while len(self.items) >= self.size:
+                self.items.popleft()
+                dropped += 1
+            self.items.append(item)
+            self.condition.notify_all()
+            return dropped
+
+    def get(self, timeout: float):
+        with self.condition:
+            if not self.items:
+                self.condition.wait(timeout)
+            if not self.items:
+                return None
+            item = self.items.popleft()
+            self.condition.notify_all()
+            return item
+
+    def __len__(self) -> int:
+        with self.condition:
+            return len(self.items)
+
+
+@dataclass
+class InspectedPart:
+    frame: Frame
+    part_id: str
+    verdict: Verdict
+    anomaly_map: np.ndarray
+    model_input: np.ndarray
+    bundle_id: str
+    error: str | None = None
+
+
+def parse_trigger(payload: bytes) -> str | None:
+    """A trigger is a JSON object with part_id, a JSON string, or the plain part id. Anything
+    else is refused (None), never raised: a malformed message must not stop a line."""
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    if not text or len(text) > 256:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        if text[0] in "{[\"":
+            return None  # broken JSON, not a part id that happens to start with a brace
+        value = text
+    if isinstance(value, dict):
+        value = value.get("part_id")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip() or any(c in value for c in "\0\n\r"):
+        return None
+    return value.strip()
+
+
+class Station:
+    def __init__(self, camera: CameraConfig, engine, publisher, audit, stats, publish: PublishConfig, queue_size: int):
+        self.camera = camera
+        self.engine = engine  # StationEngine; replaced whole on reload
+        self.bad_triggers = 0
+        self.publisher = publisher
+        self.audit = audit
+        self.stats = stats
+        self.publish_config = publish
+        self.source = open_source(camera.source)
+        self.live = camera.source.type in LIVE_SOURCES
+        self.frames = FrameQueue(queue_size)
+        self.results: queue.Queue[InspectedPart | None] = queue.Queue(maxsize=queue_size * 4)
+        self.stop_capture = threading.Event()
+        self.stop_all = threading.Event()
+        self.capture_done = threading.Event()
+        self.inference_done = threading.Event()
+        self.publish_done = threading.Event()
+        self.heartbeats = {"capture": time.monotonic(), "inference": time.monotonic(), "publish": time.monotonic()}
+        self.camera_state = "starting"
+        self.triggers: collections.deque[tuple[str, float]] = collections.deque(maxlen=1000)
+        self.trigger_lock = threading.Lock()
+        self.next_frame_id = 0
+        self.threads = [
+            threading.Thread(target=self._capture_loop, name=f"capture-{camera.station}", daemon=True),
+            threading.Thread(target=self._inference_loop, name=f"inference-{camera.station}", daemon=True),
+            threading.Thread(target=self._publish_loop, name=f"publish-{camera.station}", daemon=True),
+        ]
+
+    # -- control ------------------------------------------------------------------------------
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def on_trigger(self, payload: bytes) -> None:
+        part_id = parse_trigger(payload)
+        if part_id is None:
+            self.bad_triggers += 1
+            # A misbehaving publisher must not flood the journal: the first few, then every 100th.
+            if self.bad_triggers <= 5 or self.bad_triggers % 100 == 0:
+                log.warning("%s: ignored malformed trigger %r (%d so far)", self.camera.station, payload[:80], self.bad_triggers)
+            self.stats.count("bad_triggers")
+            return
+        with self.trigger_lock:
+            self.triggers.append((part_id, time.monotonic()))
+
+    def request_stop(self) -> None:
+        self.stop_capture.set()
+
+    def join(self, timeout_s: float) -> bool:
+        """Wait until every captured part is inspected and published (drain), then stop."""
+        deadline = time.monotonic() + timeout_s
+        self.stop_capture.set()
+        for done in (self.capture_done, self.inference_done, self.publish_done):
+            if not done.wait(max(0.0, deadline - time.monotonic())):
+                self.stop_all.set()
+                return False
+        return True
+
+    @property
+    def finished(self) -> bool:
+        return self.publish_done.is_set()
+
+    def stale_stages(self, max_age_s: float) -> list[str]:
+        now = time.monotonic()
+        done = {"capture": self.capture_done, "inference": self.inference_done, "publish": self.publish_done}
+        return [stage for stage, beat in self.heartbeats.items() if not done[stage].is_set() and now - beat > max_age_s]
+
+    # -- capture ------------------------------------------------------------------------------
+    def _capture_loop(self) -> None:
+        backoff = 0.5
+        try:
+            while not self.stop_capture.is_set():
+                self.heartbeats["capture"] = time.monotonic()
+                self._expire_triggers()
+                try:
+                    if self.camera_state != "ok":
+                        self.source.open()
+                        if self.camera_state != "starting":
+                            log.info("%s: %s is back", self.camera.station, self.source.description)
+                        self.camera_state, backoff = "ok", 0.5
+                    frame = self._read()
+                except SourceUnavailable as error:
+                    if self.camera_state != "lost":
+                        log.error("%s: camera lost: %s; retrying with backoff", self.camera.station, error)
+                    self.camera_state = "lost"
+                    self.stop_capture.wait(backoff)
+                    backoff = min(backoff * 2, 2.0)  # back within 5 s of the source's return
+                    continue
+                except BadFrame as error:
+                    log.warning("%s: skipped bad input: %s", self.camera.station, error)
+                    self.stats.count("bad_frames")
+                    continue
+                except EndOfStream:
+                    log.info("%s: %s ended", self.camera.station, self.source.description)
+                    break
+                part_id = self._part_id_for(frame)
+                if part_id is None:
+                    continue  # triggered mode and nobody asked for this frame
+                frame.part_id = part_id
+                dropped = self.frames.put(frame, blocking=not self.live, stop=self.stop_all)
+                for _ in range(dropped):
+                    self.stats.count("dropped")
+                if dropped:
+                    log.warning("%s: inference behind, dropped %d oldest frame(s)", self.camera.station, dropped)
+        finally:
+            self._expire_triggers(all_pending=True)
+            self.source.close()
+            self.capture_done.set()
+
+    def _read(self) -> Frame:
+        frame_id = self.next_frame_id
+        if self.camera.source.type == "folder":
+            frame = self.source.read(frame_id, stop=self.stop_capture)
+        else:
+            frame = self.source.read(frame_id)
+        self.next_frame_id += 1
+        return frame
+
+    def _part_id_for(self, frame: Frame) -> str | None:
+        if self.camera.mode == "free-run":
+            return frame.part_id or str(frame.frame_id)
+        with self.trigger_lock:
+            if not self.triggers:
+                return None
+            part_id, _ = self.triggers.popleft()
+            return part_id
+
+    def _expire_triggers(self, all_pending: bool = False) -> None:
+        if self.camera.mode != "triggered":
+            return
+        now = time.monotonic()
+        with self.trigger_lock:
+            expired = []
+            while self.triggers and (all_pending or now - self.triggers[0][1] > self.camera.trigger_timeout_s):
+                expired.append(self.triggers.popleft()[0])
+        for part_id in expired:
+            log.error("%s: trigger for part %s got no frame within %.1f s", self.camera.station, part_id, self.camera.trigger_timeout_s)
+            self.stats.count("trigger_timeouts")
+            record = {
+                "part_id": part_id, "station": self.camera.station, "verdict": "no_frame",
+                "error": f"no frame within {self.camera.trigger_timeout_s:g} s of the trigger",
+                "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            }
+            self.audit.append(record)
+            self.publisher.publish_result(record)
+
+    # -- inference ----------------------------------------------------------------------------
+    def _inference_loop(self) -> None:
+        try:
+            while not self.stop_all.is_set():
+                self.heartbeats["inference"] = time.monotonic()
+                frame = self.frames.get(timeout=0.2)
+                if frame is None:
+                    if self.capture_done.is_set() and not len(self.frames):
+                        break
+                    continue
+                part = self._inspect(frame)
+                if part is not None:
+                    self.results.put(part)
+        finally:
+            self.inference_done.set()
+
+    def _inspect(self, frame: Frame) -> InspectedPart | None:
+        engine = self.engine
+        image = frame.image
+        height, width = image.shape[:2] if image is not None and image.ndim >= 2 else (0, 0)
+        box = (0, 0, width, height)
+        if self.camera.roi is not None:
+            x, y, w, h = self.camera.roi
+            if x + w > width or y + h > height:
+                log.warning("%s: frame %s (%dx%d) is smaller than the ROI; skipped", self.camera.station, frame.frame_id, width, height)
+                self.stats.count("bad_frames")
+                return None
+            image, box = image[y : y + h, x : x + w], (x, y, w, h)
+        try:
+            model_input = engine.inspector.model_input(image)
+        except FrameError as error:
+            name = frame.source_name or f"frame {frame.frame_id}"
+            log.warning("%s: skipped %s: %s", self.camera.station, name, error)
+            self.stats.count("bad_frames")
+            return None
+        maps, scores = engine.inspector.inspect_batch(model_input[None])
+        thresholds = engine.bundle.manifest.thresholds
+        verdict = decide(maps[0], float(scores[0]), thresholds.image, thresholds.pixel, self.camera.min_region_area, box)
+        return InspectedPart(frame, frame.part_id, verdict, maps[0], model_input, engine.bundle.bundle_id)
+
+    # -- publishing ---------------------------------------------------------------------------
+    def _publish_loop(self) -> None:
+        try:
+            while not self.stop_all.is_set():
+                self.heartbeats["publish"] = time.monotonic()
+                try:
+                    part = self.results.get(timeout=0.2)
+                except queue.Empty:
+                    if self.inference_done.is_set() and self.results.empty():
+                        break
+                    continue
+                self._publish(part)
+        finally:
+            self.publish_done.set()
+
+    def _publish(self, part: InspectedPart) -> None:
+        v = part.verdict
+        payload = {
+            "part_id": part.part_id,
+            "frame_id": part.frame.frame_id,
+            "station": self.camera.station,
+            "capture_time": datetime.fromtimestamp(part.frame.t_capture, timezone.utc).isoformat(timespec="milliseconds"),
+            "verdict": "reject" if v.reject else "pass",
+            "score": round(v.score, 5),
+            "threshold": round(v.threshold, 5),
+            "bundle_id": part.bundle_id,
+            "regions": [r.to_json() for r in v.regions],
+        }
+        if part.frame.source_name:
+            payload["file"] = part.frame.source_name
+        if v.reject:
+            self.publisher.publish_reject(payload)
+        if self.publish_config.results:
+            self.publisher.publish_result(payload)
+        policy = self.publish_config.heatmaps
+        if policy == "all" or (policy == "rejects" and v.reject):
+            self.publisher.publish_heatmap(self._heatmap_jpeg(part))
+        latency_ms = (time.time() - part.frame.t_capture) * 1000.0
+        self.audit.append({**payload, "latency_ms": round(latency_ms, 2)})
+        self.stats.record(latency_ms, v.score, v.reject)
+
+    def _heatmap_jpeg(self, part: InspectedPart) -> bytes:
+        return render_heatmap(part, self.camera.roi, self.publish_config.heatmap_quality)
+
+
+def render_heatmap(part: InspectedPart, roi: tuple[int, int, int, int] | None, quality: int) -> bytes:
+    """JPEG of the model input with the anomaly map over it, the defect boxes, the verdict and a
+    colour bar scaled to the threshold (so the same colour means the same thing on every part)."""
+    threshold = part.verdict.threshold
+    picture = overlay(part.model_input, part.anomaly_map, 0.0, 1.5 * threshold)
+    x0, y0 = (roi[0], roi[1]) if roi else (0, 0)
+    sx = picture.shape[1] / (roi[2] if roi else part.frame.image.shape[1])
+    sy = picture.shape[0] / (roi[3] if roi else part.frame.image.shape[0])
+    for r in part.verdict.regions:
+        p0 = (int((r.x - x0) * sx), int((r.y - y0) * sy))
+        p1 = (int((r.x - x0 + r.width) * sx), int((r.y - y0 + r.height) * sy))
+        cv2.rectangle(picture, p0, p1, (255, 255, 255), 1)
+    verdict = "REJECT" if part.verdict.reject else "pass"
+    picture = label(picture, [f"{part.part_id} {verdict}", f"score {part.verdict.score:.2f} / {threshold:.2f}"])
+    picture = np.hstack([picture, colour_bar(picture.shape[0], 0.0, 1.5 * threshold)])
+    ok, jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return jpeg.tobytes() if ok else b""

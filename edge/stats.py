@@ -1,0 +1,65 @@
+"""Rolling station statistics: throughput, latency percentiles, drops, reject rate, score drift."""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+import numpy as np
+
+
+class StationStats:
+    def __init__(self, good_score_quantiles: dict[str, float], window: int = 1000):
+        self.lock = threading.Lock()
+        self.latencies_ms: collections.deque[float] = collections.deque(maxlen=window)
+        self.pass_scores: collections.deque[float] = collections.deque(maxlen=window)
+        self.finished: collections.deque[float] = collections.deque(maxlen=window)
+        self.calibration = good_score_quantiles
+        self.parts = self.rejects = self.dropped = self.bad_frames = self.trigger_timeouts = self.bad_triggers = 0
+        self.started = time.monotonic()
+
+    def record(self, latency_ms: float, score: float, reject: bool) -> None:
+        with self.lock:
+            self.parts += 1
+            self.latencies_ms.append(latency_ms)
+            self.finished.append(time.monotonic())
+            if reject:
+                self.rejects += 1
+            else:
+                self.pass_scores.append(score)
+
+    def count(self, name: str) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + 1)
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            latencies = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+            span = self.finished[-1] - self.finished[0] if len(self.finished) > 1 else 0.0
+            fps = (len(self.finished) - 1) / span if span > 0 else 0.0
+            drift = None
+            if len(self.pass_scores) >= 20 and "q50" in self.calibration:
+                recent = np.array(self.pass_scores)
+                # Drift: where passing parts sit now against the calibration's good parts, in units
+                # of the calibration's own q50..q95 spread. Lighting or lens changes move this first.
+                spread = max(self.calibration.get("q95", 0) - self.calibration["q50"], 1e-6)
+                drift = {
+                    "recent_median": float(np.median(recent)),
+                    "recent_q95": float(np.quantile(recent, 0.95)),
+                    "calibration_median": self.calibration["q50"],
+                    "calibration_q95": self.calibration.get("q95"),
+                    "median_shift_in_spreads": float((np.median(recent) - self.calibration["q50"]) / spread),
+                }
+            return {
+                "parts": self.parts,
+                "rejects": self.rejects,
+                "reject_rate": self.rejects / self.parts if self.parts else 0.0,
+                "fps": round(fps, 2),
+                "latency_ms": {f"p{p}": round(float(np.percentile(latencies, p)), 2) for p in (50, 95, 99)},
+                "dropped_frames": self.dropped,
+                "bad_frames": self.bad_frames,
+                "trigger_timeouts": self.trigger_timeouts,
+                "bad_triggers": self.bad_triggers,
+                "uptime_s": round(time.monotonic() - self.started, 1),
+                "drift": drift,
+            }
