@@ -1,0 +1,128 @@
+"""FP16 numerics without a GPU: the GPU engines' arithmetic run by torch on the CPU.
+
+For every category's calibrated bundle, the test images go through
+  fp32        the product path on a line PC (ONNX Runtime, float32 graphs)
+  fp16        half encoder and half coupling matmuls, float32 flow state and reductions
+              (the arithmetic of encoder_fp16.onnx / flows_fp16.onnx, hence of the FP16 plans)
+  fp16-red16  the same, with the log-likelihood reductions in float16 too (what we do not ship)
+and each is scored with the bundle's own constants and threshold. Reported: image AUROC, the
+share of test images whose decision at the calibrated threshold equals fp32's, images with a
+non-finite map, and the largest map difference where both are finite.
+
+  python bench/fp16.py [--bundles runs/bundles]      (bundles from bench/quality.py --keep-bundles)
+Writes bench/results/fp16.json. A benchmark, not a test: half precision on a CPU is slow.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.quality import DEFAULT_DATASETS, categories, machine  # noqa: E402
+from calibration.datasets import open_category  # noqa: E402
+from calibration.images import load_images  # noqa: E402
+from calibration.metrics import auroc  # noqa: E402
+from engines.backends import open_backend  # noqa: E402
+from engines.backends.torch_backend import build_torch_model  # noqa: E402
+from engines.bundle import open_bundle  # noqa: E402
+from engines.cflow import FoldedDecoders  # noqa: E402
+from engines.flow import half_reductions  # noqa: E402
+from engines.scoring import anomaly_maps  # noqa: E402
+
+VARIANTS = ("fp32", "fp16", "fp16-red16")
+
+
+def log_likelihoods(bundle, images: np.ndarray, batch: int = 8) -> dict[str, list[np.ndarray]]:
+    out: dict[str, list[list[np.ndarray]]] = {v: [] for v in VARIANTS}
+    reference = open_backend("onnxruntime", bundle, threads=torch.get_num_threads())
+    encoder, decoders = build_torch_model(bundle)
+    half_encoder = encoder.with_compute_dtype(torch.float16).eval()
+    half_flows = FoldedDecoders(decoders, torch.float16).eval()
+    started = time.monotonic()
+    with torch.inference_mode():
+        for start in range(0, len(images), batch):
+            chunk = images[start : start + batch]
+            out["fp32"].append(reference.log_likelihoods(chunk))
+            features = half_encoder(torch.from_numpy(np.ascontiguousarray(chunk)))
+            out["fp16"].append([m.float().numpy() for m in half_flows(*features)])
+            with half_reductions():
+                out["fp16-red16"].append([m.float().numpy() for m in half_flows(*features)])
+            done = min(start + batch, len(images))
+            print(f"\r  {done}/{len(images)} images, {time.monotonic() - started:.0f} s", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    reference.close()
+    return {v: [np.concatenate([b[s] for b in batches]) for s in range(len(batches[0]))] for v, batches in out.items()}
+
+
+def compare(bundle, lls: dict[str, list[np.ndarray]], labels: np.ndarray) -> dict[str, dict]:
+    size = tuple(bundle.manifest.input_size)
+    threshold = bundle.manifest.thresholds.image
+    scored = {}
+    for variant, ll in lls.items():
+        with np.errstate(all="ignore"):
+            maps, scores = anomaly_maps(ll, bundle.manifest.scoring, size)
+        scored[variant] = (maps, scores)
+    ref_maps, ref_scores = scored["fp32"]
+    rows = {}
+    for variant, (maps, scores) in scored.items():
+        finite = np.isfinite(maps).all(axis=(1, 2)) & np.isfinite(scores)
+        both = finite & np.isfinite(ref_maps).all(axis=(1, 2))
+        diff = float(np.abs(maps[both] - ref_maps[both]).max()) if both.any() else None
+        # A non-finite score is an automatic reject; NaN compares False, so treat it explicitly.
+        decisions = np.where(np.isnan(scores), True, scores > threshold)
+        rows[variant] = {
+            "image_auroc": auroc(np.nan_to_num(scores, nan=np.inf), labels),
+            "decisions_equal_to_fp32": float(np.mean(decisions == (ref_scores > threshold))),
+            "images_nonfinite": int((~finite).sum()),
+            "max_abs_map_diff": diff,
+        }
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
+    parser.add_argument("--bundles", type=Path, default=ROOT / "runs" / "bundles")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "fp16.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    measured_on = machine()
+    results = []
+    for directory in categories(args.datasets):
+        category = open_category(directory)
+        bundle_path = args.bundles / f"{directory.parent.name}_{directory.name}_default"
+        if not (bundle_path / "manifest.json").is_file():
+            print(f"fp16: no bundle at {bundle_path}; run bench/quality.py --keep-bundles {args.bundles} first", file=sys.stderr)
+            return 2
+        bundle = open_bundle(bundle_path)
+        print(f"{category.name}: {len(category.test)} test images", file=sys.stderr)
+        images = load_images([t.path for t in category.test], tuple(bundle.manifest.input_size), bundle.manifest.colour).images
+        labels = np.array([t.is_defective for t in category.test])
+        rows = compare(bundle, log_likelihoods(bundle, images), labels)
+        results.append({"dataset": category.name, "images": len(images), "threshold": bundle.manifest.thresholds.image, "variants": rows})
+    print(f"{'dataset':<22} {'variant':<11} {'imAUROC':>8} {'dAUROC pts':>10} {'same decision':>13} {'non-finite':>10} {'max map diff':>12}")
+    for result in results:
+        base = result["variants"]["fp32"]["image_auroc"]
+        for variant, row in result["variants"].items():
+            diff = "-" if row["max_abs_map_diff"] is None else f"{row['max_abs_map_diff']:.4f}"
+            print(
+                f"{result['dataset']:<22} {variant:<11} {row['image_auroc']:8.4f} {100 * (row['image_auroc'] - base):10.3f} "
+                f"{100 * row['decisions_equal_to_fp32']:12.2f}% {row['images_nonfinite']:10d} {diff:>12}"
+            )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"machine": measured_on, "torch": torch.__version__, "results": results}, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

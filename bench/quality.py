@@ -1,0 +1,151 @@
+"""Detection quality on every category under ../shared/datasets: calibrate, then evaluate.
+
+Prints one table and writes bench/results/quality.json (with the machine and commit).
+  --ablation    positional condition off, 1/2/3 scales, 4 vs 8 coupling blocks
+  --robustness  test parts shifted/rotated, and what training augmentation recovers
+This is a benchmark, not a test: it takes tens of minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from calibration.augment import move_parts  # noqa: E402
+from calibration.calibrate import AugmentConfig, CalibrationSettings, calibrate  # noqa: E402
+from calibration.datasets import open_category  # noqa: E402
+from calibration.evaluate import category_metrics, evaluate_scored, score_category  # noqa: E402
+from engines.bundle import open_bundle  # noqa: E402
+from engines.flow import FlowConfig  # noqa: E402
+from engines.scoring import anomaly_maps  # noqa: E402
+
+DEFAULT_DATASETS = ROOT.parent / "shared" / "datasets"
+SHIFT, DEGREES = 0.03, 3.0
+
+
+def categories(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("*/*") if (p / "train" / "good").is_dir())
+
+
+def machine() -> dict:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    return {"commit": commit + ("-dirty" if dirty else ""), "host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def run_one(category_dir: Path, settings: CalibrationSettings, work: Path, move=None, label: str = "", reuse: bool = False) -> tuple[dict, object, object]:
+    category = open_category(category_dir)
+    out = work / f"{category.root.parent.name}_{category.root.name}_{label or 'default'}"
+    if reuse and (out / "manifest.json").is_file():
+        # A bundle this script calibrated before: its manifest says how long that took.
+        bundle = open_bundle(out)
+        seconds = bundle.manifest.training["report"]["seconds"]
+        calibration_s, train_s = seconds.get("total", sum(seconds.values())), seconds["train"]  # total is known only after export
+    else:
+        started = time.monotonic()
+        bundle, report = calibrate(category.root / "train" / "good", out, settings, force=True, log=lambda m: print(m, file=sys.stderr))
+        calibration_s, train_s = time.monotonic() - started, report.seconds["train"]
+    scored = score_category(bundle, category, "onnxruntime", move=move)
+    result = evaluate_scored(bundle, scored)
+    row = {
+        "dataset": category.name,
+        "variant": label or "default",
+        "encoder": settings.encoder,
+        "input_size": "x".join(map(str, settings.input_size)),
+        **{k: result["overall"].get(k) for k in ("image_auroc", "pixel_auroc", "pro", "false_reject_rate", "miss_rate")},
+        "reference_test_set_max": {k: result["reference_test_set_max"].get(k) for k in ("image_auroc", "pixel_auroc", "pro")},
+        "calibration_s": round(calibration_s, 1),
+        "train_s": round(train_s, 1),
+        "inference_ms_per_image": round(1000 * result["seconds_per_image"], 2),
+        "threshold_method": bundle.manifest.thresholds.method,
+        "per_type": result["per_type"],
+    }
+    return row, bundle, scored
+
+
+def scale_subsets(bundle, scored) -> list[dict]:
+    """Each scale's flow trains independently, so scoring a subset of scales is exactly the
+    model trained with only those scales."""
+    rows = []
+    constants = bundle.manifest.scoring
+    for subset in ((0,), (1,), (2,), (0, 1), (0, 1, 2)):
+        sub = constants.subset(subset)
+        maps, scores = anomaly_maps([scored.log_likelihoods[i] for i in subset], sub, tuple(bundle.manifest.input_size))
+        m = category_metrics(maps, scores, scored.masks, scored.labels, None)
+        rows.append({"variant": "scales " + "+".join(str(8 * 2**i) for i in subset), **{k: m.get(k) for k in ("image_auroc", "pixel_auroc", "pro")}})
+    return rows
+
+
+def fmt(value) -> str:
+    return "   -  " if value is None else f"{value:6.3f}"
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'dataset':<20} {'variant':<22} {'encoder':<18} {'size':<8} {'imAUC':>6} {'pxAUC':>6} {'PRO':>6} {'FRR':>6} {'miss':>6} {'calib_s':>8}")
+    for r in rows:
+        print(
+            f"{r['dataset']:<20} {r['variant']:<22} {r.get('encoder', ''):<18} {r.get('input_size', ''):<8} "
+            f"{fmt(r.get('image_auroc'))} {fmt(r.get('pixel_auroc'))} {fmt(r.get('pro'))} "
+            f"{fmt(r.get('false_reject_rate'))} {fmt(r.get('miss_rate'))} {r.get('calibration_s', ''):>8}"
+        )
+        ref = r.get("reference_test_set_max")
+        if ref:
+            print(f"{'':<20} {'  test-set-max ref':<22} {'':<18} {'':<8} {fmt(ref['image_auroc'])} {fmt(ref['pixel_auroc'])} {fmt(ref['pro'])}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
+    parser.add_argument("--only", nargs="*", help="categories to run, e.g. mpdd/metal_plate")
+    parser.add_argument("--encoder", default="efficientnet-lite0")
+    parser.add_argument("--input-size", type=int, default=256)
+    parser.add_argument("--ablation", action="store_true")
+    parser.add_argument("--robustness", action="store_true")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "quality.json")
+    parser.add_argument("--reuse-bundles", action="store_true", help="with --keep-bundles: evaluate default bundles already there instead of calibrating again")
+    parser.add_argument("--keep-bundles", type=Path, help="write the bundles here and keep them (bench/fp16.py and bench/speed.py reuse them)")
+    args = parser.parse_args()
+
+    base = CalibrationSettings(encoder=args.encoder, input_size=(args.input_size, args.input_size))
+    dirs = [d for d in categories(args.datasets) if not args.only or f"{d.parent.name}/{d.name}" in args.only]
+    measured_on = machine()  # the commit as the run starts; edits made while it runs are not in it
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
+        work = args.keep_bundles.resolve() if args.keep_bundles else Path(tmp)
+        for category_dir in dirs:
+            row, bundle, scored = run_one(category_dir, base, work, reuse=args.reuse_bundles)
+            rows.append(row)
+            if args.ablation:
+                for sub in scale_subsets(bundle, scored):
+                    rows.append({"dataset": row["dataset"], **sub})
+                for label, flow in (("no positional cond", FlowConfig(condition_channels=0)), ("4 coupling blocks", FlowConfig(coupling_blocks=4))):
+                    rows.append(run_one(category_dir, replace(base, flow=flow), work, label=label)[0])
+            if args.robustness:
+                move = lambda images, masks: move_parts(images, masks, SHIFT, DEGREES, seed=0)  # noqa: E731
+                shifted = evaluate_scored(bundle, score_category(bundle, open_category(category_dir), "onnxruntime", move=move))
+                rows.append({"dataset": row["dataset"], "variant": f"moved +-{SHIFT:.0%} +-{DEGREES:g}deg", **{k: shifted["overall"].get(k) for k in ("image_auroc", "pixel_auroc", "pro", "false_reject_rate", "miss_rate")}})
+                augmented = replace(base, augment=AugmentConfig(copies=1, max_shift=SHIFT, max_degrees=DEGREES))
+                aug_row = run_one(category_dir, augmented, work, move=move, label="moved, trained w/ aug")[0]
+                rows.append(aug_row)
+            print_table(rows)
+    print_table(rows)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    report = {"machine": measured_on, "settings": {"encoder": args.encoder, "input_size": args.input_size}, "rows": rows}
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

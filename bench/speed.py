@@ -1,0 +1,294 @@
+"""Speed on this machine: the real daemon end to end, the backend alone, and where the time goes.
+
+For each encoder at each input size:
+  end to end   a video file -> edge-inspect -> a real Mosquitto -> a subscriber counting the
+               result messages; sustained parts/s from the subscriber's clock, latency from
+               capture to publish for every part (the daemon's audit log), resident memory
+  backend      the same frames through the backend alone (batch 1), in the same run
+  stages       decode, preprocess, encoder, flows, scoring, decision, heatmap JPEG, publish
+  FLOPs        multiply-adds x2 of every convolution and coupling matmul, per frame;
+               achieved GFLOP/s against this machine's own float32 matmul rate
+The bundles are calibrated briefly (speed does not depend on how well the flows are trained).
+
+  python bench/speed.py [--frames 1000] [--encoders efficientnet-lite0 ...] [--sizes 256 512]
+Writes bench/results/speed.json and prints one table. A benchmark, not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.quality import DEFAULT_DATASETS, machine  # noqa: E402
+from edge.decision import decide  # noqa: E402
+from edge.station import InspectedPart, render_heatmap  # noqa: E402
+from edge.capture import Frame  # noqa: E402
+from engines.backends import open_backend  # noqa: E402
+from engines.bundle import open_bundle  # noqa: E402
+from engines.inspector import Inspector  # noqa: E402
+from engines.scoring import anomaly_maps  # noqa: E402
+from tests.mqtt_helpers import Broker, Subscriber  # noqa: E402
+
+BIN = Path(sys.executable).parent
+SOURCE_IMAGES = DEFAULT_DATASETS / "mpdd" / "metal_plate"
+
+
+def matmul_gflops(size: int = 1024, seconds: float = 2.0) -> float:
+    """This machine's float32 matrix-multiply rate (numpy's BLAS, all cores)."""
+    a, b = np.random.rand(size, size).astype(np.float32), np.random.rand(size, size).astype(np.float32)
+    a @ b
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - started) / 1e9
+
+
+def model_flops(bundle) -> float:
+    """2 x multiply-adds of every convolution and coupling matmul per frame, counted on the
+    modules the ONNX graphs are exported from (elementwise work is not counted)."""
+    import torch
+
+    from engines.backends.torch_backend import build_torch_model
+    from engines.cflow import FoldedDecoders
+
+    encoder, decoders = build_torch_model(bundle)
+    folded = FoldedDecoders(decoders)
+    total = [0.0]
+
+    def count(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d):
+            total[0] += 2 * output.numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        elif isinstance(module, torch.nn.Linear):
+            total[0] += 2 * output.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in [*encoder.modules(), *folded.modules()] if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.inference_mode():
+        folded(*encoder(torch.zeros((1, *bundle.manifest.input_size, 3), dtype=torch.uint8)))
+    for hook in hooks:
+        hook.remove()
+    return total[0]
+
+
+def make_bundle(encoder: str, size: int, work: Path) -> Path:
+    from calibration.calibrate import CalibrationSettings, calibrate
+    from calibration.train import TrainConfig
+
+    out = work / f"{encoder}-{size}"
+    settings = CalibrationSettings(encoder=encoder, input_size=(size, size), train=TrainConfig(steps_per_scale=(30, 30, 30)))
+    calibrate(SOURCE_IMAGES / "train" / "good", out, settings, force=True, log=lambda message: None)
+    return out
+
+
+def make_video(path: Path, frames: int, size: int) -> None:
+    """Real parts (good and defective test images) looped to `frames`, MJPG like a camera feed."""
+    images = [cv2.resize(cv2.imread(str(p)), (size, size), interpolation=cv2.INTER_AREA) for p in sorted((SOURCE_IMAGES / "test").rglob("*.png"))]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (size, size))
+    for i in range(frames):
+        writer.write(images[i % len(images)])
+    writer.release()
+
+
+def percentiles(values) -> dict[str, float]:
+    return {f"p{p}": round(float(np.percentile(values, p)), 2) for p in (50, 95, 99)}
+
+
+def stage_breakdown(bundle_path: Path, video: Path, frames: int, broker_port: int) -> dict:
+    """Each stage timed alone on the same frames, in this process, batch 1."""
+    import paho.mqtt.client as mqtt
+
+    bundle = open_bundle(bundle_path)
+    backend = open_backend("onnxruntime", bundle)
+    inspector = Inspector(bundle, backend)
+    thresholds = bundle.manifest.thresholds
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="speed-bench")
+    client.connect("127.0.0.1", broker_port)
+    client.loop_start()
+    times: dict[str, list[float]] = {s: [] for s in ("decode", "preprocess", "encoder", "flows", "scoring", "decision", "heatmap_jpeg", "publish")}
+    capture = cv2.VideoCapture(str(video))
+
+    def timed(stage, fn, *args):
+        started = time.perf_counter()
+        result = fn(*args)
+        times[stage].append(1000 * (time.perf_counter() - started))
+        return result
+
+    for i in range(frames):
+        ok, image = timed("decode", capture.read)
+        if not ok:
+            break
+        model_input = timed("preprocess", inspector.model_input, image)
+        features = timed("encoder", backend.encoder.run, backend.feature_names, {"image": model_input[None]})
+        ll = timed("flows", backend.flows.run, None, dict(zip(backend.flow_inputs, features)))
+        maps, scores = timed("scoring", anomaly_maps, ll, bundle.manifest.scoring, tuple(bundle.manifest.input_size))
+        verdict = timed("decision", decide, maps[0], float(scores[0]), thresholds.image, thresholds.pixel, 16, (0, 0, image.shape[1], image.shape[0]))
+        part = InspectedPart(Frame(image, i, time.time()), str(i), verdict, maps[0], model_input, bundle.bundle_id)
+        timed("heatmap_jpeg", render_heatmap, part, None, 85)
+        payload = json.dumps({"part_id": str(i), "score": float(scores[0]), "regions": [r.to_json() for r in verdict.regions]})
+        timed("publish", lambda: client.publish("bench/result", payload, qos=1).wait_for_publish(2))
+    capture.release()
+    client.loop_stop()
+    client.disconnect()
+    backend.close()
+    # The heatmap is only encoded for rejects; the others run for every part.
+    return {stage: {"mean_ms": round(float(np.mean(v[5:])), 3), "p50_ms": round(float(np.median(v[5:])), 3)} for stage, v in times.items()}
+
+
+def backend_only(bundle_path: Path, video: Path, frames: int) -> dict:
+    bundle = open_bundle(bundle_path)
+    inspector = Inspector(bundle, open_backend("onnxruntime", bundle))
+    capture = cv2.VideoCapture(str(video))
+    inputs = []
+    for _ in range(frames):
+        ok, image = capture.read()
+        if not ok:
+            break
+        inputs.append(inspector.model_input(image))
+    capture.release()
+    for x in inputs[:5]:
+        inspector.inspect_batch(x[None])
+    latencies, started = [], time.perf_counter()
+    for x in inputs:
+        t = time.perf_counter()
+        inspector.inspect_batch(x[None])  # backend plus scoring: what the daemon's inference stage does
+        latencies.append(1000 * (time.perf_counter() - t))
+    elapsed = time.perf_counter() - started
+    inspector.backend.close()
+    return {"frames": len(inputs), "fps": round(len(inputs) / elapsed, 2), "latency_ms": percentiles(latencies)}
+
+
+def rss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def end_to_end(bundle_path: Path, video: Path, frames: int, broker: Broker, work: Path, fps: float | None) -> dict:
+    state = work / "state"
+    subscriber = Subscriber(broker.port)
+    config = work / "config.yaml"
+    source = f"{{type: file, path: {video}" + (f", fps: {fps}" if fps else "") + "}"
+    config.write_text(
+        f"bundle: {bundle_path}\nbackend: onnxruntime\nstate_dir: {state}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {broker.port}, topic_prefix: edge}}\n"
+        f"publish: {{results: true, heatmaps: rejects, stats_interval_s: 2}}\n"
+        f"cameras:\n  - station: speed\n    source: {source}\n"
+    )
+    process = subprocess.Popen([str(BIN / "edge-inspect"), "--config", str(config), "--log-level", "WARNING"])
+    memory = []
+    while process.poll() is None:
+        kib = rss_kib(process.pid)
+        results = len(subscriber.on("result"))
+        if kib and results:
+            memory.append((results, kib))
+        time.sleep(0.5)
+    time.sleep(0.5)
+    results = subscriber.on("result")
+    rejects = subscriber.on("reject")
+    arrivals = [m.received for m in results]
+    subscriber.close()
+    audit = [json.loads(line) for line in (state / "audit" / "speed.jsonl").read_text().splitlines()]
+    latencies = [r["latency_ms"] for r in audit if "latency_ms" in r]
+    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float("nan")
+    first, last = latencies[: min(1000, len(latencies) // 2)], latencies[-min(1000, len(latencies) // 2) :]
+    after_warmup = [kib for count, kib in memory if count >= 100] or [kib for _, kib in memory]
+    return {
+        "camera_fps": fps,
+        "frames": frames,
+        "results": len(results),
+        "rejects": len(rejects),
+        "exit_code": process.returncode,
+        "fps": round((len(arrivals) - 1) / span, 2),
+        "latency_ms": percentiles(latencies),
+        "latency_first_vs_last_p50": [round(float(np.median(first)), 2), round(float(np.median(last)), 2)],
+        "rss_mib_start_end": [round(after_warmup[0] / 1024, 1), round(after_warmup[-1] / 1024, 1)] if after_warmup else None,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=1000)
+    parser.add_argument("--encoders", nargs="*", default=["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
+    parser.add_argument("--sizes", nargs="*", type=int, default=[256, 1024])
+    parser.add_argument("--large-frames", type=int, default=150, help="frames at sizes above 256 (each is many times slower)")
+    parser.add_argument("--large-encoders", nargs="*", default=["efficientnet-lite0"], help="encoders also measured at sizes above 256")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "speed.json")
+    args = parser.parse_args()
+    measured_on = machine()
+    gflops_machine = matmul_gflops()
+    print(f"float32 matmul on this machine: {gflops_machine:.1f} GFLOP/s", file=sys.stderr)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
+        work = Path(tmp)
+        broker = Broker(work / "broker").start()
+        try:
+            for encoder in args.encoders:
+                for size in args.sizes:
+                    if size > 256 and encoder not in args.large_encoders:
+                        continue
+                    frames = args.frames if size <= 256 else args.large_frames
+                    label = f"{encoder} {size}"
+                    print(f"{label}: calibrating a bundle", file=sys.stderr)
+                    bundle_path = make_bundle(encoder, size, work)
+                    bundle = open_bundle(bundle_path)
+                    video = work / f"stream-{size}.avi"
+                    if not video.exists():
+                        make_video(video, frames, size)
+                    flops = model_flops(bundle)
+                    print(f"{label}: backend alone", file=sys.stderr)
+                    alone = backend_only(bundle_path, video, frames)
+                    print(f"{label}: end to end through edge-inspect", file=sys.stderr)
+                    run = work / f"run-{encoder}-{size}"
+                    run.mkdir()
+                    e2e = end_to_end(bundle_path, video, frames, broker, run, None)
+                    stages = stage_breakdown(bundle_path, video, min(frames, 300), broker.port)
+                    model_ms = stages["encoder"]["mean_ms"] + stages["flows"]["mean_ms"]
+                    rows.append({
+                        "encoder": encoder, "input_size": size, "frames": frames,
+                        "gflop_per_frame": round(flops / 1e9, 3),
+                        "achieved_gflops": round(flops / 1e9 / (model_ms / 1000), 2),
+                        "machine_matmul_gflops": round(gflops_machine, 1),
+                        "backend_only": alone, "end_to_end": e2e,
+                        "e2e_over_backend": round(e2e["fps"] / alone["fps"], 3),
+                        "stages": stages,
+                    })
+                    print_table(rows)
+        finally:
+            broker.stop()
+    report = {"machine": measured_on, "rows": rows}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'encoder':<18} {'size':>5} {'GFLOP':>6} {'GFLOP/s':>8} {'e2e fps':>8} {'backend fps':>11} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'RSS MiB':>13}")
+    for r in rows:
+        e, lat = r["end_to_end"], r["end_to_end"]["latency_ms"]
+        rss = "-" if not e["rss_mib_start_end"] else "{}->{}".format(*e["rss_mib_start_end"])
+        print(
+            f"{r['encoder']:<18} {r['input_size']:>5} {r['gflop_per_frame']:6.2f} {r['achieved_gflops']:8.1f} {e['fps']:8.1f} "
+            f"{r['backend_only']['fps']:11.1f} {r['e2e_over_backend']:6.2f} {lat['p50']:7.1f} {lat['p95']:7.1f} {lat['p99']:7.1f} {rss:>13}"
+        )
+    last = rows[-1]["stages"]
+    print("stages (ms, mean, last row): " + ", ".join(f"{k} {v['mean_ms']:.2f}" for k, v in last.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
