@@ -1,0 +1,53 @@
+"""Shared fixtures: real images from ../shared/datasets and one small real calibration."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+DATASETS = Path(os.environ.get("EDGE_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+METAL_PLATE = DATASETS / "mpdd" / "metal_plate"
+TIRE = DATASETS / "mvtec3d" / "tire"
+SMALL_SIZE = (64, 64)
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"dataset not found at {path} (set EDGE_DATASETS to the shared datasets folder)")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _few_threads():
+    import torch
+
+    # CI has two cores; more threads than cores only adds contention.
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory):
+    """A real calibration on MPDD metal_plate's good parts at 64x64 with a short training."""
+    from calibration.calibrate import CalibrationSettings, calibrate
+    from calibration.train import TrainConfig
+
+    good = require(METAL_PLATE) / "train" / "good"
+    out = tmp_path_factory.mktemp("bundle") / "metal_plate"
+    settings = CalibrationSettings(
+        input_size=SMALL_SIZE,
+        train=TrainConfig(epochs=2.0, min_steps_per_scale=60, max_steps_per_scale=60, fiber_batch=512),
+    )
+    bundle, report = calibrate(good, out, settings, log=lambda message: None)
+    return bundle, report
+
+
+@pytest.fixture
+def broker(tmp_path):
+    from tests.mqtt_helpers import Broker, find_mosquitto
+
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto not installed (apt-get install -y mosquitto; make test installs it)")
+    running = Broker(tmp_path).start()
+    yield running
+    running.stop()

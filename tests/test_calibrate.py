@@ -1,0 +1,71 @@
+"""A real calibration on real good parts, then evaluation through ONNX Runtime."""
+import json
+
+import numpy as np
+import pytest
+
+from calibration.datasets import open_category
+from calibration.evaluate import evaluate_scored, score_category
+from engines.bundle import open_bundle
+from tests.conftest import METAL_PLATE, SMALL_SIZE, require
+
+
+def test_bundle_records_the_calibration(small_bundle):
+    bundle, report = small_bundle
+    m = bundle.manifest
+    assert m.encoder.name == "efficientnet-lite0"
+    assert m.encoder.weights_sha256.startswith("57934424")
+    assert tuple(m.input_size) == SMALL_SIZE
+    assert m.encoder.tap_channels == (40, 112, 320)
+    assert m.flow.coupling_blocks == 8 and m.flow.condition_channels == 128 and m.flow.clamp == 1.9
+    assert m.thresholds.good_parts == report.holdout_images == 11
+    assert m.thresholds.pixel <= m.thresholds.image
+    assert "Gumbel" in m.thresholds.method  # 11 parts cannot resolve a 1% quantile empirically
+    assert set(m.files) == {"encoder.onnx", "flows.onnx", "flows.pt", "encoder_fp16.onnx", "flows_fp16.onnx"}
+    # The held-out good parts pass at the calibrated threshold.
+    assert report.holdout_false_reject_rate <= 0.1
+    reopened = open_bundle(bundle.path)
+    assert reopened.bundle_id == bundle.bundle_id
+
+
+@pytest.fixture(scope="module")
+def scored(small_bundle):
+    bundle, _ = small_bundle
+    return score_category(bundle, open_category(require(METAL_PLATE)), "onnxruntime")
+
+
+def test_evaluation_separates_defects(small_bundle, scored):
+    bundle, _ = small_bundle
+    result = evaluate_scored(bundle, scored)
+    overall = result["overall"]
+    assert overall["images"] == 97 and overall["defective"] == 71
+    # Even a tiny, briefly trained model must find most MPDD plate defects.
+    assert overall["image_auroc"] > 0.8
+    assert overall["pixel_auroc"] > 0.8
+    assert 0.0 <= overall["pro"] <= 1.0
+    assert 0.0 <= overall["false_reject_rate"] <= 1.0 and 0.0 <= overall["miss_rate"] <= 1.0
+    assert set(result["per_type"]) == {"defective"}
+    json.dumps(result)  # the report must serialise
+
+
+def test_onnxruntime_matches_torch(small_bundle, scored):
+    """The exported graphs are the model: same maps, same decisions as the torch reference."""
+    bundle, _ = small_bundle
+    from engines.backends import open_backend
+    from engines.inspector import Inspector
+
+    inspector = Inspector(bundle, open_backend("torch", bundle))
+    maps, scores = inspector.inspect_batch(scored.images)
+    assert np.abs(maps - scored.maps).max() < 1e-2
+    threshold = bundle.manifest.thresholds.image
+    assert np.array_equal(scores > threshold, scored.scores > threshold)
+
+
+def test_scores_do_not_depend_on_batch_composition(small_bundle, scored):
+    bundle, _ = small_bundle
+    from engines.backends import open_backend
+    from engines.inspector import Inspector
+
+    inspector = Inspector(bundle, open_backend("onnxruntime", bundle))
+    alone = [inspector.inspect_batch(scored.images[i : i + 1])[1][0] for i in (0, 40, 90)]
+    assert np.allclose(alone, scored.scores[[0, 40, 90]], atol=1e-4)

@@ -1,0 +1,76 @@
+"""edge-calibrate and edge-evaluate as a user runs them: exit codes and messages."""
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import METAL_PLATE, require
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture
+def good_folder(tmp_path):
+    source = require(METAL_PLATE) / "train" / "good"
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for path in sorted(source.iterdir())[:20]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_calibrate_end_to_end_and_refuses_overwrite(good_folder, tmp_path):
+    out = tmp_path / "bundle"
+    args = ["calibration.cli", str(good_folder), "-o", str(out), "--input-size", "64", "--max-steps", "5", "--threads", "2", "--json"]
+    first = run(*args)
+    assert first.returncode == 0, first.stderr
+    assert '"holdout_images": 5' in first.stdout
+    assert "ETA" in first.stderr  # progress is shown
+    assert (out / "manifest.json").is_file()
+    again = run(*args)
+    assert again.returncode == 2
+    assert "already exists" in again.stderr and "--force" in again.stderr
+    assert "Traceback" not in again.stderr
+    forced = run(*args, "--force")
+    assert forced.returncode == 0, forced.stderr
+
+
+def test_too_few_images_says_how_many(tmp_path, good_folder):
+    for path in sorted(good_folder.iterdir())[6:]:
+        path.unlink()
+    result = run("calibration.cli", str(good_folder), "-o", str(tmp_path / "b"))
+    assert result.returncode == 2
+    assert "too few good images" in result.stderr and "need at least 10" in result.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_unreadable_files_are_named(tmp_path, good_folder):
+    (good_folder / "broken.png").write_bytes(b"not a png at all")
+    (good_folder / "empty.jpg").write_bytes(b"")
+    result = run("calibration.cli", str(good_folder), "-o", str(tmp_path / "b"))
+    assert result.returncode == 2
+    assert "broken.png" in result.stderr and "empty.jpg" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "b").exists()
+    assert not list(tmp_path.glob(".b.*"))  # no half-written bundle
+
+
+def test_missing_folder(tmp_path):
+    result = run("calibration.cli", str(tmp_path / "nope"), "-o", str(tmp_path / "b"))
+    assert result.returncode == 2 and "not a folder" in result.stderr
+
+
+def test_evaluate_rejects_wrong_layout_and_writes_report(small_bundle, tmp_path):
+    bundle, _ = small_bundle
+    bad = run("calibration.evaluate_cli", str(bundle.path), str(tmp_path))
+    assert bad.returncode == 2 and "no train/good" in bad.stderr
+    good = run("calibration.evaluate_cli", str(bundle.path), str(require(METAL_PLATE)), "-o", str(tmp_path / "eval"))
+    assert good.returncode == 0, good.stderr
+    assert "overall" in good.stdout and "test-set-max ref" in good.stdout
+    import cv2
+
+    sheet = cv2.imread(str(tmp_path / "eval" / "contact_sheet.png"))
+    assert sheet is not None and sheet.shape[0] >= 2 * 192  # a row for good and one per defect type

@@ -1,0 +1,136 @@
+"""edge-inspect --validate-config: a table of bad configs, each refused with exit code 2 and a
+message naming the key (and its line); the good one passes; secrets never appear."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from edge.cli import main as edge_inspect
+
+SECRET = "s3cret-Pa55"
+
+
+@pytest.fixture
+def setup(small_bundle, tmp_path):
+    bundle, _ = small_bundle
+    video = tmp_path / "line.avi"
+    video.write_bytes(b"not checked at validation")
+    password = tmp_path / "mqtt.pw"
+    password.write_text(SECRET + "\n")
+    base = {
+        "bundle": str(bundle.path),
+        "state_dir": str(tmp_path / "state"),
+        "mqtt": {"host": "127.0.0.1", "port": 1883, "username": "line", "password_file": str(password)},
+        "cameras": [{"station": "s1", "source": {"type": "file", "path": str(video)}}],
+    }
+    return base, tmp_path
+
+
+def _run(tmp_path, text: str, capsys) -> tuple[int, str]:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    code = edge_inspect(["--config", str(path), "--validate-config"])
+    captured = capsys.readouterr()
+    return code, captured.err + captured.out
+
+
+def _set(config: dict, dotted: str, value) -> dict:
+    config = copy.deepcopy(config)
+    *parents, last = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return config
+
+
+_DELETE = object()
+
+BAD = [
+    # (what, dotted key to change, value, key the message must name)
+    ("unknown top-level key", "colour", "red", "colour"),
+    ("unknown nested key", "mqtt.hots", "x", "mqtt.hots"),
+    ("port is text", "mqtt.port", "eighteen", "mqtt.port"),
+    ("port out of range", "mqtt.port", 70000, "mqtt.port"),
+    ("port zero", "mqtt.port", 0, "mqtt.port"),
+    ("bundle missing", "bundle", "/nonexistent/bundle", "bundle"),
+    ("no cameras key", "cameras", _DELETE, "cameras"),
+    ("empty cameras", "cameras", [], "cameras"),
+    ("wildcard in topic prefix", "mqtt.topic_prefix", "edge/#", "mqtt.topic_prefix"),
+    ("empty topic level", "mqtt.topic_prefix", "edge//line", "mqtt.topic_prefix"),
+    ("slash in station", "cameras.0.station", "a/b", "cameras[0].station"),
+    ("unknown source type", "cameras.0.source.type", "usb", "cameras[0].source.type"),
+    ("file source without path", "cameras.0.source.path", _DELETE, "cameras[0].source"),
+    ("video file not found", "cameras.0.source.path", "/nonexistent.avi", "cameras[0].source.path"),
+    ("unreadable TLS CA", "mqtt.tls", {"ca_file": "/nonexistent/ca.pem"}, "mqtt.tls.ca_file"),
+    ("TLS cert without key", "mqtt.tls", {"ca_file": "/etc/hostname", "cert_file": "/etc/hostname"}, "mqtt.tls"),
+    ("password file missing", "mqtt.password_file", "/nonexistent/pw", "mqtt.password_file"),
+    ("unknown backend", "backend", "cuda", "backend"),
+    ("queue of zero", "queue_size", 0, "queue_size"),
+    ("negative threads", "threads", -1, "threads"),
+    ("heatmap policy", "publish.heatmaps", "some", "publish.heatmaps"),
+    ("heatmap quality", "publish.heatmap_quality", 101, "publish.heatmap_quality"),
+    ("ROI with three numbers", "cameras.0.roi", [0, 0, 10], "cameras[0].roi"),
+    ("ROI too small", "cameras.0.roi", [0, 0, 4, 4], "cameras[0].roi"),
+    ("unknown mode", "cameras.0.mode", "auto", "cameras[0].mode"),
+    ("stream with ftp URL", "cameras.0.source", {"type": "stream", "url": "ftp://cam/1"}, "cameras[0].source.url"),
+    ("negative fps", "cameras.0.source.fps", -5, "cameras[0].source.fps"),
+    ("timeout is text", "cameras.0.trigger_timeout_s", "soon", "cameras[0].trigger_timeout_s"),
+    ("keepalive too short", "mqtt.keepalive_s", 1, "mqtt.keepalive_s"),
+    ("loop is not a boolean", "cameras.0.source.loop", "yes please", "cameras[0].source.loop"),
+]
+
+
+@pytest.mark.parametrize("what, key, value, named", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_is_refused_naming_the_key(setup, capsys, what, key, value, named):
+    base, tmp_path = setup
+    code, message = _run(tmp_path, yaml.safe_dump(_set(base, key, value), sort_keys=False), capsys)
+    assert code == 2, f"{what}: accepted ({message})"
+    assert named in message, f"{what}: message does not name {named}: {message}"
+    assert "Traceback" not in message
+    assert SECRET not in message
+    if named not in ("cameras",):
+        assert "(line " in message, f"{what}: message gives no line: {message}"
+
+
+def test_duplicate_key_and_broken_yaml(setup, capsys):
+    base, tmp_path = setup
+    text = yaml.safe_dump(base, sort_keys=False)
+    code, message = _run(tmp_path, text + "backend: onnxruntime\nbackend: torch\n", capsys)
+    assert code == 2 and "backend" in message and "given twice" in message
+    code, message = _run(tmp_path, text + "cameras: [\n", capsys)
+    assert code == 2 and "not valid YAML" in message
+    code, message = _run(tmp_path, "", capsys)
+    assert code == 2 and "empty config" in message
+
+
+def test_duplicate_station(setup, capsys):
+    base, tmp_path = setup
+    config = copy.deepcopy(base)
+    config["cameras"].append(copy.deepcopy(config["cameras"][0]))
+    code, message = _run(tmp_path, yaml.safe_dump(config), capsys)
+    assert code == 2 and "cameras[1].station" in message and "twice" in message
+
+
+def test_good_config_passes_and_keeps_the_secret_out_of_output(setup, capsys):
+    base, tmp_path = setup
+    code, message = _run(tmp_path, yaml.safe_dump(base), capsys)
+    assert code == 0, message
+    assert "OK (1 camera(s))" in message and SECRET not in message
+
+
+def test_corrupt_bundle_is_refused_at_validation(setup, capsys, tmp_path_factory):
+    import shutil
+
+    base, tmp_path = setup
+    copy_dir = tmp_path_factory.mktemp("corrupt") / "bundle"
+    shutil.copytree(base["bundle"], copy_dir)
+    weights = copy_dir / "flows.pt"
+    weights.write_bytes(weights.read_bytes()[:100])
+    code, message = _run(tmp_path, yaml.safe_dump(_set(base, "bundle", str(copy_dir))), capsys)
+    assert code == 2 and "flows.pt" in message and "checksum" in message

