@@ -26,6 +26,10 @@ from engines.inspector import Inspector
 log = logging.getLogger("edge.daemon")
 HEARTBEAT_MAX_AGE_S = 5.0
 DRAIN_TIMEOUT_S = 20.0
+# After the drain, how long rejects still in the outbox may wait for the broker (a reconnect
+# included) before the daemon leaves them on disk for its next start. Drain plus this stays
+# inside the unit's TimeoutStopSec.
+OUTBOX_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -151,11 +155,15 @@ class Daemon:
         if not drained:
             log.error("drain timed out after %.0f s; undelivered rejects stay in the outbox", DRAIN_TIMEOUT_S)
         self.publish_stats()
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + OUTBOX_GRACE_S
         for publisher in self.publishers:
-            # Give outstanding reject acknowledgements a moment before leaving.
-            while publisher.reap() and publisher.connected.is_set() and time.monotonic() < deadline:
+            # A broker that is away at shutdown is often just restarting: wait for it (paho keeps
+            # reconnecting, and the outbox is flushed on connect) rather than leave rejects behind.
+            while publisher.reap() and time.monotonic() < deadline:
                 time.sleep(0.05)
+            left = publisher.reap()
+            if left:
+                log.warning("%s: %d rejects not acknowledged by the broker; they stay in the outbox and are sent on the next start", publisher.topics.base, left)
             publisher.stop()
         for station in self.stations:
             station.audit.close()

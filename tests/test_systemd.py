@@ -145,7 +145,7 @@ def test_service_settings():
         "RestartSec": "2",
         "WatchdogSec": "10",
         "TimeoutStartSec": "120",
-        "TimeoutStopSec": "30",
+        "TimeoutStopSec": "45",
         "User": "edge-inspect",
         "Group": "edge-inspect",
         "SupplementaryGroups": "video",
