@@ -39,6 +39,15 @@ class BadFrame(Exception):
     """One unreadable frame or file; logged and skipped, the source stays up."""
 
 
+class NoFrameYet(Exception):
+    """A source that waits for parts (a watched folder) has none yet; the caller gets control
+    back every so often to show it is alive and to expire triggers, not only when a part comes."""
+
+
+# How long a waiting source keeps the capture loop before handing it back.
+WAIT_SLICE_S = 0.5
+
+
 class VideoCaptureSource:
     """V4L2 devices, video files, RTSP/HTTP streams and GStreamer pipelines through OpenCV."""
 
@@ -140,12 +149,21 @@ class FolderSource:
 
     def _candidates(self) -> list[os.DirEntry]:
         try:
-            entries = [e for e in os.scandir(self.folder) if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES) and e.name not in self.seen]
+            files = [e for e in os.scandir(self.folder) if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)]
         except OSError:
             raise SourceUnavailable(f"folder {self.folder} not readable (unmounted?)") from None
+        # Forget files that are gone (moved or cleaned up by the line), so a months-long run
+        # does not remember every part it ever saw.
+        present = {e.name for e in files}
+        self.seen.intersection_update(present)
+        for name in self.sizes.keys() - present:
+            del self.sizes[name]
+        entries = [e for e in files if e.name not in self.seen]
         return sorted(entries, key=lambda e: (e.stat().st_mtime_ns, e.name))
 
     def read(self, frame_id: int, stop=None) -> Frame:
+        """The next settled file; NoFrameYet after WAIT_SLICE_S without one."""
+        deadline = time.monotonic() + WAIT_SLICE_S
         while stop is None or not stop.is_set():
             for entry in self._candidates():
                 size = entry.stat().st_size
@@ -156,6 +174,8 @@ class FolderSource:
                 self.seen.add(entry.name)
                 self.sizes.pop(entry.name, None)
                 return self._load(Path(entry.path), frame_id)
+            if time.monotonic() >= deadline:
+                raise NoFrameYet()
             time.sleep(self.config.poll_interval_s)
         raise EndOfStream()
 

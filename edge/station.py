@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import cv2
 import numpy as np
 
-from edge.capture import BadFrame, EndOfStream, Frame, SourceUnavailable, open_source
+from edge.capture import BadFrame, EndOfStream, Frame, NoFrameYet, SourceUnavailable, open_source
 from edge.config import CameraConfig, PublishConfig
 from edge.decision import Verdict, decide
 from engines.overlay import colour_bar, label, overlay
@@ -185,6 +185,8 @@ class Station:
                     self.stop_capture.wait(backoff)
                     backoff = min(backoff * 2, 2.0)  # back within 5 s of the source's return
                     continue
+                except NoFrameYet:
+                    continue  # waiting for the next part: alive, and triggers get expired
                 except BadFrame as error:
                     log.warning("%s: skipped bad input: %s", self.camera.station, error)
                     self.stats.count("bad_frames")
