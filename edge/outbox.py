@@ -3,11 +3,13 @@ written (temp, fsync, rename) before it is published and deleted only when the b
 acknowledged it (PUBACK)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -17,9 +19,21 @@ class PendingMessage:
     payload: dict
 
 
+class NotSaved(Exception):
+    """The disk is full even after making room: the message has its sequence but lives only in
+    memory until the broker acknowledges it."""
+
+    def __init__(self, message: PendingMessage, reason: str):
+        super().__init__(reason)
+        self.message = message
+
+
 class Outbox:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, make_room: Callable[[], bool] | None = None):
+        """make_room: called when the disk is full; frees something less precious (the oldest
+        audit records) and says whether it did."""
         self.directory = Path(directory)
+        self.make_room = make_room
         self.directory.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
         for leftover in self.directory.glob("*.tmp"):
@@ -32,14 +46,31 @@ class Outbox:
             sequence = self.next_sequence
             self.next_sequence += 1
         message = PendingMessage(sequence, topic, payload)
-        final = self.directory / f"{sequence:012d}.json"
+        while True:
+            try:
+                self._write(message)
+                return message
+            except OSError as error:
+                full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+                if not (full and self.make_room is not None and self.make_room()):
+                    raise NotSaved(message, f"{self.directory}: {error.strerror or error}") from None
+
+    def rewrite(self, message: PendingMessage) -> None:
+        """Save a message that put() could not (same sequence, so delivery order holds)."""
+        self._write(message)
+
+    def _write(self, message: PendingMessage) -> None:
+        final = self.directory / f"{message.sequence:012d}.json"
         tmp = final.with_suffix(".tmp")
-        with open(tmp, "w") as handle:
-            json.dump({"sequence": sequence, "topic": topic, "payload": payload}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-        return message
+        try:
+            with open(tmp, "w") as handle:
+                json.dump({"sequence": message.sequence, "topic": message.topic, "payload": message.payload}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, final)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def done(self, sequence: int) -> None:
         (self.directory / f"{sequence:012d}.json").unlink(missing_ok=True)
