@@ -30,6 +30,10 @@ DRAIN_TIMEOUT_S = 20.0
 # included) before the daemon leaves them on disk for its next start. Drain plus this stays
 # inside the unit's TimeoutStopSec.
 OUTBOX_GRACE_S = 10.0
+# A replaced engine may still be running the batch it was handed just before a reload; it is
+# closed (GPU memory freed) only once that batch has surely finished.
+RETIRE_AFTER_S = 10.0
+FIRST_CONNECT_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.stations: list[Station] = []
         self.publishers: list[StationPublisher] = []
+        self.retired: list[tuple[float, StationEngine]] = []  # (close after, engine) from reloads
 
     def _bundle_key(self, camera) -> str:
         return str(Path(camera.bundle or self.config.bundle).resolve())
@@ -74,8 +79,9 @@ class Daemon:
         state = Path(self.config.state_dir)
         for camera in self.config.cameras:
             engine = engines[self._bundle_key(camera)]
-            outbox = Outbox(state / "outbox" / camera.station)
             audit = AuditLog(state / "audit" / f"{camera.station}.jsonl", self.config.audit_max_bytes, self.config.audit_backups)
+            # On a full disk the oldest audit records make room for undelivered rejects.
+            outbox = Outbox(state / "outbox" / camera.station, make_room=audit.free_space)
             stats = StationStats(engine.bundle.manifest.thresholds.good_score_quantiles)
             publisher = StationPublisher(self.config.mqtt, camera.station, outbox)
             station = Station(camera, engine, publisher, audit, stats, self.config.publish, self.config.queue_size)
@@ -91,11 +97,20 @@ class Daemon:
         except Exception as error:  # keep inspecting with what works
             log.error("reload failed, keeping the current bundles: %s", error)
         else:
+            replaced = {id(station.engine): station.engine for station in self.stations}
             for station in self.stations:
                 station.engine = engines[self._bundle_key(station.camera)]
                 station.stats.calibration = station.engine.bundle.manifest.thresholds.good_score_quantiles
+            close_after = time.monotonic() + RETIRE_AFTER_S
+            self.retired.extend((close_after, engine) for engine in replaced.values())
             log.info("reloaded bundles: %s", ", ".join(e.bundle.bundle_id for e in engines.values()))
         self.notifier.ready("inspecting")
+
+    def close_retired(self, now: float) -> None:
+        due = [engine for close_after, engine in self.retired if close_after <= now]
+        self.retired = [(close_after, engine) for close_after, engine in self.retired if close_after > now]
+        for engine in due:
+            engine.inspector.backend.close()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())
@@ -106,6 +121,12 @@ class Daemon:
         self.build()
         for publisher in self.publishers:
             publisher.start()
+        # Results are not queued while the broker is away (rejects are); give the sessions a
+        # moment so the first parts of a run are not published into the void.
+        deadline = time.monotonic() + FIRST_CONNECT_WAIT_S
+        for publisher in self.publishers:
+            if not publisher.connected.wait(max(0.0, deadline - time.monotonic())):
+                log.warning("%s: broker not reachable yet; inspecting anyway (rejects wait in the outbox)", publisher.topics.base)
         for station in self.stations:
             station.start()
         self.notifier.ready(f"inspecting {len(self.stations)} station(s)")
@@ -117,6 +138,7 @@ class Daemon:
                 self.reload_requested.clear()
                 self.reload()
             now = time.monotonic()
+            self.close_retired(now)
             if now >= next_watchdog:
                 next_watchdog = now + watchdog_every
                 stale = [f"{s.camera.station}/{stage}" for s in self.stations for stage in s.stale_stages(HEARTBEAT_MAX_AGE_S)]
@@ -144,6 +166,9 @@ class Daemon:
                 bundle_id=station.engine.bundle.bundle_id,
                 outbox_pending=undelivered,
                 audit_write_errors=station.audit.errors,
+                audit_files_dropped=station.audit.dropped_files,
+                rejects_not_saved=publisher.counters.rejects_not_saved,
+                disk_full=station.audit.recently_full(),
                 broker_error=publisher.counters.last_error or None,
             )
             publisher.publish_stats(snapshot)
@@ -154,19 +179,24 @@ class Daemon:
         drained = all(station.join(DRAIN_TIMEOUT_S) for station in self.stations)
         if not drained:
             log.error("drain timed out after %.0f s; undelivered rejects stay in the outbox", DRAIN_TIMEOUT_S)
-        self.publish_stats()
         deadline = time.monotonic() + OUTBOX_GRACE_S
         for publisher in self.publishers:
             # A broker that is away at shutdown is often just restarting: wait for it (paho keeps
             # reconnecting, and the outbox is flushed on connect) rather than leave rejects behind.
             while publisher.reap() and time.monotonic() < deadline:
                 time.sleep(0.05)
+        self.publish_stats()  # the last word, after the outbox had its chance
+        for publisher in self.publishers:
             left = publisher.reap()
             if left:
-                log.warning("%s: %d rejects not acknowledged by the broker; they stay in the outbox and are sent on the next start", publisher.topics.base, left)
+                lost = publisher.save_unsaved()
+                log.warning("%s: %d rejects not acknowledged by the broker; they stay in the outbox and are sent on the next start", publisher.topics.base, left - lost)
+                if lost:
+                    log.error("%s: %d rejects could not be saved (disk full) and are lost with this exit; see the audit log", publisher.topics.base, lost)
             publisher.stop()
         for station in self.stations:
             station.audit.close()
             station.engine.inspector.backend.close()
+        self.close_retired(float("inf"))
         self.notifier.close()
         return 0 if drained else 1

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as mqtt
 
 from edge.config import MqttConfig
-from edge.outbox import Outbox, PendingMessage
+from edge.outbox import NotSaved, Outbox, PendingMessage
 
 log = logging.getLogger("edge.publisher")
 
@@ -23,6 +23,7 @@ class PublishCounters:
     rejects_acknowledged: int = 0
     rejects_late: int = 0
     results_dropped: int = 0  # results while the broker was away (rejects are kept instead)
+    rejects_not_saved: int = 0  # rejects the full disk could not hold: kept in memory until acknowledged
     connect_failures: int = 0
     last_error: str = ""
 
@@ -68,6 +69,9 @@ class StationPublisher:
         # (reap) rather than matched in on_publish: paho calls on_publish holding its own message
         # lock, and taking ours there would deadlock against a concurrent publish().
         self.in_flight: dict[int, mqtt.MQTTMessageInfo] = {}
+        # Rejects the outbox could not write (disk full even after dropping old audit records):
+        # in memory until acknowledged, so only a power cut during a full disk can lose one.
+        self.unsaved: dict[int, PendingMessage] = {}
         self.connected = threading.Event()
         client_id = f"{config.client_id or 'edge-inspect-' + socket.gethostname()}-{station}"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
@@ -86,7 +90,9 @@ class StationPublisher:
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.max_inflight_messages_set(100)
         self.stopping = False
+        self.answered = False  # the broker answered this connection's CONNECT (accepted or refused)
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
@@ -108,12 +114,17 @@ class StationPublisher:
         self.client.loop_stop()
 
     # -- callbacks (paho's network thread) ----------------------------------------------------
+    def _connection_failed(self, error: str) -> None:
+        self.counters.connect_failures += 1
+        self.counters.last_error = error
+        # Wrong credentials stay wrong: say it on the first try, the tenth, then every hundredth.
+        if self.counters.connect_failures in (1, 10) or self.counters.connect_failures % 100 == 0:
+            log.error("%s: %s (attempt %d; retrying with backoff)", self.topics.base, error, self.counters.connect_failures)
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.answered = True
         if reason_code.is_failure:
-            self.counters.connect_failures += 1
-            self.counters.last_error = f"broker refused the connection: {reason_code}"
-            if self.counters.connect_failures in (1, 10) or self.counters.connect_failures % 100 == 0:
-                log.error("%s: %s (attempt %d; retrying with backoff)", self.topics.base, self.counters.last_error, self.counters.connect_failures)
+            self._connection_failed(f"broker refused the connection: {reason_code}; check mqtt.username and the password file")
             return
         self.connected.set()
         self.counters.last_error = ""
@@ -122,11 +133,21 @@ class StationPublisher:
         client.subscribe(self.topics.trigger, qos=1)
         self._flush_outbox()
 
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._connection_failed(f"could not connect to the broker at {self.config.host}:{self.config.port} (unreachable, or the TLS handshake failed: check mqtt.tls)")
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.stopping:
             log.info("%s: disconnected from broker on shutdown", self.topics.base)
         elif self.connected.is_set():
             log.warning("%s: disconnected from broker (%s); rejects wait in the outbox", self.topics.base, reason_code)
+        elif not self.answered:
+            # A broker that rejects the client certificate closes the TLS session before CONNACK.
+            self._connection_failed(
+                f"could not connect to the broker at {self.config.host}:{self.config.port}: it closed the connection before answering "
+                "(a client certificate it does not trust, or a TLS listener reached without TLS: check mqtt.tls)"
+            )
+        self.answered = False
         self.connected.clear()
 
     def _on_message(self, client, userdata, message) -> None:
@@ -150,14 +171,30 @@ class StationPublisher:
             done = [sequence for sequence, info in self.in_flight.items() if info.is_published()]
             for sequence in done:
                 del self.in_flight[sequence]
+                self.unsaved.pop(sequence, None)
+            unsaved = len(self.unsaved)
         for sequence in done:
             self.outbox.done(sequence)
         self.counters.rejects_acknowledged += len(done)
-        return len(self.outbox)
+        return len(self.outbox) + unsaved
+
+    def save_unsaved(self) -> int:
+        """At shutdown: one more try to put in-memory rejects on disk; returns how many are lost."""
+        with self.lock:
+            messages = list(self.unsaved.values())
+        lost = 0
+        for message in messages:
+            try:
+                self.outbox.rewrite(message)
+            except OSError:
+                lost += 1
+        return lost
 
     def _flush_outbox(self) -> None:
-        """Send what waited on disk, oldest first, marked late."""
-        for message in self.outbox.pending():
+        """Send what waited on disk (or in memory, on a full disk), oldest first, marked late."""
+        with self.lock:
+            in_memory = list(self.unsaved.values())
+        for message in sorted([*self.outbox.pending(), *in_memory], key=lambda m: m.sequence):
             if not message.payload.get("late"):
                 message = PendingMessage(message.sequence, message.topic, {**message.payload, "late": True})
                 self.counters.rejects_late += 1
@@ -165,7 +202,14 @@ class StationPublisher:
 
     def publish_reject(self, payload: dict) -> None:
         self.reap()
-        message = self.outbox.put(self.topics.reject, {**payload, "late": False})
+        try:
+            message = self.outbox.put(self.topics.reject, {**payload, "late": False})
+        except NotSaved as error:
+            message = error.message
+            with self.lock:
+                self.unsaved[message.sequence] = message
+            self.counters.rejects_not_saved += 1
+            log.error("%s: reject of part %s not saved to the outbox (%s); kept in memory until the broker has it. Free space in the state directory", self.topics.base, payload.get("part_id"), error)
         if self.connected.is_set():
             self._send_durable(message)
 

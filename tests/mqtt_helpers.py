@@ -23,13 +23,14 @@ def find_mosquitto() -> str | None:
 
 
 class Broker:
-    def __init__(self, directory: Path, port: int | None = None, persistent: bool = False):
-        """persistent: queued messages of persistent sessions survive a restart (saved on SIGTERM)."""
+    def __init__(self, directory: Path, port: int | None = None, persistent: bool = False, listener: str = "allow_anonymous true\n"):
+        """persistent: queued messages of persistent sessions survive a restart (saved on SIGTERM).
+        listener: the listener's settings (TLS, passwords, ACL); anonymous plain MQTT by default."""
         self.binary = find_mosquitto()
         self.port = port or free_port()
         self.config = directory / "mosquitto.conf"
         persistence = f"persistence true\npersistence_location {directory}/\n" if persistent else "persistence false\n"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}")
+        self.config.write_text(f"listener {self.port} 127.0.0.1\n{listener}{persistence}")
         self.log = directory / "mosquitto.log"
         self.process: subprocess.Popen | None = None
 
@@ -65,6 +66,9 @@ class Subscriber:
     messages: list[Received] = field(default_factory=list)
     client_id: str | None = None  # with persistent=True, the broker queues QoS 1 messages while we are away
     persistent: bool = False
+    username: str | None = None
+    password: str | None = None
+    tls: dict | None = None  # keyword arguments of paho's tls_set
 
     def __post_init__(self):
         self.lock = threading.Lock()
@@ -73,6 +77,10 @@ class Subscriber:
             mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id or f"test-subscriber-{free_port()}", clean_session=not self.persistent
         )
         self.client.reconnect_delay_set(min_delay=0.2, max_delay=1)
+        if self.username:
+            self.client.username_pw_set(self.username, self.password)
+        if self.tls:
+            self.client.tls_set(**self.tls)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *args: self.ready.set()
