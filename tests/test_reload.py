@@ -1,0 +1,85 @@
+"""SIGHUP: a re-calibrated bundle replaces the running one without dropping the MQTT session,
+and a broken one is refused while inspection goes on with the old."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import signal
+import time
+
+from engines.bundle import write_bundle
+from tests.mqtt_helpers import Subscriber
+from tests.test_daemon_e2e import finish, start_daemon, write_config
+from tests.test_faults import _parts_video
+
+
+def _recalibrated(bundle, destination, image_threshold: float):
+    """The same flows with another image threshold, written the way edge-calibrate --force
+    replaces a bundle in place (atomically, new manifest, new bundle id)."""
+    thresholds = dataclasses.replace(bundle.manifest.thresholds, image=image_threshold)
+    manifest = dataclasses.replace(bundle.manifest, thresholds=thresholds)
+
+    def copy_payload(directory):
+        for name in bundle.manifest.files:
+            shutil.copy2(bundle.file(name), directory / name)
+
+    return write_bundle(destination, manifest, copy_payload, force=True)
+
+
+def _results(subscriber) -> list[dict]:
+    return [json.loads(m.payload) for m in subscriber.on("result")]
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sighup_swaps_in_a_recalibrated_bundle_without_reconnecting(small_bundle, broker, tmp_path):
+    bundle, _ = small_bundle
+    live = tmp_path / "bundles" / "line"
+    first = _recalibrated(bundle, live, bundle.manifest.thresholds.image)
+    video = tmp_path / "line.avi"
+    _parts_video(video, 40)
+    subscriber = Subscriber(broker.port)
+    camera = f"  - station: line\n    source: {{type: file, path: {video}, loop: true, fps: 20}}\n"
+    config = write_config(tmp_path / "config.yaml", live, broker.port, camera, publish="{results: true, heatmaps: none, stats_interval_s: 1}")
+    process = start_daemon(config)
+    try:
+        _wait(lambda: len(_results(subscriber)) >= 10, 60, "the first results")
+        assert {r["bundle_id"] for r in _results(subscriber)} == {first.bundle_id}
+
+        # Re-calibrated with a threshold below every score: after the swap every part is a reject.
+        second = _recalibrated(bundle, live, -1e9)
+        assert second.bundle_id != first.bundle_id
+        process.send_signal(signal.SIGHUP)
+        _wait(lambda: sum(r["bundle_id"] == second.bundle_id for r in _results(subscriber)) >= 10, 60, "results from the new bundle")
+
+        # A broken re-calibration is refused; the running bundle stays.
+        (live / "flows.onnx").write_bytes(b"truncated by a full disk")
+        process.send_signal(signal.SIGHUP)
+        seen = len(_results(subscriber))
+        _wait(lambda: len(_results(subscriber)) >= seen + 10, 60, "results after the refused reload")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = finish(process)
+    subscriber.close()
+
+    results = _results(subscriber)
+    ids = [r["bundle_id"] for r in results]
+    switch = ids.index(second.bundle_id)
+    assert set(ids[:switch]) == {first.bundle_id} and set(ids[switch:]) == {second.bundle_id}, "parts were inspected by the old bundle after the new one took over"
+    assert all(r["verdict"] == "reject" for r in results[switch:]), "the new bundle's threshold is not the one deciding"
+    assert any(r["verdict"] == "pass" for r in results[:switch]), "the first bundle should pass some good parts"
+    part_ids = [int(r["part_id"]) for r in results]
+    assert part_ids == sorted(part_ids) and len(set(part_ids)) == len(part_ids)
+    # One MQTT session throughout: a reconnect would have published "online" again.
+    statuses = [m.payload for m in subscriber.on("status")]
+    assert statuses.count(b"online") == 1 and statuses[-1] == b"offline", statuses
+    assert "reloaded bundles: " + second.bundle_id in output
+    assert "reload failed, keeping the current bundles" in output and "flows.onnx" in output
