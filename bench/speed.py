@@ -56,28 +56,30 @@ def matmul_gflops(size: int = 1024, seconds: float = 2.0) -> float:
 
 
 def model_flops(bundle) -> float:
-    """2 x multiply-adds of every convolution and coupling matmul per frame, counted on the
-    modules the ONNX graphs are exported from (elementwise work is not counted)."""
+    """2 x multiply-adds per frame: every encoder convolution (counted on the module the ONNX
+    graph is exported from) and every coupling matmul (its weights times the positions);
+    elementwise work is not counted."""
     import torch
 
     from engines.backends.torch_backend import build_torch_model
     from engines.cflow import FoldedDecoders
 
     encoder, decoders = build_torch_model(bundle)
-    folded = FoldedDecoders(decoders)
     total = [0.0]
 
     def count(module, inputs, output):
-        if isinstance(module, torch.nn.Conv2d):
-            total[0] += 2 * output.numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        elif isinstance(module, torch.nn.Linear):
-            total[0] += 2 * output.numel() * module.in_features
+        total[0] += 2 * output.numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
 
-    hooks = [m.register_forward_hook(count) for m in [*encoder.modules(), *folded.modules()] if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [m.register_forward_hook(count) for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)]
     with torch.inference_mode():
-        folded(*encoder(torch.zeros((1, *bundle.manifest.input_size, 3), dtype=torch.uint8)))
+        encoder(torch.zeros((1, *bundle.manifest.input_size, 3), dtype=torch.uint8))
     for hook in hooks:
         hook.remove()
+    folded = FoldedDecoders(decoders)
+    for shape, blocks in zip(decoders.shapes, folded.blocks):
+        for names in blocks:
+            weights = getattr(folded, names["in_weight"]).numel() + getattr(folded, names["out_weight"]).numel()
+            total[0] += 2 * shape.positions * weights
     return total[0]
 
 
@@ -235,6 +237,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
         work = Path(tmp)
+        (work / "broker").mkdir()
         broker = Broker(work / "broker").start()
         try:
             for encoder in args.encoders:

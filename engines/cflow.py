@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from engines.flow import ConditionalFlow, FlowConfig, gaussian_log_likelihood_per_dim
+from engines.flow import LOG_2PI, ConditionalFlow, FlowConfig, wide
 from engines.positional import positional_encoding_2d
 
 
@@ -55,9 +55,14 @@ class CflowDecoders(nn.Module):
 
 
 class FoldedDecoders(nn.Module):
-    """Inference form of the decoders: the positional term of every coupling subnet's first
-    layer is a constant of the position, so it is computed once here and stored as a bias map.
-    That is exact, and it removes the condition channels from every per-frame matmul.
+    """Inference form of the decoders, the same arithmetic rearranged for speed:
+
+    - the positional term of every coupling subnet's first layer is a constant of the position,
+      computed once and stored as a bias map: the condition channels leave every per-frame matmul;
+    - the state is kept channels-first, (batch, channels, positions), as the encoder emits it:
+      the fixed permutations and the kept/changed split then move whole rows of positions
+      (a Gather on the last axis cost ONNX Runtime 7.5 of 28 ms per frame);
+    - the soft clamp's 1/clamp is folded into the output layer's scale rows.
 
     `compute_dtype` runs the coupling subnets (the matmuls) in that precision; the flow state,
     the affine updates and the log-likelihood reduction stay float32 whatever it is.
@@ -65,38 +70,64 @@ class FoldedDecoders(nn.Module):
 
     def __init__(self, decoders: CflowDecoders, compute_dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.flows = decoders.flows
         self.shapes = decoders.shapes
         self.compute_dtype = compute_dtype
+        self.blocks: list[list[dict]] = []
+        self.input_stats: list[tuple[str, str, float]] = []
         with torch.no_grad():
             for i, flow in enumerate(decoders.flows):
                 terms = flow.cond_terms(decoders.position_encoding(i))
-                for j, term in enumerate(terms):
-                    self.register_buffer(f"cond_bias_{i}_{j}", term.detach().clone().to(compute_dtype))
-        if compute_dtype != torch.float32:
-            self.flows = _cast_copy(decoders.flows, compute_dtype)
+                blocks = []
+                for j, (block, term) in enumerate(zip(flow.blocks, terms)):
+                    out_weight = block.out.weight.detach().clone()
+                    out_bias = block.out.bias.detach().clone()
+                    out_weight[: block.changed] /= block.clamp
+                    out_bias[: block.changed] /= block.clamp
+                    tensors = {
+                        "in_weight": block.in_x.weight.detach().to(compute_dtype),  # (hidden, kept)
+                        "in_bias": term.detach().t().contiguous().to(compute_dtype),  # (hidden, positions)
+                        "out_weight": out_weight.to(compute_dtype),  # (2 changed, hidden)
+                        "out_bias": out_bias[:, None].to(compute_dtype),
+                        "scale": torch.exp(block.global_log_scale.detach())[:, None],
+                        "offset": block.global_offset.detach()[:, None].clone(),
+                        "permutation": block.permutation.clone(),
+                    }
+                    names = {}
+                    for key, value in tensors.items():
+                        names[key] = f"flow{i}_block{j}_{key}"
+                        self.register_buffer(names[key], value)
+                    names.update(kept=block.kept, changed=block.changed, clamp=block.clamp, log_det=float(block.global_log_scale.detach().sum()))
+                    blocks.append(names)
+                self.blocks.append(blocks)
+                self.register_buffer(f"flow{i}_mean", flow.input_mean.detach()[:, None].clone())
+                self.register_buffer(f"flow{i}_std", flow.input_std.detach()[:, None].clone())
+                self.input_stats.append((f"flow{i}_mean", f"flow{i}_std", float(-torch.log(flow.input_std.detach().double()).sum())))
 
-    def cond_biases(self, scale: int) -> list[torch.Tensor]:
-        return [getattr(self, f"cond_bias_{scale}_{j}") for j in range(len(self.flows[scale].blocks))]
+    def _block(self, names: dict, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kept, changed = z[:, : names["kept"]], z[:, names["kept"] :]
+        weight = getattr(self, names["in_weight"])
+        hidden = torch.relu(torch.matmul(weight, kept.to(weight.dtype)) + getattr(self, names["in_bias"]))
+        raw = (torch.matmul(getattr(self, names["out_weight"]), hidden) + getattr(self, names["out_bias"])).to(z.dtype)
+        log_scale = names["clamp"] * torch.tanh(raw[:, : names["changed"]])
+        changed = changed * torch.exp(log_scale) + raw[:, names["changed"] :]
+        y = torch.cat([kept, changed], dim=1) * getattr(self, names["scale"]) + getattr(self, names["offset"])
+        return y[:, getattr(self, names["permutation"])], wide(log_scale).sum(dim=1)
 
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         maps = []
-        for i, (flow, feature) in enumerate(zip(self.flows, features)):
-            batch, _, height, width = feature.shape
-            fibers = feature.float().flatten(2).transpose(1, 2)
-            z, log_det = flow(fibers, self.cond_biases(i))
-            maps.append(gaussian_log_likelihood_per_dim(z, log_det).reshape(batch, height, width))
+        for i, feature in enumerate(features):
+            batch, channels, height, width = feature.shape
+            mean_name, std_name, log_det = self.input_stats[i]
+            z = (feature.float().flatten(2) - getattr(self, mean_name)) / getattr(self, std_name)
+            log_det = log_det + sum(names["log_det"] for names in self.blocks[i])
+            block_log_dets = []
+            for names in self.blocks[i]:
+                z, block_log_det = self._block(names, z)
+                block_log_dets.append(block_log_det)
+            z32 = wide(z)
+            log_p = -0.5 * (z32 * z32).sum(dim=1) + sum(block_log_dets) + (log_det - 0.5 * channels * LOG_2PI)
+            maps.append((log_p / channels).reshape(batch, height, width))
         return tuple(maps)
-
-
-def _cast_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """A copy with only the subnet layers in `dtype` (the float32 training weights stay
-    untouched, and so do the standardisation and global affine of the state)."""
-    copied = copy.deepcopy(module)
-    for layer in copied.modules():
-        if isinstance(layer, nn.Linear):
-            layer.to(dtype)
-    return copied
 
 
 class PreprocessedEncoder(nn.Module):
