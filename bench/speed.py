@@ -76,10 +76,9 @@ def model_flops(bundle) -> float:
     for hook in hooks:
         hook.remove()
     folded = FoldedDecoders(decoders)
-    for shape, blocks in zip(decoders.shapes, folded.blocks):
-        for names in blocks:
-            weights = getattr(folded, names["in_weight"]).numel() + getattr(folded, names["out_weight"]).numel()
-            total[0] += 2 * shape.positions * weights
+    for shape, flow in zip(decoders.shapes, folded.flows):
+        for block in flow.blocks:
+            total[0] += 2 * shape.positions * (block.in_weight.numel() + block.out_weight.numel())
     return total[0]
 
 

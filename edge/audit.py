@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("edge.audit")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class AuditLog:
@@ -47,9 +48,10 @@ class AuditLog:
                     self._write(line)
                     return True
                 except OSError as error:
-                    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                        self.full_at = time.monotonic()
-                    if error.errno not in (errno.ENOSPC, errno.EDQUOT) or not self.free_space():
+                    if error.errno not in DISK_FULL:
+                        break
+                    self.full_at = time.monotonic()
+                    if not self.free_space():
                         break
             # Inspection and publishing go on; the counters and the stats message say it.
             self.errors += 1

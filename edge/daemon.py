@@ -158,7 +158,7 @@ class Daemon:
 
     def publish_stats(self) -> None:
         for station, publisher in zip(self.stations, self.publishers):
-            undelivered = publisher.reap()
+            undelivered = publisher.undelivered()
             snapshot = station.stats.snapshot()
             snapshot.update(
                 station=station.camera.station,
@@ -183,14 +183,15 @@ class Daemon:
         for publisher in self.publishers:
             # A broker that is away at shutdown is often just restarting: wait for it (paho keeps
             # reconnecting, and the outbox is flushed on connect) rather than leave rejects behind.
-            while publisher.reap() and time.monotonic() < deadline:
+            while publisher.undelivered() and time.monotonic() < deadline:
                 time.sleep(0.05)
         self.publish_stats()  # the last word, after the outbox had its chance
         for publisher in self.publishers:
-            left = publisher.reap()
+            left = publisher.undelivered()
             if left:
                 lost = publisher.save_unsaved()
-                log.warning("%s: %d rejects not acknowledged by the broker; they stay in the outbox and are sent on the next start", publisher.topics.base, left - lost)
+                if left > lost:
+                    log.warning("%s: %d rejects not acknowledged by the broker; they stay in the outbox and are sent on the next start", publisher.topics.base, left - lost)
                 if lost:
                     log.error("%s: %d rejects could not be saved (disk full) and are lost with this exit; see the audit log", publisher.topics.base, lost)
             publisher.stop()

@@ -3,13 +3,14 @@ written (temp, fsync, rename) before it is published and deleted only when the b
 acknowledged it (PUBACK)."""
 from __future__ import annotations
 
-import errno
 import json
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from edge.audit import DISK_FULL
 
 
 @dataclass(frozen=True)
@@ -48,18 +49,15 @@ class Outbox:
         message = PendingMessage(sequence, topic, payload)
         while True:
             try:
-                self._write(message)
+                self.save(message)
                 return message
             except OSError as error:
-                full = error.errno in (errno.ENOSPC, errno.EDQUOT)
-                if not (full and self.make_room is not None and self.make_room()):
+                if not (error.errno in DISK_FULL and self.make_room is not None and self.make_room()):
                     raise NotSaved(message, f"{self.directory}: {error.strerror or error}") from None
 
-    def rewrite(self, message: PendingMessage) -> None:
-        """Save a message that put() could not (same sequence, so delivery order holds)."""
-        self._write(message)
-
-    def _write(self, message: PendingMessage) -> None:
+    def save(self, message: PendingMessage) -> None:
+        """Write one message durably; also how a message put() could not save is saved later
+        (same sequence, so delivery order holds)."""
         final = self.directory / f"{message.sequence:012d}.json"
         tmp = final.with_suffix(".tmp")
         try:

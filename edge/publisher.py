@@ -165,18 +165,23 @@ class StationPublisher:
                 self.in_flight[message.sequence] = info
             self.counters.rejects_published += 1
 
-    def reap(self) -> int:
-        """Delete acknowledged rejects from the outbox; returns how many are still unacknowledged."""
+    def reap(self) -> None:
+        """Delete acknowledged rejects from the outbox."""
         with self.lock:
             done = [sequence for sequence, info in self.in_flight.items() if info.is_published()]
             for sequence in done:
                 del self.in_flight[sequence]
                 self.unsaved.pop(sequence, None)
-            unsaved = len(self.unsaved)
         for sequence in done:
             self.outbox.done(sequence)
         self.counters.rejects_acknowledged += len(done)
-        return len(self.outbox) + unsaved
+
+    def undelivered(self) -> int:
+        """Rejects not yet acknowledged by the broker (a directory listing: not per part)."""
+        self.reap()
+        with self.lock:
+            in_memory = len(self.unsaved)
+        return len(self.outbox) + in_memory
 
     def save_unsaved(self) -> int:
         """At shutdown: one more try to put in-memory rejects on disk; returns how many are lost."""
@@ -185,7 +190,7 @@ class StationPublisher:
         lost = 0
         for message in messages:
             try:
-                self.outbox.rewrite(message)
+                self.outbox.save(message)
             except OSError:
                 lost += 1
         return lost

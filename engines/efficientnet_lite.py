@@ -11,7 +11,6 @@ Input: float NCHW RGB normalised the TF-Lite way, (uint8 - 127) / 128.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import math
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from engines.bundle import sha256_file
 
 # TF used these; the checkpoints' running stats were converted against them.
 _BN_EPS = 1e-3
@@ -212,14 +213,6 @@ class PretrainedWeights:
     sha256: str
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _weights_path(variant: str) -> str:
     pip_name, module_name, class_name = _WEIGHT_PACKAGES[variant]
     try:
@@ -261,7 +254,7 @@ def load_pretrained(variant: str) -> tuple[EfficientNetLite, PretrainedWeights]:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, PretrainedWeights(path=path, sha256=_sha256(path))
+    return model, PretrainedWeights(path=path, sha256=sha256_file(path))
 
 
 __all__ = ["EfficientNetLite", "PretrainedWeights", "load_pretrained"]

@@ -6,13 +6,14 @@ channel counts, input normalisation in pixel units).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from engines.bundle import sha256_file
 
 
 class EncoderError(RuntimeError):
@@ -39,14 +40,6 @@ _IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 LITE_ENCODERS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 TORCHVISION_ENCODERS = ("resnet18", "wide_resnet50_2")
 ENCODER_NAMES = LITE_ENCODERS + TORCHVISION_ENCODERS
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_encoder(name: str, weights_path: str | None = None) -> tuple[nn.Module, EncoderInfo]:
@@ -77,7 +70,7 @@ def _load_lite(name: str, weights_path: str | None) -> tuple[nn.Module, EncoderI
         state = _load_state_dict(weights_path)
         state = {k: v for k, v in state.items() if k.startswith(("_conv_stem", "_bn0", "_blocks."))}
         model.load_state_dict(state, strict=True)
-        path, sha = str(weights_path), file_sha256(weights_path)
+        path, sha = str(weights_path), sha256_file(weights_path)
     info = EncoderInfo(name, tuple(model.tap_channels), tuple(model.tap_strides), _LITE_MEAN, _LITE_STD, sha, path)
     return _freeze(model), info
 
@@ -127,5 +120,5 @@ def _load_torchvision_resnet(name: str, weights_path: str | None) -> tuple[nn.Mo
     model = builder(weights=None)
     model.load_state_dict(_load_state_dict(weights_path), strict=True)
     channels = {"resnet18": (128, 256, 512), "wide_resnet50_2": (512, 1024, 2048)}[name]
-    info = EncoderInfo(name, channels, (8, 16, 32), _IMAGENET_MEAN, _IMAGENET_STD, file_sha256(weights_path), str(weights_path))
+    info = EncoderInfo(name, channels, (8, 16, 32), _IMAGENET_MEAN, _IMAGENET_STD, sha256_file(weights_path), str(weights_path))
     return _freeze(_ResNetTaps(model)), info
