@@ -47,6 +47,12 @@ class NoFrameYet(Exception):
 # How long a waiting source keeps the capture loop before handing it back.
 WAIT_SLICE_S = 0.5
 
+# How long a network stream may take to open or to deliver the next frame before it counts as
+# lost. OpenCV's default is 30 s, far past the daemon's 5 s heartbeat: a stream whose cable was
+# pulled (the TCP connection stays up, nothing arrives) would stop the watchdog ping and have
+# systemd restart a daemon that is merely waiting for its camera.
+STREAM_TIMEOUT_MS = 3000
+
 
 class VideoCaptureSource:
     """V4L2 devices, video files, RTSP/HTTP streams and GStreamer pipelines through OpenCV."""
@@ -79,7 +85,8 @@ class VideoCaptureSource:
         elif c.type == "gstreamer":
             capture = cv2.VideoCapture(c.pipeline, cv2.CAP_GSTREAMER)
         elif c.type == "stream":
-            capture = cv2.VideoCapture(c.url, cv2.CAP_FFMPEG)
+            timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+            capture = cv2.VideoCapture(c.url, cv2.CAP_FFMPEG, timeouts)
         else:
             capture = cv2.VideoCapture(c.path, cv2.CAP_FFMPEG)
         if not capture.isOpened():
