@@ -51,3 +51,15 @@ def broker(tmp_path):
     running = Broker(tmp_path).start()
     yield running
     running.stop()
+
+
+def run_scenario(scenario, *args, **kwargs):
+    """A fault scenario from tests/scenarios.py, skipped (with what is missing) where it cannot run."""
+    from tests.scenarios import ScenarioUnavailable
+
+    try:
+        report = scenario(*args, **kwargs)
+    except ScenarioUnavailable as missing:
+        pytest.skip(str(missing))
+    print(report.to_json())
+    return report

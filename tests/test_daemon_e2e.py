@@ -28,9 +28,14 @@ def write_config(path: Path, bundle: Path, port: int, camera: str, extra: str = 
     return path
 
 
-def start_daemon(config: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(config)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start_daemon(config: Path, env: dict | None = None, launcher: str | None = None, log: Path | None = None) -> subprocess.Popen:
+    """The real daemon in its own process; `launcher` is Python code run instead of `-m edge.cli`
+    (to inject a fault into one part), `env` adds to the environment, `log` takes its output
+    instead of a pipe (a long run would fill a pipe nobody reads and block the daemon)."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    program = ["-c", launcher] if launcher else ["-m", "edge.cli"]
+    output = open(log, "a") if log else subprocess.PIPE
+    return subprocess.Popen([sys.executable, *program, "--config", str(config)], cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(process: subprocess.Popen, timeout: float = 120) -> str:

@@ -14,123 +14,37 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.station import parse_trigger
-from tests.conftest import METAL_PLATE, SMALL_SIZE, require
-from tests.mqtt_helpers import Broker, Subscriber, find_mosquitto
+from tests.conftest import METAL_PLATE, require, run_scenario
+from tests.mqtt_helpers import Subscriber
+from tests.scenarios import broker_outages, parts_video, power_cuts
 from tests.test_daemon_e2e import finish, start_daemon, write_config
 
 
-def _parts_video(path, frames: int) -> None:
-    """Real MPDD parts, good and defective, at the small bundle's size."""
-    sources = sorted((require(METAL_PLATE) / "test").glob("*/*.png"))
-    images = [cv2.resize(cv2.imread(str(p)), SMALL_SIZE[::-1]) for p in sources]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, SMALL_SIZE[::-1])
-    for i in range(frames):
-        writer.write(images[(i * 7) % len(images)])
-    writer.release()
-
-
-def _audit(state) -> list[dict]:
-    records = []
-    for path in sorted((state / "audit").glob("*.jsonl*")):
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                pass  # the reader skips a record torn by a power cut
-    return records
-
-
-@pytest.fixture
-def persistent_broker(tmp_path):
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto not installed (apt-get install -y mosquitto; make test installs it)")
-    directory = tmp_path / "broker"
-    directory.mkdir()
-    broker = Broker(directory, persistent=True).start()
-    yield broker
-    broker.stop()
-
-
-def test_broker_restarts_lose_no_reject(small_bundle, persistent_broker, tmp_path):
+def test_broker_restarts_lose_no_reject(small_bundle, tmp_path):
     """500 parts; Mosquitto stopped and restarted three times while they run. Every reject the
     daemon decided reaches a persistent subscriber, in order, once per part id at least."""
     bundle, _ = small_bundle
-    parts = 500
-    video = tmp_path / "line.avi"
-    _parts_video(video, parts)
-    subscriber = Subscriber(persistent_broker.port, client_id="plc", persistent=True)
-    camera = f"  - station: line\n    source: {{type: file, path: {video}, fps: 40}}\n"
-    config = write_config(tmp_path / "config.yaml", bundle.path, persistent_broker.port, camera, publish="{results: false, heatmaps: none, stats_interval_s: 1}")
-    process = start_daemon(config)
-    outages = []
-    time.sleep(3)
-    for _ in range(3):
-        started = time.monotonic()
-        persistent_broker.stop()
-        time.sleep(1.5)
-        persistent_broker.start()
-        outages.append(time.monotonic() - started)
-        time.sleep(2)
-    output = finish(process, timeout=120)
-    decided = [r for r in _audit(tmp_path / "state") if r.get("verdict") in ("pass", "reject")]
-    expected = [r["part_id"] for r in decided if r["verdict"] == "reject"]
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not set(expected) <= {json.loads(m.payload)["part_id"] for m in subscriber.on("reject")}:
-        time.sleep(0.2)
-    received = [json.loads(m.payload) for m in subscriber.on("reject")]
-    subscriber.close()
-    ids = [r["part_id"] for r in received]
-    first_seen = list(dict.fromkeys(ids))
-    lost = set(expected) - set(ids)
-    print(f"parts {len(decided)}, rejects expected {len(expected)}, received {len(ids)}, duplicates {len(ids) - len(first_seen)}, lost {len(lost)}, late {sum(r['late'] for r in received)}")
-    assert len(decided) == parts, "the daemon stopped inspecting while the broker was away"
-    assert len(expected) >= 20, "too few rejects for the test to mean anything"
-    assert not lost, f"rejects lost: {sorted(lost, key=int)[:10]}\n{output[-2000:]}"
-    assert set(ids) <= set(expected), "a reject was delivered for a part the daemon passed"
-    assert first_seen == [p for p in expected if p in set(ids)], "rejects arrived out of order"
-    assert any(r["late"] for r in received), "nothing was marked late although the broker was down"
+    report = run_scenario(broker_outages, bundle, tmp_path, parts=500, outages=3)
+    assert report.parts == 500, "the daemon stopped inspecting while the broker was away"
+    assert report.rejects_expected >= 20, "too few rejects for the test to mean anything"
+    assert report.lost == 0, f"rejects lost: {report.details['lost_examples']}\n{report.log[-2000:]}"
+    assert report.details["unexpected"] == 0, "a reject was delivered for a part the daemon passed"
+    assert report.out_of_order == 0, "rejects arrived out of order"
+    assert report.late > 0, "nothing was marked late although the broker was down"
+    assert len(report.recovery_s) == 3, "rejects stopped coming after a broker restart"
 
 
 def test_power_cut_keeps_outbox_and_audit_and_sends_the_rest(small_bundle, tmp_path):
-    """SIGKILL while rejects pile up with no broker: nothing torn, and the next start delivers
-    every acknowledged-to-disk reject."""
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto not installed")
+    """SIGKILL while rejects pile up with no broker, twice: nothing torn, and the next start
+    delivers every reject that reached the disk, marked late."""
     bundle, _ = small_bundle
-    video = tmp_path / "line.avi"
-    _parts_video(video, 300)
-    directory = tmp_path / "broker"
-    directory.mkdir()
-    broker = Broker(directory)  # not started: the line runs while the broker is down
-    camera = f"  - station: line\n    source: {{type: file, path: {video}, fps: 60}}\n"
-    config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera, publish="{results: false, heatmaps: none}")
-    process = start_daemon(config)
-    outbox = tmp_path / "state" / "outbox" / "line"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list(outbox.glob("*.json"))) < 10:
-        time.sleep(0.1)
-    process.send_signal(signal.SIGKILL)
-    process.wait(10)
-    pending = sorted(outbox.glob("*.json"))
-    assert len(pending) >= 10
-    stored = [json.loads(p.read_text()) for p in pending]  # a torn file would raise here
-    audited = {r["part_id"] for r in _audit(tmp_path / "state") if r.get("verdict") == "reject"}
-    assert {s["payload"]["part_id"] for s in stored} >= audited - {max(audited, key=int, default=None)}
-
-    broker.start()
-    try:
-        subscriber = Subscriber(broker.port)
-        empty = tmp_path / "empty.avi"
-        _parts_video(empty, 1)
-        config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, f"  - station: line\n    source: {{type: file, path: {empty}}}\n", publish="{results: false, heatmaps: none}")
-        finish(start_daemon(config), timeout=60)
-        # Part ids restart with the new run's frame numbers, so only the late copies are the old parts'.
-        late = {json.loads(m.payload)["part_id"] for m in subscriber.wait_for("reject", len(stored), timeout=20) if json.loads(m.payload)["late"]}
-        subscriber.close()
-    finally:
-        broker.stop()
-    assert {s["payload"]["part_id"] for s in stored} <= late, "a reject stored before the power cut never went out (marked late)"
-    assert not list(outbox.glob("*.json")), "delivered rejects stayed in the outbox"
+    report = run_scenario(power_cuts, bundle, tmp_path, cuts=2, rejects_per_cut=10)
+    d = report.details
+    assert d["stored_before_restart"] >= 20
+    assert d["torn_outbox_files"] == 0, "a reject file in the outbox was torn"
+    assert d["audited_rejects_not_in_outbox"] == 0, "a reject in the audit log never reached the outbox"
+    assert report.lost == 0, f"stored rejects never went out: {d.get('lost_examples')}\n{report.log[-2000:]}"
+    assert d["outbox_left_after_delivery"] == 0, "delivered rejects stayed in the outbox"
 
 
 @settings(max_examples=2000, deadline=None)
@@ -150,8 +64,7 @@ def test_fuzzed_triggers_do_not_stall_inspection(small_bundle, broker, tmp_path)
     from tests.mqtt_helpers import Subscriber
 
     bundle, _ = small_bundle
-    video = tmp_path / "loop.avi"
-    _parts_video(video, 10)
+    video = parts_video(tmp_path / "loop.avi", 10, bundle.manifest.input_size)
     subscriber = Subscriber(broker.port)
     camera = f"  - station: fuzz\n    mode: triggered\n    trigger_timeout_s: 5\n    source: {{type: file, path: {video}, loop: true, fps: 30}}\n"
     process = start_daemon(write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera))

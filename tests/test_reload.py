@@ -11,7 +11,7 @@ import time
 from engines.bundle import write_bundle
 from tests.mqtt_helpers import Subscriber
 from tests.test_daemon_e2e import finish, start_daemon, write_config
-from tests.test_faults import _parts_video
+from tests.scenarios import parts_video
 
 
 def _recalibrated(bundle, destination, image_threshold: float):
@@ -45,7 +45,7 @@ def test_sighup_swaps_in_a_recalibrated_bundle_without_reconnecting(small_bundle
     live = tmp_path / "bundles" / "line"
     first = _recalibrated(bundle, live, bundle.manifest.thresholds.image)
     video = tmp_path / "line.avi"
-    _parts_video(video, 40)
+    parts_video(video, 40, bundle.manifest.input_size)
     subscriber = Subscriber(broker.port)
     camera = f"  - station: line\n    source: {{type: file, path: {video}, loop: true, fps: 20}}\n"
     config = write_config(tmp_path / "config.yaml", live, broker.port, camera, publish="{results: true, heatmaps: none, stats_interval_s: 1}")

@@ -15,7 +15,7 @@ import pytest
 
 from tests.mqtt_helpers import Broker, Subscriber, find_mosquitto
 from tests.test_daemon_e2e import finish, start_daemon
-from tests.test_faults import _parts_video
+from tests.scenarios import parts_video
 
 DAEMON_PASSWORD = "s3cret-line-pw"
 PLC_PASSWORD = "plc-pw"
@@ -103,7 +103,7 @@ def _connection_attempts(broker: Broker) -> int:
 def test_tls_with_client_certificate_and_password_delivers_rejects(small_bundle, secure_broker, pki, tmp_path):
     bundle, _ = small_bundle
     video = tmp_path / "line.avi"
-    _parts_video(video, 40)
+    parts_video(video, 40, bundle.manifest.input_size)
     plc = _plc(secure_broker, pki)
     camera = f"  - station: line\n    source: {{type: file, path: {video}}}\n"
     output = finish(start_daemon(_config(tmp_path, bundle.path, secure_broker.port, pki, DAEMON_PASSWORD, camera=camera)))
@@ -120,7 +120,7 @@ def test_acl_confines_a_daemon_to_its_own_prefix(small_bundle, secure_broker, pk
     that reaches the PLC: the broker's ACL, not the daemon's good manners, keeps stations apart."""
     bundle, _ = small_bundle
     video = tmp_path / "press.avi"
-    _parts_video(video, 10)
+    parts_video(video, 10, bundle.manifest.input_size)
     plc = _plc(secure_broker, pki)
     camera = f"  - station: press\n    source: {{type: file, path: {video}}}\n"
     finish(start_daemon(_config(tmp_path, bundle.path, secure_broker.port, pki, DAEMON_PASSWORD, station="press", camera=camera)))
