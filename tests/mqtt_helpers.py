@@ -29,7 +29,9 @@ class Broker:
         self.binary = find_mosquitto()
         self.port = port or free_port()
         self.config = directory / "mosquitto.conf"
-        persistence = f"persistence true\npersistence_location {directory}/\n" if persistent else "persistence false\n"
+        # Started as root, Mosquitto drops to its own user and then cannot save its database
+        # in a test's folder; `user root` keeps it as it is (ignored when not root).
+        persistence = f"persistence true\npersistence_location {directory}/\nuser root\n" if persistent else "persistence false\n"
         self.config.write_text(f"listener {self.port} 127.0.0.1\n{listener}{persistence}")
         self.log = directory / "mosquitto.log"
         self.process: subprocess.Popen | None = None
