@@ -317,7 +317,8 @@ def power_cuts(bundle, work: Path, cuts: int = 1, rejects_per_cut: int = 10, par
 def camera_losses(bundle, work: Path, source: str, losses: list[str], down_s: float = 4.0, fps: float = 15, watchdog_s: float = 2.0) -> ScenarioReport:
     """The camera goes away and comes back, once per entry of `losses`: for a stream, "stop" (the
     camera switched off) or "stall" (cable pulled: the connection stays up, nothing arrives); for
-    a folder, "unmount". Recovery is from the camera's return to the first result of a frame
+    a folder, "unmount"; for a looping video file, "remove" (noticed when the loop comes round:
+    the open file is still read to its end). Recovery is from the camera's return to the first result of a frame
     captured after it. The notify socket shows whether systemd's watchdog would have fired."""
     require_mosquitto()
     report = ScenarioReport(f"camera_loss_{source}")
@@ -331,6 +332,9 @@ def camera_losses(bundle, work: Path, source: str, losses: list[str], down_s: fl
         if source == "stream":
             camera = MjpegCamera(images, fps=fps).start()
             source_yaml = f"{{type: stream, url: '{camera.url}'}}"
+        elif source == "file":
+            video, removed = parts_video(work / "line.avi", 30, size), work / "removed.avi"
+            source_yaml = f"{{type: file, path: {video}, loop: true, fps: {fps}}}"
         else:
             folder, unmounted = work / "drop", work / "unmounted"
             folder.mkdir()
@@ -351,6 +355,8 @@ def camera_losses(bundle, work: Path, source: str, losses: list[str], down_s: fl
                 camera.stop()
             elif kind == "stall":
                 camera.stall()
+            elif kind == "remove":
+                video.rename(removed)
             else:
                 folder.rename(unmounted)
             said_lost = wait_until(lambda: any(m.received >= lost_at and json.loads(m.payload)["camera"] == "lost" for m in subscriber.on("stats")), timeout=down_s + 15)
@@ -361,6 +367,8 @@ def camera_losses(bundle, work: Path, source: str, losses: list[str], down_s: fl
                 camera.start()
             elif kind == "stall":
                 camera.resume()
+            elif kind == "remove":
+                removed.rename(video)
             else:
                 unmounted.rename(folder)
             fresh = lambda: [m.received for m in subscriber.on("result") if _epoch(json.loads(m.payload)["capture_time"]) >= back_wall]  # noqa: E731
