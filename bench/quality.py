@@ -127,13 +127,14 @@ def main() -> int:
     parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument("--ablation", action="store_true")
     parser.add_argument("--robustness", action="store_true")
+    parser.add_argument("--augment", type=int, default=0, metavar="COPIES", help="calibrate every bundle with COPIES shifted/rotated copies of each good image")
     parser.add_argument("--score-rules", action="store_true", help="image AUROC of other map-to-score rules (also part of --ablation)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "quality.json")
     parser.add_argument("--reuse-bundles", action="store_true", help="with --keep-bundles: evaluate default bundles already there instead of calibrating again")
     parser.add_argument("--keep-bundles", type=Path, help="write the bundles here and keep them (bench/fp16.py and bench/speed.py reuse them)")
     args = parser.parse_args()
 
-    base = CalibrationSettings(encoder=args.encoder, input_size=(args.input_size, args.input_size))
+    base = CalibrationSettings(encoder=args.encoder, input_size=(args.input_size, args.input_size), augment=AugmentConfig(copies=args.augment))
     dirs = [d for d in categories(args.datasets) if not args.only or f"{d.parent.name}/{d.name}" in args.only]
     measured_on = machine()  # the commit as the run starts; edits made while it runs are not in it
     rows: list[dict] = []
@@ -159,7 +160,7 @@ def main() -> int:
             print_table(rows)
     print_table(rows)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    report = {"machine": measured_on, "settings": {"encoder": args.encoder, "input_size": args.input_size}, "rows": rows}
+    report = {"machine": measured_on, "settings": {"encoder": args.encoder, "input_size": args.input_size, "augment_copies": args.augment}, "rows": rows}
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0
