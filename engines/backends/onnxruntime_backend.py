@@ -21,6 +21,11 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Idle pool threads sleep instead of spinning. The encoder and the flows each have a
+        # pool, and the daemon's capture and publish threads share the same cores: spinning
+        # workers took CPU from all of them. Lite0 256 end to end, 2 cores, two runs each:
+        # 76 and 55 frames/s spinning, 83 and 87 not (bench/README.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         self.encoder = ort.InferenceSession(str(bundle.file(ENCODER_ONNX)), options, providers=providers)
         self.flows = ort.InferenceSession(str(bundle.file(FLOWS_ONNX)), options, providers=providers)
