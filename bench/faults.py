@@ -27,18 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.quality import machine  # noqa: E402
+from bench.speed import make_bundle  # noqa: E402
+from engines.bundle import open_bundle  # noqa: E402
 from tests import scenarios  # noqa: E402
 
+ENCODER = "efficientnet-lite0"
+
 SCENARIOS = ["broker_outage", "power_cut", "camera_loss_stream", "camera_loss_folder", "disk_full", "stuck_inference", "soak"]
-
-
-def make_bundle(size: int, steps: int, work: Path):
-    from calibration.calibrate import CalibrationSettings, calibrate
-    from calibration.train import TrainConfig
-
-    settings = CalibrationSettings(input_size=(size, size), train=TrainConfig(steps_per_scale=(steps, steps, steps)))
-    bundle, _ = calibrate(scenarios.PARTS_SOURCE / "train" / "good", work / f"bundle-{size}", settings, force=True, log=lambda message: None)
-    return bundle
 
 
 def run(name: str, args, small, large, work: Path) -> scenarios.ScenarioReport:
@@ -76,8 +71,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
         work = Path(tmp)
         print("calibrating the bundles", file=sys.stderr)
-        small = make_bundle(64, 60, work) if set(args.only) - {"soak"} else None
-        large = make_bundle(args.soak_size, 30, work) if "soak" in args.only else None
+        small = open_bundle(make_bundle(ENCODER, 64, work, steps=60)) if set(args.only) - {"soak"} else None
+        large = open_bundle(make_bundle(ENCODER, args.soak_size, work)) if "soak" in args.only else None
         for name in args.only:
             print(f"{name}: running", file=sys.stderr, flush=True)
             started = time.monotonic()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.quality import DEFAULT_DATASETS, machine  # noqa: E402
+from bench.quality import machine  # noqa: E402
 from edge.decision import decide  # noqa: E402
 from edge.station import InspectedPart, render_heatmap  # noqa: E402
 from edge.capture import Frame  # noqa: E402
@@ -39,9 +38,9 @@ from engines.bundle import open_bundle  # noqa: E402
 from engines.inspector import Inspector  # noqa: E402
 from engines.scoring import anomaly_maps  # noqa: E402
 from tests.mqtt_helpers import Broker, Subscriber  # noqa: E402
+from tests.scenarios import METAL_PLATE, parts_video, percentiles, proc_resources  # noqa: E402
 
 BIN = Path(sys.executable).parent
-SOURCE_IMAGES = DEFAULT_DATASETS / "mpdd" / "metal_plate"
 
 
 def matmul_gflops(size: int = 1024, seconds: float = 2.0) -> float:
@@ -82,27 +81,16 @@ def model_flops(bundle) -> float:
     return total[0]
 
 
-def make_bundle(encoder: str, size: int, work: Path) -> Path:
+def make_bundle(encoder: str, size: int, work: Path, steps: int = 30) -> Path:
+    """A briefly trained bundle on MPDD metal_plate's good parts (speed and the plumbing do not
+    depend on how well the flows are trained)."""
     from calibration.calibrate import CalibrationSettings, calibrate
     from calibration.train import TrainConfig
 
     out = work / f"{encoder}-{size}"
-    settings = CalibrationSettings(encoder=encoder, input_size=(size, size), train=TrainConfig(steps_per_scale=(30, 30, 30)))
-    calibrate(SOURCE_IMAGES / "train" / "good", out, settings, force=True, log=lambda message: None)
+    settings = CalibrationSettings(encoder=encoder, input_size=(size, size), train=TrainConfig(steps_per_scale=(steps, steps, steps)))
+    calibrate(METAL_PLATE / "train" / "good", out, settings, force=True, log=lambda message: None)
     return out
-
-
-def make_video(path: Path, frames: int, size: int) -> None:
-    """Real parts (good and defective test images) looped to `frames`, MJPG like a camera feed."""
-    images = [cv2.resize(cv2.imread(str(p)), (size, size), interpolation=cv2.INTER_AREA) for p in sorted((SOURCE_IMAGES / "test").rglob("*.png"))]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (size, size))
-    for i in range(frames):
-        writer.write(images[i % len(images)])
-    writer.release()
-
-
-def percentiles(values) -> dict[str, float]:
-    return {f"p{p}": round(float(np.percentile(values, p)), 2) for p in (50, 95, 99)}
 
 
 def stage_breakdown(bundle_path: Path, video: Path, frames: int, broker_port: int) -> dict:
@@ -169,16 +157,6 @@ def backend_only(bundle_path: Path, video: Path, frames: int) -> dict:
     return {"frames": len(inputs), "fps": round(len(inputs) / elapsed, 2), "latency_ms": percentiles(latencies)}
 
 
-def rss_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def end_to_end(bundle_path: Path, video: Path, frames: int, broker: Broker, work: Path, fps: float | None) -> dict:
     state = work / "state"
     subscriber = Subscriber(broker.port)
@@ -193,10 +171,10 @@ def end_to_end(bundle_path: Path, video: Path, frames: int, broker: Broker, work
     process = subprocess.Popen([str(BIN / "edge-inspect"), "--config", str(config), "--log-level", "WARNING"])
     memory = []
     while process.poll() is None:
-        kib = rss_kib(process.pid)
+        resources = proc_resources(process.pid)
         results = len(subscriber.on("result"))
-        if kib and results:
-            memory.append((results, kib))
+        if resources and results:
+            memory.append((results, resources["rss_kib"]))
         time.sleep(0.5)
     time.sleep(0.5)
     results = subscriber.on("result")
@@ -250,7 +228,7 @@ def main() -> int:
                     bundle = open_bundle(bundle_path)
                     video = work / f"stream-{size}.avi"
                     if not video.exists():
-                        make_video(video, frames, size)
+                        parts_video(video, frames, (size, size))
                     flops = model_flops(bundle)
                     print(f"{label}: backend alone", file=sys.stderr)
                     alone = backend_only(bundle_path, video, frames)

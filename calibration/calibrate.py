@@ -13,7 +13,7 @@ import torch
 
 import engines
 from calibration.augment import augmented_copies
-from calibration.images import ImageFolderError, LoadedImages, list_images, load_images
+from calibration.images import ImageFolderError, list_images, load_images
 from calibration.thresholds import choose_thresholds, fit_scoring_constants
 from calibration.train import TrainConfig, encode_features, log_likelihoods, train_decoders
 from engines.bundle import (

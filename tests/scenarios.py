@@ -18,12 +18,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tests.conftest import METAL_PLATE
 from tests.mqtt_helpers import Broker, Subscriber, find_mosquitto
 from tests.stream_server import MjpegCamera
 from tests.test_daemon_e2e import finish, offline_scores, start_daemon, write_config
 
-DATASETS = Path(os.environ.get("EDGE_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-PARTS_SOURCE = DATASETS / "mpdd" / "metal_plate"
 
 # Runs the real daemon with its ONNX Runtime backend wrapped so that, once the file named by
 # EDGE_TEST_HANG exists, the next engine call never returns: the fault is injected, the rest
@@ -89,9 +88,9 @@ def require_mosquitto() -> None:
 
 def part_images(size: tuple[int, int]) -> list[np.ndarray]:
     """Real MPDD parts, good and defective, at the bundle's (height, width)."""
-    sources = sorted((PARTS_SOURCE / "test").glob("*/*.png"))
+    sources = sorted((METAL_PLATE / "test").glob("*/*.png"))
     if not sources:
-        raise ScenarioUnavailable(f"dataset not found at {PARTS_SOURCE} (set EDGE_DATASETS to the shared datasets folder)")
+        raise ScenarioUnavailable(f"dataset not found at {METAL_PLATE} (set EDGE_DATASETS to the shared datasets folder)")
     return [cv2.resize(cv2.imread(str(p)), size[::-1], interpolation=cv2.INTER_AREA) for p in sources]
 
 
@@ -318,8 +317,9 @@ def camera_losses(bundle, work: Path, source: str, losses: list[str], down_s: fl
     """The camera goes away and comes back, once per entry of `losses`: for a stream, "stop" (the
     camera switched off) or "stall" (cable pulled: the connection stays up, nothing arrives); for
     a folder, "unmount"; for a looping video file, "remove" (noticed when the loop comes round:
-    the open file is still read to its end). Recovery is from the camera's return to the first result of a frame
-    captured after it. The notify socket shows whether systemd's watchdog would have fired."""
+    the open file is still read to its end). Recovery is from the camera's return to the first
+    result of a frame captured after it. The notify socket shows whether systemd's watchdog
+    would have fired."""
     require_mosquitto()
     report = ScenarioReport(f"camera_loss_{source}")
     size = bundle.manifest.input_size
@@ -329,17 +329,21 @@ def camera_losses(bundle, work: Path, source: str, losses: list[str], down_s: fl
     listener = NotifyListener()
     feeder_stop = threading.Event()
     try:
+        # Per kind of loss: what takes the camera away and what brings it back.
         if source == "stream":
             camera = MjpegCamera(images, fps=fps).start()
             source_yaml = f"{{type: stream, url: '{camera.url}'}}"
+            faults = {"stop": (camera.stop, camera.start), "stall": (camera.stall, camera.resume)}
         elif source == "file":
             video, removed = parts_video(work / "line.avi", 30, size), work / "removed.avi"
             source_yaml = f"{{type: file, path: {video}, loop: true, fps: {fps}}}"
+            faults = {"remove": (lambda: video.rename(removed), lambda: removed.rename(video))}
         else:
             folder, unmounted = work / "drop", work / "unmounted"
             folder.mkdir()
             threading.Thread(target=_feed_folder, args=(folder, images, fps, feeder_stop), daemon=True).start()
             source_yaml = f"{{type: folder, path: {folder}, poll_interval_s: 0.05}}"
+            faults = {"unmount": (lambda: folder.rename(unmounted), lambda: unmounted.rename(folder))}
         subscriber = Subscriber(broker.port)
         config = write_config(work / "config.yaml", bundle.path, broker.port, f"  - station: cam\n    source: {source_yaml}\n", publish="{results: true, heatmaps: none, stats_interval_s: 0.5}")
         process = start_daemon(config, env=listener.env(watchdog_s), log=work / "daemon.log")
@@ -350,27 +354,14 @@ def camera_losses(bundle, work: Path, source: str, losses: list[str], down_s: fl
         for kind in losses:
             before = len(subscriber.on("result"))
             wait_until(lambda: len(subscriber.on("result")) >= before + 5, timeout=30)
+            lose, restore = faults[kind]
             lost_at = time.monotonic()
-            if kind == "stop":
-                camera.stop()
-            elif kind == "stall":
-                camera.stall()
-            elif kind == "remove":
-                video.rename(removed)
-            else:
-                folder.rename(unmounted)
+            lose()
             said_lost = wait_until(lambda: any(m.received >= lost_at and json.loads(m.payload)["camera"] == "lost" for m in subscriber.on("stats")), timeout=down_s + 15)
             detected = time.monotonic() - lost_at
             time.sleep(max(0.0, lost_at + down_s - time.monotonic()))
             back_wall, back = time.time(), time.monotonic()
-            if kind == "stop":
-                camera.start()
-            elif kind == "stall":
-                camera.resume()
-            elif kind == "remove":
-                removed.rename(video)
-            else:
-                unmounted.rename(folder)
+            restore()
             fresh = lambda: [m.received for m in subscriber.on("result") if _epoch(json.loads(m.payload)["capture_time"]) >= back_wall]  # noqa: E731
             recovered = wait_until(lambda: bool(fresh()), timeout=30, step=0.05)
             recovery = min(fresh()) - back if recovered else None

@@ -9,7 +9,6 @@ import threading
 import time
 
 import cv2
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
