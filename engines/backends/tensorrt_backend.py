@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,9 @@ class TensorRTBackend:
         self.device_buffers: dict[str, int] = {}
         self.host_buffers: dict[str, tuple[int, np.ndarray]] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
+        # One set of buffers, contexts and stream: stations that share a bundle share this
+        # backend, and their calls must not interleave.
+        self.lock = threading.Lock()
         self._allocate(trt)
 
     def _allocate(self, trt) -> None:
@@ -113,8 +117,9 @@ class TensorRTBackend:
 
     def log_likelihoods(self, images: np.ndarray) -> list[np.ndarray]:
         results: list[list[np.ndarray]] = []
-        for start in range(0, len(images), self.max_batch):
-            results.append(self._run(images[start : start + self.max_batch]))
+        with self.lock:
+            for start in range(0, len(images), self.max_batch):
+                results.append(self._run(images[start : start + self.max_batch]))
         return [np.concatenate([r[i] for r in results]) for i in range(len(self.outputs))]
 
     def _run(self, images: np.ndarray) -> list[np.ndarray]:
@@ -143,15 +148,16 @@ class TensorRTBackend:
         return import_tensorrt().TensorIOMode.INPUT
 
     def close(self) -> None:
-        if not hasattr(self, "cuda"):
-            return
-        rt = self.cuda.rt
-        for pointer in self.device_buffers.values():
-            self.cuda.call(rt.cudaFree(pointer))
-        for pointer, _ in self.host_buffers.values():
-            self.cuda.call(rt.cudaFreeHost(pointer))
-        self.device_buffers, self.host_buffers = {}, {}
-        if getattr(self, "stream", None) is not None:
-            self.cuda.call(rt.cudaStreamDestroy(self.stream))
-            self.stream = None
-        self.contexts, self.engines = {}, {}
+        if not hasattr(self, "lock"):
+            return  # failed before anything was allocated
+        with self.lock:
+            rt = self.cuda.rt
+            for pointer in self.device_buffers.values():
+                self.cuda.call(rt.cudaFree(pointer))
+            for pointer, _ in self.host_buffers.values():
+                self.cuda.call(rt.cudaFreeHost(pointer))
+            self.device_buffers, self.host_buffers = {}, {}
+            if getattr(self, "stream", None) is not None:
+                self.cuda.call(rt.cudaStreamDestroy(self.stream))
+                self.stream = None
+            self.contexts, self.engines = {}, {}
