@@ -86,7 +86,8 @@ class Config:
     cameras: tuple[CameraConfig, ...]
     bundle: str | None = None
     backend: str = "auto"
-    threads: int = 0
+    threads: int = 0  # CPU cores inference may use, all workers together; 0: every core this process may run on
+    workers: int = 0  # frames inspected at once per station (ONNX Runtime only); 0: one per core of `threads`
     # systemd's StateDirectory= sets $STATE_DIRECTORY (per instance for the template unit).
     state_dir: str = field(default_factory=lambda: os.environ.get("STATE_DIRECTORY", "/var/lib/edge-inspect").split(":")[0])
     queue_size: int = 4
@@ -209,6 +210,7 @@ def validate(config: Config, reader: _Reader, root: yaml.Node, seen: dict, base:
 
     check(config.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
     check(config.threads >= 0, "threads", "must be 0 (all cores) or more")
+    check(0 <= config.workers <= 64, "workers", "must be between 0 (one per core) and 64")
     check(1 <= config.queue_size <= 1000, "queue_size", "must be between 1 and 1000")
     check(config.audit_max_bytes >= 10_000, "audit_max_bytes", "must be at least 10000")
     check(0 <= config.audit_backups <= 1000, "audit_backups", "must be between 0 and 1000")

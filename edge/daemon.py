@@ -4,6 +4,7 @@ bundles on SIGHUP without dropping the MQTT sessions."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -19,7 +20,7 @@ from edge.publisher import StationPublisher
 from edge.sdnotify import SystemdNotifier
 from edge.station import Station
 from edge.stats import StationStats
-from engines.backends import open_backend
+from engines.backends import open_backend, resolve_backend_name
 from engines.bundle import Bundle, open_bundle
 from engines.inspector import Inspector
 
@@ -39,24 +40,71 @@ FIRST_CONNECT_WAIT_S = 5.0
 @dataclass(frozen=True)
 class StationEngine:
     bundle: Bundle
-    inspector: Inspector
+    inspectors: tuple[Inspector, ...]  # one per inference worker; stations on this bundle share them
+
+    def close(self) -> None:
+        for inspector in self.inspectors:
+            inspector.backend.close()
 
 
-def load_engines(config: Config, cached: dict | None = None, notifier: SystemdNotifier | None = None) -> dict[str, StationEngine]:
+@dataclass(frozen=True)
+class InferencePlan:
+    backend: str
+    workers: int
+    threads_per_worker: int
+
+
+def plan_inference(backend: str, threads: int, workers: int, cores: int) -> InferencePlan:
+    """How many frames a station inspects at once, and with how many threads each.
+
+    On the CPU, whole frames in parallel beat one frame spread over the cores: ONNX Runtime's
+    per-operator threading gains little on maps this small (each convolution is a few hundred
+    microseconds of work, and the threads sleep between operators), while separate sessions need
+    no synchronisation at all. Lite0 256 on 2 cores: one session with 2 threads ran 70-86
+    frames/s, two single-threaded sessions 132-133 (bench/README.md). A worker keeps one frame's
+    latency where a single thread puts it. TensorRT has one GPU stream, and torch's thread count
+    is process-wide, so both run one worker.
+    """
+    if backend != "onnxruntime":
+        return InferencePlan(backend, 1, threads)
+    total = threads or cores
+    count = workers or total
+    return InferencePlan(backend, count, max(1, total // count))
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (systemd's CPUAffinity= and cgroup cpusets included)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def load_engines(config: Config, notifier: SystemdNotifier | None = None) -> dict[str, StationEngine]:
     """One engine per distinct bundle path, opened, verified and warmed up (the first call of an
     ONNX Runtime or TensorRT session is far slower than the rest)."""
+    plan = plan_inference(resolve_backend_name(config.backend), config.threads, config.workers, usable_cores())
+    if config.workers > 1 and plan.workers == 1:
+        log.warning("workers: %d asked for, but the %s backend runs one frame at a time; using 1", config.workers, plan.backend)
     engines: dict[str, StationEngine] = {}
     for camera in config.cameras:
         path = str(Path(camera.bundle or config.bundle).resolve())
         if path in engines:
             continue
         bundle = open_bundle(path)
-        backend = open_backend(config.backend, bundle, threads=config.threads, state_dir=Path(config.state_dir), notifier=notifier)
-        inspector = Inspector(bundle, backend)
-        height, width = bundle.manifest.input_size
-        inspector.inspect_batch(np.zeros((1, height, width, 3), np.uint8))
-        engines[path] = StationEngine(bundle, inspector)
-        log.info("bundle %s (%s) on %s: %s, %dx%d", bundle.bundle_id, path, backend.name, bundle.manifest.encoder.name, width, height)
+        inspectors = []
+        for _ in range(plan.workers):
+            backend = open_backend(plan.backend, bundle, threads=plan.threads_per_worker, state_dir=Path(config.state_dir), notifier=notifier)
+            inspector = Inspector(bundle, backend)
+            height, width = bundle.manifest.input_size
+            inspector.inspect_batch(np.zeros((1, height, width, 3), np.uint8))
+            inspectors.append(inspector)
+        engines[path] = StationEngine(bundle, tuple(inspectors))
+        log.info(
+            "bundle %s (%s) on %s: %s, %dx%d, %d worker(s) x %s thread(s)",
+            bundle.bundle_id, path, plan.backend, bundle.manifest.encoder.name, width, height,
+            plan.workers, plan.threads_per_worker or "all",
+        )
     return engines
 
 
@@ -110,7 +158,7 @@ class Daemon:
         due = [engine for close_after, engine in self.retired if close_after <= now]
         self.retired = [(close_after, engine) for close_after, engine in self.retired if close_after > now]
         for engine in due:
-            engine.inspector.backend.close()
+            engine.close()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())
@@ -197,7 +245,8 @@ class Daemon:
             publisher.stop()
         for station in self.stations:
             station.audit.close()
-            station.engine.inspector.backend.close()
+        for engine in {id(station.engine): station.engine for station in self.stations}.values():
+            engine.close()
         self.close_retired(float("inf"))
         self.notifier.close()
         return 0 if drained else 1

@@ -1,6 +1,10 @@
-"""One camera station: capture -> inference -> publishing, each in its own thread, joined by
+"""One camera station: capture -> inference -> publishing, each in its own thread(s), joined by
 bounded queues. Live cameras drop the oldest waiting frame when inference falls behind (counted);
-files and folders are not live, so they wait instead and no part is skipped."""
+files and folders are not live, so they wait instead and no part is skipped.
+
+Inference may run in several workers, each inspecting whole frames (see
+edge.daemon.plan_inference); every frame taken from the queue gets a ticket, and the publisher
+puts results back in ticket order, so parts are published in the order they were captured."""
 from __future__ import annotations
 
 import collections
@@ -27,12 +31,13 @@ LIVE_SOURCES = ("v4l2", "stream", "gstreamer")
 
 class FrameQueue:
     """Bounded FIFO. put() on a full queue drops the oldest item (live cameras) or waits
-    (blocking=True: files and folders)."""
+    (blocking=True: files and folders). get() numbers what it hands out 0, 1, 2, ... (tickets)."""
 
     def __init__(self, size: int):
         self.items: collections.deque = collections.deque()
         self.size = size
         self.condition = threading.Condition()
+        self.tickets = 0
 
     def put(self, item, blocking: bool, stop: threading.Event) -> int:
         with self.condition:
@@ -46,15 +51,17 @@ class FrameQueue:
             self.condition.notify_all()
             return dropped
 
-    def get(self, timeout: float):
+    def get(self, timeout: float) -> tuple[int, object] | None:
+        """(ticket, oldest item), or None after `timeout` seconds with nothing to take."""
         with self.condition:
             if not self.items:
                 self.condition.wait(timeout)
             if not self.items:
                 return None
             item = self.items.popleft()
+            ticket, self.tickets = self.tickets, self.tickets + 1
             self.condition.notify_all()
-            return item
+            return ticket, item
 
     def __len__(self) -> int:
         with self.condition:
@@ -100,6 +107,7 @@ class Station:
     def __init__(self, camera: CameraConfig, engine, publisher, audit, stats, publish: PublishConfig, queue_size: int):
         self.camera = camera
         self.engine = engine  # StationEngine; replaced whole on reload
+        self.workers = len(engine.inspectors)
         self.bad_triggers = 0
         self.publisher = publisher
         self.audit = audit
@@ -108,20 +116,25 @@ class Station:
         self.source = open_source(camera.source)
         self.live = camera.source.type in LIVE_SOURCES
         self.frames = FrameQueue(queue_size)
-        self.results: queue.Queue[InspectedPart | None] = queue.Queue(maxsize=queue_size * 4)
+        # (ticket, outcome): an InspectedPart, an error record (dict) or None (frame skipped).
+        self.results: queue.Queue[tuple[int, InspectedPart | dict | None]] = queue.Queue(maxsize=queue_size * 4)
         self.stop_capture = threading.Event()
         self.stop_all = threading.Event()
         self.capture_done = threading.Event()
         self.inference_done = threading.Event()
         self.publish_done = threading.Event()
-        self.heartbeats = {"capture": time.monotonic(), "inference": time.monotonic(), "publish": time.monotonic()}
+        # Per stage, when its loop last came round; None once the loop has ended.
+        stages = ["capture", *(f"inference-{i}" for i in range(self.workers)), "publish"]
+        self.heartbeats: dict[str, float | None] = {stage: time.monotonic() for stage in stages}
+        self.workers_running = self.workers
+        self.workers_lock = threading.Lock()
         self.camera_state = "starting"
         self.triggers: collections.deque[tuple[str, float]] = collections.deque(maxlen=1000)
         self.trigger_lock = threading.Lock()
         self.next_frame_id = 0
         self.threads = [
             threading.Thread(target=self._capture_loop, name=f"capture-{camera.station}", daemon=True),
-            threading.Thread(target=self._inference_loop, name=f"inference-{camera.station}", daemon=True),
+            *(threading.Thread(target=self._inference_loop, args=(i,), name=f"inference-{camera.station}-{i}", daemon=True) for i in range(self.workers)),
             threading.Thread(target=self._publish_loop, name=f"publish-{camera.station}", daemon=True),
         ]
 
@@ -161,8 +174,7 @@ class Station:
 
     def stale_stages(self, max_age_s: float) -> list[str]:
         now = time.monotonic()
-        done = {"capture": self.capture_done, "inference": self.inference_done, "publish": self.publish_done}
-        return [stage for stage, beat in self.heartbeats.items() if not done[stage].is_set() and now - beat > max_age_s]
+        return [stage for stage, beat in self.heartbeats.items() if beat is not None and now - beat > max_age_s]
 
     # -- capture ------------------------------------------------------------------------------
     def _capture_loop(self) -> None:
@@ -206,6 +218,7 @@ class Station:
         finally:
             self._expire_triggers(all_pending=True)
             self.source.close()
+            self.heartbeats["capture"] = None
             self.capture_done.set()
 
     def _read(self) -> Frame:
@@ -246,23 +259,48 @@ class Station:
             self.publisher.publish_result(record)
 
     # -- inference ----------------------------------------------------------------------------
-    def _inference_loop(self) -> None:
+    def _inference_loop(self, worker: int) -> None:
+        stage = f"inference-{worker}"
         try:
             while not self.stop_all.is_set():
-                self.heartbeats["inference"] = time.monotonic()
-                frame = self.frames.get(timeout=0.2)
-                if frame is None:
+                self.heartbeats[stage] = time.monotonic()
+                taken = self.frames.get(timeout=0.2)
+                if taken is None:
                     if self.capture_done.is_set() and not len(self.frames):
                         break
                     continue
-                part = self._inspect(frame)
-                if part is not None:
-                    self.results.put(part)
+                ticket, frame = taken
+                try:
+                    outcome = self._inspect(frame, worker)
+                except Exception as error:  # one part's failure must not stop the line
+                    outcome = self._inference_error(frame, error)
+                self.results.put((ticket, outcome))
         finally:
-            self.inference_done.set()
+            self.heartbeats[stage] = None
+            with self.workers_lock:
+                self.workers_running -= 1
+                if not self.workers_running:
+                    self.inference_done.set()
 
-    def _inspect(self, frame: Frame) -> InspectedPart | None:
+    def _inference_error(self, frame: Frame, error: Exception) -> dict:
+        """The record published for a part that could not be inspected (verdict "error"), so the
+        PLC hears about every part; logged for the first few, then every 100th."""
+        self.stats.count("inference_errors")
+        errors = self.stats.inference_errors
+        if errors <= 5 or errors % 100 == 0:
+            log.error("%s: inspecting part %s failed (%d so far): %s", self.camera.station, frame.part_id, errors, error, exc_info=errors == 1)
+        record = {
+            "part_id": frame.part_id, "frame_id": frame.frame_id, "station": self.camera.station,
+            "capture_time": datetime.fromtimestamp(frame.t_capture, timezone.utc).isoformat(timespec="milliseconds"),
+            "verdict": "error", "error": f"inspection failed: {error}",
+        }
+        if frame.source_name:
+            record["file"] = frame.source_name
+        return record
+
+    def _inspect(self, frame: Frame, worker: int) -> InspectedPart | None:
         engine = self.engine
+        inspector = engine.inspectors[worker % len(engine.inspectors)]
         image = frame.image
         height, width = image.shape[:2] if image is not None and image.ndim >= 2 else (0, 0)
         box = (0, 0, width, height)
@@ -274,30 +312,41 @@ class Station:
                 return None
             image, box = image[y : y + h, x : x + w], (x, y, w, h)
         try:
-            model_input = engine.inspector.model_input(image)
+            model_input = inspector.model_input(image)
         except FrameError as error:
             name = frame.source_name or f"frame {frame.frame_id}"
             log.warning("%s: skipped %s: %s", self.camera.station, name, error)
             self.stats.count("bad_frames")
             return None
-        maps, scores = engine.inspector.inspect_batch(model_input[None])
+        maps, scores = inspector.inspect_batch(model_input[None])
         thresholds = engine.bundle.manifest.thresholds
         verdict = decide(maps[0], float(scores[0]), thresholds.image, thresholds.pixel, self.camera.min_region_area, box)
         return InspectedPart(frame, frame.part_id, verdict, maps[0], model_input, engine.bundle.bundle_id)
 
     # -- publishing ---------------------------------------------------------------------------
     def _publish_loop(self) -> None:
+        waiting: dict[int, InspectedPart | dict | None] = {}  # finished before an earlier ticket
+        next_ticket = 0
         try:
             while not self.stop_all.is_set():
                 self.heartbeats["publish"] = time.monotonic()
                 try:
-                    part = self.results.get(timeout=0.2)
+                    ticket, outcome = self.results.get(timeout=0.2)
                 except queue.Empty:
                     if self.inference_done.is_set() and self.results.empty():
                         break
                     continue
-                self._publish(part)
+                waiting[ticket] = outcome
+                while next_ticket in waiting:
+                    outcome = waiting.pop(next_ticket)
+                    next_ticket += 1
+                    if isinstance(outcome, InspectedPart):
+                        self._publish(outcome)
+                    elif outcome is not None:
+                        self.audit.append(outcome)
+                        self.publisher.publish_result(outcome)
         finally:
+            self.heartbeats["publish"] = None
             self.publish_done.set()
 
     def _publish(self, part: InspectedPart) -> None:

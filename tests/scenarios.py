@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -511,7 +512,7 @@ def stuck_inference(bundle, work: Path, waiting_s: float = 8.0, watchdog_s: floa
         last_ping_after_hang_s=round(last_ping - hung_at, 2),
         pings_after_hang_plus_7s=len(listener.times("WATCHDOG=1", since=hung_at + 7.0)),
         daemon_still_running=alive,
-        log_named_the_stage="stages not alive: line/inference; withholding the watchdog ping" in report.log,
+        log_named_the_stage=re.search(r"stages not alive: line/inference-\d+; withholding the watchdog ping", report.log) is not None,
     )
     return report
 

@@ -14,8 +14,7 @@ log = logging.getLogger("engines.backends")
 
 def open_backend(name: str, bundle: Bundle, threads: int = 0, state_dir: Path | None = None, notifier=None) -> InferenceBackend:
     """`auto`: TensorRT where it and a GPU are present, else ONNX Runtime on the CPU."""
-    if name == "auto":
-        name = _auto_choice()
+    name = resolve_backend_name(name)
     if name == "onnxruntime":
         from engines.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -29,6 +28,11 @@ def open_backend(name: str, bundle: Bundle, threads: int = 0, state_dir: Path | 
 
         return TensorRTBackend(bundle, state_dir=state_dir, notifier=notifier)
     raise BackendError(f"unknown backend {name!r}; choose one of: {', '.join(BACKEND_NAMES)}")
+
+
+def resolve_backend_name(name: str) -> str:
+    """The backend `name` stands for on this machine (`auto` probes the GPU; others are as given)."""
+    return _auto_choice() if name == "auto" else name
 
 
 def _auto_choice() -> str:
@@ -50,4 +54,4 @@ def _auto_choice() -> str:
     return "tensorrt"
 
 
-__all__ = ["BACKEND_NAMES", "BackendError", "InferenceBackend", "open_backend"]
+__all__ = ["BACKEND_NAMES", "BackendError", "InferenceBackend", "open_backend", "resolve_backend_name"]

@@ -1,0 +1,86 @@
+"""Parallel inference workers: how many, and that parts still come out in capture order, one
+result each, when one part is slow and another fails."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.daemon import plan_inference
+from tests.conftest import METAL_PLATE, require
+from tests.mqtt_helpers import Subscriber
+from tests.test_daemon_e2e import finish, start_daemon, write_config
+
+
+@pytest.mark.parametrize(
+    "backend, threads, workers, cores, expected",
+    [
+        ("onnxruntime", 0, 0, 2, (2, 1)),  # every core, one frame each
+        ("onnxruntime", 0, 0, 8, (8, 1)),
+        ("onnxruntime", 4, 0, 8, (4, 1)),  # threads caps the cores used
+        ("onnxruntime", 4, 2, 8, (2, 2)),  # two frames at once, two threads each
+        ("onnxruntime", 0, 1, 2, (1, 2)),  # the old behaviour: one frame over both cores
+        ("onnxruntime", 2, 3, 8, (3, 1)),  # more workers than threads: never zero threads
+        ("tensorrt", 0, 4, 8, (1, 0)),  # one GPU stream
+        ("torch", 2, 0, 8, (1, 2)),  # torch's thread count is per process
+    ],
+)
+def test_plan_inference(backend, threads, workers, cores, expected):
+    plan = plan_inference(backend, threads, workers, cores)
+    assert (plan.workers, plan.threads_per_worker) == expected
+
+
+# Grey parts take 1.5 s to inspect and white parts fail, so a later part finishes first.
+FAULTY_ENGINE_LAUNCHER = """
+import sys, time
+from engines.backends import onnxruntime_backend
+real = onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods
+def faulty(self, images):
+    if (images == 128).all():
+        time.sleep(1.5)
+    if (images == 255).all():
+        raise RuntimeError("injected engine fault")
+    return real(self, images)
+onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods = faulty
+from edge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_workers_publish_in_capture_order_and_a_failed_part_gets_an_error_result(small_bundle, broker, tmp_path):
+    bundle, _ = small_bundle
+    sources = sorted((require(METAL_PLATE) / "test").glob("*/*.png"))[::7][:8]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    images = [cv2.imread(str(path)) for path in sources]
+    images.insert(0, np.full((256, 256, 3), 128, np.uint8))  # p00: slow
+    images.insert(4, np.full((256, 256, 3), 255, np.uint8))  # p04: the engine fails on it
+    names = [f"p{i:02d}" for i in range(len(images))]
+    for i, (name, image) in enumerate(zip(names, images)):
+        path = inbox / f"{name}.png"
+        cv2.imwrite(str(path), image)
+        os.utime(path, ns=(i * 10**9, i * 10**9))  # the folder is read oldest first
+    subscriber = Subscriber(broker.port)
+    camera = f"  - station: par\n    source: {{type: folder, path: {inbox}, poll_interval_s: 0.05}}\n"
+    config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera, extra="workers: 3\nthreads: 3\n")
+    process = start_daemon(config, launcher=FAULTY_ENGINE_LAUNCHER)
+    results = subscriber.wait_for("result", len(names), timeout=60)
+    process.send_signal(signal.SIGTERM)
+    output = finish(process, timeout=60)
+
+    payloads = [json.loads(m.payload) for m in results]
+    assert [p["part_id"] for p in payloads] == names  # in capture order, though p00 finished last
+    verdicts = {p["part_id"]: p["verdict"] for p in payloads}
+    assert verdicts["p04"] == "error" and "injected engine fault" in payloads[4]["error"]
+    assert all(verdicts[name] in ("pass", "reject") for name in names if name != "p04")
+    assert "3 worker(s) x 1 thread(s)" in output
+    assert "inspecting part p04 failed" in output
+    audit = [json.loads(line) for line in (tmp_path / "state" / "audit" / "par.jsonl").read_text().splitlines()]
+    assert [record["part_id"] for record in audit] == names
+    stats = json.loads(subscriber.on("stats")[-1].payload)
+    assert stats["inference_errors"] == 1 and stats["parts"] == len(names) - 1
+    subscriber.close()
