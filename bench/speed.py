@@ -4,10 +4,13 @@ For each encoder at each input size:
   end to end   a video file -> edge-inspect -> a real Mosquitto -> a subscriber counting the
                result messages; sustained parts/s from the subscriber's clock, latency from
                capture to publish for every part (the daemon's audit log), resident memory
-  backend      the same frames through the backend alone (batch 1), in the same run
+  backend      the same frames through the backend alone (batch 1), in the same run: with the
+               daemon's default worker plan (one session per core, a frame each), and with one
+               session over every core (the daemon before it had workers)
   stages       decode, preprocess, encoder, flows, scoring, decision, heatmap JPEG, publish
   FLOPs        multiply-adds x2 of every convolution and coupling matmul, per frame;
-               achieved GFLOP/s against this machine's own float32 matmul rate
+               achieved GFLOP/s (FLOPs x end-to-end frames/s) against this machine's own
+               float32 matmul rate
 The bundles are calibrated briefly (speed does not depend on how well the flows are trained).
 
   python bench/speed.py [--frames 1000] [--encoders efficientnet-lite0 ...] [--sizes 256 512]
@@ -20,6 +23,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.quality import machine  # noqa: E402
+from edge.daemon import InferencePlan, plan_inference, usable_cores  # noqa: E402
 from edge.decision import decide  # noqa: E402
 from edge.station import InspectedPart, render_heatmap  # noqa: E402
 from edge.capture import Frame  # noqa: E402
@@ -134,27 +139,50 @@ def stage_breakdown(bundle_path: Path, video: Path, frames: int, broker_port: in
     return {stage: {"mean_ms": round(float(np.mean(v[5:])), 3), "p50_ms": round(float(np.median(v[5:])), 3)} for stage, v in times.items()}
 
 
-def backend_only(bundle_path: Path, video: Path, frames: int) -> dict:
+def backend_only(bundle_path: Path, video: Path, frames: int, plan: InferencePlan) -> dict:
+    """The frames through Inspector (backend plus scoring, what a daemon worker does per part)
+    with the daemon's worker plan: `plan.workers` threads, each with its own session, taking the
+    next frame as they finish. No capture, no queues, no publishing."""
     bundle = open_bundle(bundle_path)
-    inspector = Inspector(bundle, open_backend("onnxruntime", bundle))
+    inspectors = [Inspector(bundle, open_backend(plan.backend, bundle, threads=plan.threads_per_worker)) for _ in range(plan.workers)]
     capture = cv2.VideoCapture(str(video))
     inputs = []
     for _ in range(frames):
         ok, image = capture.read()
         if not ok:
             break
-        inputs.append(inspector.model_input(image))
+        inputs.append(inspectors[0].model_input(image))
     capture.release()
-    for x in inputs[:5]:
-        inspector.inspect_batch(x[None])
-    latencies, started = [], time.perf_counter()
-    for x in inputs:
-        t = time.perf_counter()
-        inspector.inspect_batch(x[None])  # backend plus scoring: what the daemon's inference stage does
-        latencies.append(1000 * (time.perf_counter() - t))
+    for inspector in inspectors:
+        for x in inputs[:5]:
+            inspector.inspect_batch(x[None])
+    latencies: list[float] = []
+    next_frame = iter(range(len(inputs)))
+    lock = threading.Lock()
+
+    def work(inspector: Inspector) -> None:
+        while True:
+            with lock:
+                i = next(next_frame, None)
+            if i is None:
+                return
+            t = time.perf_counter()
+            inspector.inspect_batch(inputs[i][None])
+            latencies.append(1000 * (time.perf_counter() - t))
+
+    workers = [threading.Thread(target=work, args=(inspector,)) for inspector in inspectors]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     elapsed = time.perf_counter() - started
-    inspector.backend.close()
-    return {"frames": len(inputs), "fps": round(len(inputs) / elapsed, 2), "latency_ms": percentiles(latencies)}
+    for inspector in inspectors:
+        inspector.backend.close()
+    return {
+        "workers": plan.workers, "threads_per_worker": plan.threads_per_worker, "frames": len(inputs),
+        "fps": round(len(inputs) / elapsed, 2), "latency_ms": percentiles(latencies),
+    }
 
 
 def end_to_end(bundle_path: Path, video: Path, frames: int, broker: Broker, work: Path, fps: float | None) -> dict:
@@ -231,19 +259,30 @@ def main() -> int:
                         parts_video(video, frames, (size, size))
                     flops = model_flops(bundle)
                     print(f"{label}: backend alone", file=sys.stderr)
-                    alone = backend_only(bundle_path, video, frames)
+                    plan = plan_inference("onnxruntime", 0, 0, usable_cores())  # what edge-inspect does by default
+                    alone = backend_only(bundle_path, video, frames, plan)
+                    # One session over every core, one frame at a time: the daemon before workers.
+                    one_session = backend_only(bundle_path, video, frames, InferencePlan("onnxruntime", 1, 0))
                     print(f"{label}: end to end through edge-inspect", file=sys.stderr)
                     run = work / f"run-{encoder}-{size}"
                     run.mkdir()
                     e2e = end_to_end(bundle_path, video, frames, broker, run, None)
+                    # Flat out, latency is mostly queueing; a camera at 80% of that rate shows
+                    # what one part waits when the line keeps up.
+                    paced_fps = round(0.8 * e2e["fps"], 1)
+                    print(f"{label}: end to end, camera paced at {paced_fps} frames/s", file=sys.stderr)
+                    (work / f"run-{encoder}-{size}-paced").mkdir()
+                    paced = end_to_end(bundle_path, video, frames, broker, work / f"run-{encoder}-{size}-paced", paced_fps)
                     stages = stage_breakdown(bundle_path, video, min(frames, 300), broker.port)
                     model_ms = stages["encoder"]["mean_ms"] + stages["flows"]["mean_ms"]
                     rows.append({
                         "encoder": encoder, "input_size": size, "frames": frames,
                         "gflop_per_frame": round(flops / 1e9, 3),
+                        # one frame alone (the stage times) and sustained by the daemon
                         "achieved_gflops": round(flops / 1e9 / (model_ms / 1000), 2),
+                        "achieved_gflops_end_to_end": round(flops / 1e9 * e2e["fps"], 2),
                         "machine_matmul_gflops": round(gflops_machine, 1),
-                        "backend_only": alone, "end_to_end": e2e,
+                        "backend_only": alone, "backend_one_session": one_session, "end_to_end": e2e, "end_to_end_paced": paced,
                         "e2e_over_backend": round(e2e["fps"] / alone["fps"], 3),
                         "stages": stages,
                     })
@@ -258,13 +297,14 @@ def main() -> int:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'encoder':<18} {'size':>5} {'GFLOP':>6} {'GFLOP/s':>8} {'e2e fps':>8} {'backend fps':>11} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'RSS MiB':>13}")
+    print(f"\n{'encoder':<18} {'size':>5} {'GFLOP':>6} {'GFLOP/s':>8} {'e2e fps':>8} {'backend fps':>11} {'1 session':>9} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'paced p50/p99':>14} {'RSS MiB':>13}")
     for r in rows:
         e, lat = r["end_to_end"], r["end_to_end"]["latency_ms"]
         rss = "-" if not e["rss_mib_start_end"] else "{}->{}".format(*e["rss_mib_start_end"])
+        paced = "{p50:.1f}/{p99:.1f}".format(**r["end_to_end_paced"]["latency_ms"])
         print(
-            f"{r['encoder']:<18} {r['input_size']:>5} {r['gflop_per_frame']:6.2f} {r['achieved_gflops']:8.1f} {e['fps']:8.1f} "
-            f"{r['backend_only']['fps']:11.1f} {r['e2e_over_backend']:6.2f} {lat['p50']:7.1f} {lat['p95']:7.1f} {lat['p99']:7.1f} {rss:>13}"
+            f"{r['encoder']:<18} {r['input_size']:>5} {r['gflop_per_frame']:6.2f} {r['achieved_gflops_end_to_end']:8.1f} {e['fps']:8.1f} "
+            f"{r['backend_only']['fps']:11.1f} {r['backend_one_session']['fps']:9.1f} {r['e2e_over_backend']:6.2f} {lat['p50']:7.1f} {lat['p95']:7.1f} {lat['p99']:7.1f} {paced:>14} {rss:>13}"
         )
     last = rows[-1]["stages"]
     print("stages (ms, mean, last row): " + ", ".join(f"{k} {v['mean_ms']:.2f}" for k, v in last.items()))
