@@ -73,6 +73,8 @@ BAD = [
     ("unknown backend", "backend", "cuda", "backend"),
     ("queue of zero", "queue_size", 0, "queue_size"),
     ("negative threads", "threads", -1, "threads"),
+    ("too many workers", "workers", 65, "workers"),
+    ("workers not a number", "workers", "two", "workers"),
     ("heatmap policy", "publish.heatmaps", "some", "publish.heatmaps"),
     ("heatmap quality", "publish.heatmap_quality", 101, "publish.heatmap_quality"),
     ("ROI with three numbers", "cameras.0.roi", [0, 0, 10], "cameras[0].roi"),
