@@ -7,7 +7,9 @@ For every category's calibrated bundle, the test images go through
   fp16-red16  the same, with the log-likelihood reductions in float16 too (what we do not ship)
 and each is scored with the bundle's own constants and threshold. Reported: image AUROC, the
 share of test images whose decision at the calibrated threshold equals fp32's, images with a
-non-finite map, and the largest map difference where both are finite.
+non-finite map, and the largest map difference where both are finite. Also the reduction's
+headroom: the largest per-position sum of z squared (and |z|) on any test image, in float32,
+against float16's largest finite value (65504).
 
   python bench/fp16.py [--bundles runs/bundles]      (bundles from bench/quality.py --keep-bundles)
 Writes bench/results/fp16.json. A benchmark, not a test: half precision on a CPU is slow.
@@ -62,6 +64,24 @@ def log_likelihoods(bundle, images: np.ndarray, batch: int = 8) -> dict[str, lis
     return {v: [np.concatenate([b[s] for b in batches]) for s in range(len(batches[0]))] for v, batches in out.items()}
 
 
+FLOAT16_MAX = 65504.0
+
+
+def reduction_headroom(bundle, images: np.ndarray, batch: int = 8) -> dict:
+    """What the log-likelihood reduction sums, at its largest over every position of every image."""
+    encoder, decoders = build_torch_model(bundle)
+    flows = FoldedDecoders(decoders).eval()
+    largest_sum, largest_z = 0.0, 0.0
+    with torch.inference_mode():
+        for start in range(0, len(images), batch):
+            features = encoder(torch.from_numpy(np.ascontiguousarray(images[start : start + batch])))
+            for flow, feature in zip(flows.flows, features):
+                z, _ = flow.latents(feature)
+                largest_sum = max(largest_sum, float((z * z).sum(dim=1).max()))
+                largest_z = max(largest_z, float(z.abs().max()))
+    return {"max_sum_z_squared": largest_sum, "max_abs_z": largest_z, "times_float16_max": largest_sum / FLOAT16_MAX}
+
+
 def compare(bundle, lls: dict[str, list[np.ndarray]], labels: np.ndarray) -> dict[str, dict]:
     size = tuple(bundle.manifest.input_size)
     threshold = bundle.manifest.thresholds.image
@@ -108,7 +128,8 @@ def main() -> int:
         images = load_images([t.path for t in category.test], tuple(bundle.manifest.input_size), bundle.manifest.colour).images
         labels = np.array([t.is_defective for t in category.test])
         rows = compare(bundle, log_likelihoods(bundle, images), labels)
-        results.append({"dataset": category.name, "images": len(images), "threshold": bundle.manifest.thresholds.image, "variants": rows})
+        headroom = reduction_headroom(bundle, images)
+        results.append({"dataset": category.name, "images": len(images), "threshold": bundle.manifest.thresholds.image, "variants": rows, "reduction": headroom})
     print(f"{'dataset':<22} {'variant':<11} {'imAUROC':>8} {'dAUROC pts':>10} {'same decision':>13} {'non-finite':>10} {'max map diff':>12}")
     for result in results:
         base = result["variants"]["fp32"]["image_auroc"]
@@ -118,6 +139,10 @@ def main() -> int:
                 f"{result['dataset']:<22} {variant:<11} {row['image_auroc']:8.4f} {100 * (row['image_auroc'] - base):10.3f} "
                 f"{100 * row['decisions_equal_to_fp32']:12.2f}% {row['images_nonfinite']:10d} {diff:>12}"
             )
+    print(f"\n{'dataset':<22} {'max sum z^2':>12} {'x fp16 max':>10} {'max |z|':>8}")
+    for result in results:
+        r = result["reduction"]
+        print(f"{result['dataset']:<22} {r['max_sum_z_squared']:12.4g} {r['times_float16_max']:10.3g} {r['max_abs_z']:8.4g}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"machine": measured_on, "torch": torch.__version__, "results": results}, indent=2) + "\n")
     print(f"wrote {args.output}")

@@ -98,15 +98,20 @@ class FoldedFlow(nn.Module):
             log_det = -torch.log(flow.input_std.double()).sum() + sum(block.global_log_scale.double().sum() for block in flow.blocks)
             self.constant = float(log_det) - 0.5 * channels * LOG_2PI
 
-    def forward(self, feature: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = feature.shape
+    def latents(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (B, C, h, w) -> z (B, C, positions) and the couplings' log-det (B, positions)."""
         z = (feature.float().flatten(2) - self.mean) / self.std
         log_dets = []
         for block in self.blocks:
             z, log_det = block(z)
             log_dets.append(log_det)
+        return z, sum(log_dets)
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = feature.shape
+        z, log_det = self.latents(feature)
         z32 = wide(z)
-        log_p = -0.5 * (z32 * z32).sum(dim=1) + sum(log_dets) + self.constant
+        log_p = -0.5 * (z32 * z32).sum(dim=1) + log_det + self.constant
         return (log_p / channels).reshape(batch, height, width)
 
 
