@@ -4,6 +4,7 @@ bundles on SIGHUP without dropping the MQTT sessions."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
@@ -44,7 +45,10 @@ class StationEngine:
 
     def close(self) -> None:
         for inspector in self.inspectors:
-            inspector.backend.close()
+            try:
+                inspector.backend.close()
+            except Exception as error:  # the others must still be freed
+                log.error("closing a %s backend of bundle %s failed: %s", inspector.backend.name, self.bundle.bundle_id, error)
 
 
 @dataclass(frozen=True)
@@ -54,8 +58,13 @@ class InferencePlan:
     threads_per_worker: int
 
 
-def plan_inference(backend: str, threads: int, workers: int, cores: int) -> InferencePlan:
-    """How many frames a station inspects at once, and with how many threads each.
+# Left at 0, `workers` grows with the cores only this far: each worker holds its own sessions
+# (about 70 MiB at Lite0 256), and a reload opens them all while the watchdog waits.
+MAX_AUTO_WORKERS = 8
+
+
+def plan_inference(backend: str, threads: int, workers: int, cores: int, stations: int = 1) -> InferencePlan:
+    """How many frames each station inspects at once, and with how many threads each.
 
     On the CPU, whole frames in parallel beat one frame spread over the cores: ONNX Runtime's
     per-operator threading gains little on maps this small (each convolution is a few hundred
@@ -63,29 +72,34 @@ def plan_inference(backend: str, threads: int, workers: int, cores: int) -> Infe
     no synchronisation at all. Lite0 256 on 2 cores: one session with 2 threads ran 70-86
     frames/s, two single-threaded sessions 132-133 (bench/README.md). A worker keeps one frame's
     latency where a single thread puts it. TensorRT has one GPU stream, and torch's thread count
-    is process-wide, so both run one worker.
+    is process-wide, so both run one worker. `threads` (or the cores) is shared by all stations.
     """
     if backend != "onnxruntime":
         return InferencePlan(backend, 1, threads)
     total = threads or cores
-    count = workers or total
-    return InferencePlan(backend, count, max(1, total // count))
+    count = workers or max(1, min(MAX_AUTO_WORKERS, total // stations))
+    return InferencePlan(backend, count, max(1, total // (count * stations)))
 
 
 def usable_cores() -> int:
-    """Cores this process may run on (systemd's CPUAffinity= and cgroup cpusets included)."""
+    """Cores this process may use: its CPU affinity (systemd's CPUAffinity=, cpusets), capped by
+    a cgroup v2 CPU quota (systemd's CPUQuota=, docker --cpus) where one is set."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # cgroup v1 or no cgroup filesystem: the affinity is all there is
+    return cores
 
 
-def load_engines(config: Config, notifier: SystemdNotifier | None = None) -> dict[str, StationEngine]:
+def load_engines(config: Config, plan: InferencePlan, notifier: SystemdNotifier | None = None) -> dict[str, StationEngine]:
     """One engine per distinct bundle path, opened, verified and warmed up (the first call of an
     ONNX Runtime or TensorRT session is far slower than the rest)."""
-    plan = plan_inference(resolve_backend_name(config.backend), config.threads, config.workers, usable_cores())
-    if config.workers > 1 and plan.workers == 1:
-        log.warning("workers: %d asked for, but the %s backend runs one frame at a time; using 1", config.workers, plan.backend)
     engines: dict[str, StationEngine] = {}
     for camera in config.cameras:
         path = str(Path(camera.bundle or config.bundle).resolve())
@@ -117,13 +131,18 @@ class Daemon:
         self.stations: list[Station] = []
         self.publishers: list[StationPublisher] = []
         self.retired: list[tuple[float, StationEngine]] = []  # (close after, engine) from reloads
+        self.plan: InferencePlan | None = None  # chosen once: the stations' workers are fixed
 
     def _bundle_key(self, camera) -> str:
         return str(Path(camera.bundle or self.config.bundle).resolve())
 
     def build(self) -> None:
         self.notifier.status("loading bundles")
-        engines = load_engines(self.config, notifier=self.notifier)
+        c = self.config
+        self.plan = plan_inference(resolve_backend_name(c.backend), c.threads, c.workers, usable_cores(), len(c.cameras))
+        if c.workers > 1 and self.plan.workers == 1:
+            log.warning("workers: %d asked for, but the %s backend runs one frame at a time; using 1", c.workers, self.plan.backend)
+        engines = load_engines(c, self.plan, notifier=self.notifier)
         state = Path(self.config.state_dir)
         for camera in self.config.cameras:
             engine = engines[self._bundle_key(camera)]
@@ -141,7 +160,7 @@ class Daemon:
         """Swap in re-calibrated bundles; a bundle that fails to load leaves the old one running."""
         self.notifier.reloading()
         try:
-            engines = load_engines(self.config, notifier=self.notifier)
+            engines = load_engines(self.config, self.plan, notifier=self.notifier)
         except Exception as error:  # keep inspecting with what works
             log.error("reload failed, keeping the current bundles: %s", error)
         else:
@@ -224,7 +243,10 @@ class Daemon:
     def shutdown(self) -> int:
         self.notifier.stopping()
         log.info("stopping: draining in-flight parts")
-        drained = all(station.join(DRAIN_TIMEOUT_S) for station in self.stations)
+        for station in self.stations:
+            station.request_stop()  # every camera stops now, not after the one before has drained
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        drained = all([station.join(max(0.0, deadline - time.monotonic())) for station in self.stations])
         if not drained:
             log.error("drain timed out after %.0f s; undelivered rejects stay in the outbox", DRAIN_TIMEOUT_S)
         deadline = time.monotonic() + OUTBOX_GRACE_S

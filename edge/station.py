@@ -179,6 +179,7 @@ class Station:
     # -- capture ------------------------------------------------------------------------------
     def _capture_loop(self) -> None:
         backoff = 0.5
+        ended = False
         try:
             while not self.stop_capture.is_set():
                 self.heartbeats["capture"] = time.monotonic()
@@ -215,10 +216,11 @@ class Station:
                     self.stats.count("dropped")
                 if dropped:
                     log.warning("%s: inference behind, dropped %d oldest frame(s)", self.camera.station, dropped)
+            ended = True
         finally:
             self._expire_triggers(all_pending=True)
             self.source.close()
-            self.heartbeats["capture"] = None
+            self._loop_exited("capture", ended)
             self.capture_done.set()
 
     def _read(self) -> Frame:
@@ -261,6 +263,7 @@ class Station:
     # -- inference ----------------------------------------------------------------------------
     def _inference_loop(self, worker: int) -> None:
         stage = f"inference-{worker}"
+        ended = False
         try:
             while not self.stop_all.is_set():
                 self.heartbeats[stage] = time.monotonic()
@@ -270,29 +273,56 @@ class Station:
                         break
                     continue
                 ticket, frame = taken
+                outcome: InspectedPart | dict | None = None
+                failure = "inspection did not finish"
                 try:
                     outcome = self._inspect(frame, worker)
+                    failure = ""
                 except Exception as error:  # one part's failure must not stop the line
-                    outcome = self._inference_error(frame, error)
-                self.results.put((ticket, outcome))
+                    failure = str(error) or type(error).__name__
+                    self._log_inference_error(frame, error)
+                finally:
+                    # Every ticket reaches the publisher, whatever happened: it publishes in
+                    # ticket order and would wait for a missing one forever.
+                    self.results.put((ticket, self._error_record(frame, failure) if failure else outcome))
+            ended = True
         finally:
-            self.heartbeats[stage] = None
+            self._loop_exited(stage, ended)
             with self.workers_lock:
                 self.workers_running -= 1
                 if not self.workers_running:
                     self.inference_done.set()
 
-    def _inference_error(self, frame: Frame, error: Exception) -> dict:
-        """The record published for a part that could not be inspected (verdict "error"), so the
-        PLC hears about every part; logged for the first few, then every 100th."""
+    def _loop_exited(self, stage: str, ended: bool) -> None:
+        """A loop that ended (source done, drained, stopped) is no longer watched. One that
+        crashed keeps its last heartbeat, which goes stale: the watchdog ping is withheld and
+        systemd restarts the daemon, instead of the crash passing for the end of the source."""
+        if ended:
+            self.heartbeats[stage] = None
+        else:
+            log.error("%s: the %s loop crashed; withholding the watchdog so systemd restarts the daemon", self.camera.station, stage)
+
+    def _log_inference_error(self, frame: Frame, error: Exception) -> None:
+        """The first few, then every 100th: a broken engine must not flood the journal."""
         self.stats.count("inference_errors")
         errors = self.stats.inference_errors
         if errors <= 5 or errors % 100 == 0:
             log.error("%s: inspecting part %s failed (%d so far): %s", self.camera.station, frame.part_id, errors, error, exc_info=errors == 1)
+
+    def _error_record(self, frame: Frame, failure: str) -> dict:
+        """What is published for a part that could not be inspected. It is rejected: a part
+        nobody looked at must not pass."""
         record = {
-            "part_id": frame.part_id, "frame_id": frame.frame_id, "station": self.camera.station,
+            "part_id": frame.part_id,
+            "frame_id": frame.frame_id,
+            "station": self.camera.station,
             "capture_time": datetime.fromtimestamp(frame.t_capture, timezone.utc).isoformat(timespec="milliseconds"),
-            "verdict": "error", "error": f"inspection failed: {error}",
+            "verdict": "error",
+            "score": None,
+            "threshold": None,
+            "bundle_id": self.engine.bundle.bundle_id,
+            "regions": [],
+            "error": f"inspection failed: {failure}",
         }
         if frame.source_name:
             record["file"] = frame.source_name
@@ -327,6 +357,7 @@ class Station:
     def _publish_loop(self) -> None:
         waiting: dict[int, InspectedPart | dict | None] = {}  # finished before an earlier ticket
         next_ticket = 0
+        ended = False
         try:
             while not self.stop_all.is_set():
                 self.heartbeats["publish"] = time.monotonic()
@@ -343,11 +374,19 @@ class Station:
                     if isinstance(outcome, InspectedPart):
                         self._publish(outcome)
                     elif outcome is not None:
-                        self.audit.append(outcome)
-                        self.publisher.publish_result(outcome)
+                        self._publish_error(outcome)
+            ended = True
         finally:
-            self.heartbeats["publish"] = None
+            if waiting or not self.results.empty():
+                log.error("%s: %d inspected part(s) not published (stopped before an earlier part finished)", self.camera.station, len(waiting) + self.results.qsize())
+            self._loop_exited("publish", ended)
             self.publish_done.set()
+
+    def _publish_error(self, record: dict) -> None:
+        self.publisher.publish_reject(record)  # through the outbox, like every reject
+        if self.publish_config.results:
+            self.publisher.publish_result(record)
+        self.audit.append(record)
 
     def _publish(self, part: InspectedPart) -> None:
         v = part.verdict

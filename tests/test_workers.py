@@ -4,37 +4,47 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import time
 
 import cv2
 import numpy as np
 import pytest
 
-from edge.daemon import plan_inference
+from edge.daemon import plan_inference, usable_cores
 from tests.conftest import METAL_PLATE, require
 from tests.mqtt_helpers import Subscriber
 from tests.test_daemon_e2e import finish, start_daemon, write_config
 
 
 @pytest.mark.parametrize(
-    "backend, threads, workers, cores, expected",
+    "backend, threads, workers, cores, stations, expected",
     [
-        ("onnxruntime", 0, 0, 2, (2, 1)),  # every core, one frame each
-        ("onnxruntime", 0, 0, 8, (8, 1)),
-        ("onnxruntime", 4, 0, 8, (4, 1)),  # threads caps the cores used
-        ("onnxruntime", 4, 2, 8, (2, 2)),  # two frames at once, two threads each
-        ("onnxruntime", 0, 1, 2, (1, 2)),  # the old behaviour: one frame over both cores
-        ("onnxruntime", 2, 3, 8, (3, 1)),  # more workers than threads: never zero threads
-        ("tensorrt", 0, 4, 8, (1, 0)),  # one GPU stream
-        ("torch", 2, 0, 8, (1, 2)),  # torch's thread count is per process
+        ("onnxruntime", 0, 0, 2, 1, (2, 1)),  # every core, one frame each
+        ("onnxruntime", 0, 0, 8, 1, (8, 1)),
+        ("onnxruntime", 0, 0, 64, 1, (8, 8)),  # at most 8 workers unless asked
+        ("onnxruntime", 0, 0, 8, 2, (4, 1)),  # the cores are shared by the stations
+        ("onnxruntime", 0, 0, 2, 3, (1, 1)),  # more stations than cores: one worker each
+        ("onnxruntime", 4, 0, 8, 1, (4, 1)),  # threads caps the cores used
+        ("onnxruntime", 4, 2, 8, 1, (2, 2)),  # two frames at once, two threads each
+        ("onnxruntime", 0, 1, 2, 1, (1, 2)),  # the old behaviour: one frame over both cores
+        ("onnxruntime", 2, 3, 8, 1, (3, 1)),  # more workers than threads: never zero threads
+        ("tensorrt", 0, 4, 8, 1, (1, 0)),  # one GPU stream
+        ("torch", 2, 0, 8, 1, (1, 2)),  # torch's thread count is per process
     ],
 )
-def test_plan_inference(backend, threads, workers, cores, expected):
-    plan = plan_inference(backend, threads, workers, cores)
+def test_plan_inference(backend, threads, workers, cores, stations, expected):
+    plan = plan_inference(backend, threads, workers, cores, stations)
     assert (plan.workers, plan.threads_per_worker) == expected
 
 
-# Grey parts take 1.5 s to inspect and white parts fail, so a later part finishes first.
+def test_usable_cores_is_within_this_process_affinity():
+    assert 1 <= usable_cores() <= len(os.sched_getaffinity(0))
+
+
+# Grey parts take 1.5 s to inspect, so a later part finishes first; white parts make the engine
+# raise; a part of level 64 kills its worker thread outright (SystemExit is not an Exception).
 FAULTY_ENGINE_LAUNCHER = """
 import sys, time
 from engines.backends import onnxruntime_backend
@@ -44,6 +54,8 @@ def faulty(self, images):
         time.sleep(1.5)
     if (images == 255).all():
         raise RuntimeError("injected engine fault")
+    if (images == 64).all():
+        raise SystemExit("injected thread death")
     return real(self, images)
 onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods = faulty
 from edge.cli import main
@@ -51,7 +63,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_workers_publish_in_capture_order_and_a_failed_part_gets_an_error_result(small_bundle, broker, tmp_path):
+def test_workers_publish_in_capture_order_and_failed_parts_are_rejected(small_bundle, broker, tmp_path):
     bundle, _ = small_bundle
     sources = sorted((require(METAL_PLATE) / "test").glob("*/*.png"))[::7][:8]
     inbox = tmp_path / "inbox"
@@ -59,6 +71,7 @@ def test_workers_publish_in_capture_order_and_a_failed_part_gets_an_error_result
     images = [cv2.imread(str(path)) for path in sources]
     images.insert(0, np.full((256, 256, 3), 128, np.uint8))  # p00: slow
     images.insert(4, np.full((256, 256, 3), 255, np.uint8))  # p04: the engine fails on it
+    images.insert(7, np.full((256, 256, 3), 64, np.uint8))  # p07: its worker dies
     names = [f"p{i:02d}" for i in range(len(images))]
     for i, (name, image) in enumerate(zip(names, images)):
         path = inbox / f"{name}.png"
@@ -69,6 +82,7 @@ def test_workers_publish_in_capture_order_and_a_failed_part_gets_an_error_result
     config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera, extra="workers: 3\nthreads: 3\n")
     process = start_daemon(config, launcher=FAULTY_ENGINE_LAUNCHER)
     results = subscriber.wait_for("result", len(names), timeout=60)
+    time.sleep(7)  # past the 5 s heartbeat limit of the dead worker
     process.send_signal(signal.SIGTERM)
     output = finish(process, timeout=60)
 
@@ -76,11 +90,19 @@ def test_workers_publish_in_capture_order_and_a_failed_part_gets_an_error_result
     assert [p["part_id"] for p in payloads] == names  # in capture order, though p00 finished last
     verdicts = {p["part_id"]: p["verdict"] for p in payloads}
     assert verdicts["p04"] == "error" and "injected engine fault" in payloads[4]["error"]
-    assert all(verdicts[name] in ("pass", "reject") for name in names if name != "p04")
+    assert verdicts["p07"] == "error" and payloads[7]["score"] is None
+    assert all(verdicts[name] in ("pass", "reject") for name in names if name not in ("p04", "p07"))
+    # A part nobody could inspect must not pass: it is rejected, through the outbox.
+    rejected = {json.loads(m.payload)["part_id"]: json.loads(m.payload) for m in subscriber.on("reject")}
+    assert rejected["p04"]["verdict"] == rejected["p07"]["verdict"] == "error"
     assert "3 worker(s) x 1 thread(s)" in output
     assert "inspecting part p04 failed" in output
+    # The dead worker is not taken for the end of the source: its heartbeat goes stale and the
+    # watchdog is withheld (systemd would restart the daemon).
+    assert re.search(r"the inference-\d loop crashed", output)
+    assert re.search(r"stages not alive: par/inference-\d", output)
     audit = [json.loads(line) for line in (tmp_path / "state" / "audit" / "par.jsonl").read_text().splitlines()]
     assert [record["part_id"] for record in audit] == names
     stats = json.loads(subscriber.on("stats")[-1].payload)
-    assert stats["inference_errors"] == 1 and stats["parts"] == len(names) - 1
+    assert stats["inference_errors"] == 1 and stats["parts"] == len(names) - 2
     subscriber.close()
