@@ -252,13 +252,8 @@ class Station:
         for part_id in expired:
             log.error("%s: trigger for part %s got no frame within %.1f s", self.camera.station, part_id, self.camera.trigger_timeout_s)
             self.stats.count("trigger_timeouts")
-            record = {
-                "part_id": part_id, "station": self.camera.station, "verdict": "no_frame",
-                "error": f"no frame within {self.camera.trigger_timeout_s:g} s of the trigger",
-                "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            }
-            self.audit.append(record)
-            self.publisher.publish_result(record)
+            error = f"no frame within {self.camera.trigger_timeout_s:g} s of the trigger"
+            self._publish_uninspected(self._uninspected_record(part_id, "no_frame", error))
 
     # -- inference ----------------------------------------------------------------------------
     def _inference_loop(self, worker: int) -> None:
@@ -284,7 +279,9 @@ class Station:
                 finally:
                     # Every ticket reaches the publisher, whatever happened: it publishes in
                     # ticket order and would wait for a missing one forever.
-                    self.results.put((ticket, self._error_record(frame, failure) if failure else outcome))
+                    if failure:
+                        outcome = self._uninspected_record(frame.part_id, "error", f"inspection failed: {failure}", frame)
+                    self.results.put((ticket, outcome))
             ended = True
         finally:
             self._loop_exited(stage, ended)
@@ -309,22 +306,25 @@ class Station:
         if errors <= 5 or errors % 100 == 0:
             log.error("%s: inspecting part %s failed (%d so far): %s", self.camera.station, frame.part_id, errors, error, exc_info=errors == 1)
 
-    def _error_record(self, frame: Frame, failure: str) -> dict:
-        """What is published for a part that could not be inspected. It is rejected: a part
-        nobody looked at must not pass."""
+    def _uninspected_record(self, part_id: str, verdict: str, error: str, frame: Frame | None = None) -> dict:
+        """What is published for a part that was not inspected: its trigger got no frame
+        ("no_frame") or the inspection failed ("error"). It goes out as a reject: a part nobody
+        looked at must not pass."""
+        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         record = {
-            "part_id": frame.part_id,
-            "frame_id": frame.frame_id,
+            "part_id": part_id,
+            "frame_id": frame.frame_id if frame else None,
             "station": self.camera.station,
-            "capture_time": datetime.fromtimestamp(frame.t_capture, timezone.utc).isoformat(timespec="milliseconds"),
-            "verdict": "error",
+            "capture_time": datetime.fromtimestamp(frame.t_capture, timezone.utc).isoformat(timespec="milliseconds") if frame else None,
+            "verdict": verdict,
             "score": None,
             "threshold": None,
             "bundle_id": self.engine.bundle.bundle_id,
             "regions": [],
-            "error": f"inspection failed: {failure}",
+            "error": error,
+            "time": now,
         }
-        if frame.source_name:
+        if frame is not None and frame.source_name:
             record["file"] = frame.source_name
         return record
 
@@ -374,7 +374,7 @@ class Station:
                     if isinstance(outcome, InspectedPart):
                         self._publish(outcome)
                     elif outcome is not None:
-                        self._publish_error(outcome)
+                        self._publish_uninspected(outcome)
             ended = True
         finally:
             if waiting or not self.results.empty():
@@ -382,7 +382,7 @@ class Station:
             self._loop_exited("publish", ended)
             self.publish_done.set()
 
-    def _publish_error(self, record: dict) -> None:
+    def _publish_uninspected(self, record: dict) -> None:
         self.publisher.publish_reject(record)  # through the outbox, like every reject
         if self.publish_config.results:
             self.publisher.publish_result(record)

@@ -156,6 +156,30 @@ def test_triggered_run_answers_every_trigger(small_bundle, broker, tmp_path):
     subscriber.close()
 
 
+def test_a_trigger_that_gets_no_frame_is_rejected(small_bundle, broker, tmp_path):
+    """A triggered part whose camera delivers nothing within the timeout was never inspected:
+    it is rejected (verdict no_frame), not left for the PLC to guess."""
+    bundle, _ = small_bundle
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()  # the camera drops no file
+    subscriber = Subscriber(broker.port)
+    camera = f"  - station: trig\n    mode: triggered\n    trigger_timeout_s: 0.5\n    source: {{type: folder, path: {inbox}}}\n"
+    process = start_daemon(write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera))
+    assert subscriber.wait_for("status", 1, timeout=30)
+    subscriber.publish("edge/trig/trigger", "B-1")
+    rejects = subscriber.wait_for("reject", 1, timeout=20)
+    results = subscriber.wait_for("result", 1, timeout=5)
+    process.send_signal(signal.SIGTERM)
+    output = finish(process, timeout=60)
+    reject = json.loads(rejects[0].payload)
+    assert reject["part_id"] == "B-1" and reject["verdict"] == "no_frame" and reject["score"] is None
+    assert json.loads(results[0].payload)["verdict"] == "no_frame"
+    assert "trigger for part B-1 got no frame" in output
+    audit = [json.loads(line) for line in (tmp_path / "state" / "audit" / "trig.jsonl").read_text().splitlines()]
+    assert [(r["part_id"], r["verdict"]) for r in audit] == [("B-1", "no_frame")]
+    subscriber.close()
+
+
 def test_status_online_then_offline_when_killed(small_bundle, broker, tmp_path):
     bundle, _ = small_bundle
     inbox = tmp_path / "inbox"
