@@ -186,6 +186,7 @@ def backend_only(bundle_path: Path, video: Path, frames: int, plan: InferencePla
 
 
 def end_to_end(bundle_path: Path, video: Path, frames: int, broker: Broker, work: Path, fps: float | None) -> dict:
+    work.mkdir()
     state = work / "state"
     subscriber = Subscriber(broker.port)
     config = work / "config.yaml"
@@ -264,14 +265,11 @@ def main() -> int:
                     # One session over every core, one frame at a time: the daemon before workers.
                     one_session = backend_only(bundle_path, video, frames, InferencePlan("onnxruntime", 1, 0))
                     print(f"{label}: end to end through edge-inspect", file=sys.stderr)
-                    run = work / f"run-{encoder}-{size}"
-                    run.mkdir()
-                    e2e = end_to_end(bundle_path, video, frames, broker, run, None)
+                    e2e = end_to_end(bundle_path, video, frames, broker, work / f"run-{encoder}-{size}", None)
                     # Flat out, latency is mostly queueing; a camera at 80% of that rate shows
                     # what one part waits when the line keeps up.
                     paced_fps = round(0.8 * e2e["fps"], 1)
                     print(f"{label}: end to end, camera paced at {paced_fps} frames/s", file=sys.stderr)
-                    (work / f"run-{encoder}-{size}-paced").mkdir()
                     paced = end_to_end(bundle_path, video, frames, broker, work / f"run-{encoder}-{size}-paced", paced_fps)
                     stages = stage_breakdown(bundle_path, video, min(frames, 300), broker.port)
                     model_ms = stages["encoder"]["mean_ms"] + stages["flows"]["mean_ms"]

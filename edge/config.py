@@ -86,8 +86,8 @@ class Config:
     cameras: tuple[CameraConfig, ...]
     bundle: str | None = None
     backend: str = "auto"
-    threads: int = 0  # CPU cores inference may use, all workers together; 0: every core this process may run on
-    workers: int = 0  # frames inspected at once per station (ONNX Runtime only); 0: one per core of `threads`
+    threads: int = 0  # CPU cores inference may use, all stations together; 0: every core this process may use
+    workers: int = 0  # frames each station inspects at once (ONNX Runtime only); 0: one per core of its share, at most 8
     # systemd's StateDirectory= sets $STATE_DIRECTORY (per instance for the template unit).
     state_dir: str = field(default_factory=lambda: os.environ.get("STATE_DIRECTORY", "/var/lib/edge-inspect").split(":")[0])
     queue_size: int = 4

@@ -89,12 +89,17 @@ def usable_cores() -> int:
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass  # cgroup v1 or no cgroup filesystem: the affinity is all there is
-    return cores
+        return cores_within_quota(cores, Path("/sys/fs/cgroup/cpu.max").read_text())
+    except OSError:
+        return cores  # cgroup v1 or no cgroup filesystem: the affinity is all there is
+
+
+def cores_within_quota(cores: int, cpu_max: str) -> int:
+    """`cores` capped by a cgroup v2 cpu.max ("QUOTA PERIOD" or "max PERIOD"), rounded up."""
+    fields = cpu_max.split()
+    if len(fields) < 2 or fields[0] == "max" or not (fields[0].isdigit() and fields[1].isdigit()) or int(fields[1]) == 0:
+        return cores
+    return min(cores, max(1, math.ceil(int(fields[0]) / int(fields[1]))))
 
 
 def load_engines(config: Config, plan: InferencePlan, notifier: SystemdNotifier | None = None) -> dict[str, StationEngine]:

@@ -310,27 +310,14 @@ class Station:
         """What is published for a part that was not inspected: its trigger got no frame
         ("no_frame") or the inspection failed ("error"). It goes out as a reject: a part nobody
         looked at must not pass."""
-        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        record = {
-            "part_id": part_id,
-            "frame_id": frame.frame_id if frame else None,
-            "station": self.camera.station,
-            "capture_time": datetime.fromtimestamp(frame.t_capture, timezone.utc).isoformat(timespec="milliseconds") if frame else None,
-            "verdict": verdict,
-            "score": None,
-            "threshold": None,
-            "bundle_id": self.engine.bundle.bundle_id,
-            "regions": [],
-            "error": error,
-            "time": now,
-        }
-        if frame is not None and frame.source_name:
-            record["file"] = frame.source_name
+        record = part_payload(self.camera.station, part_id, frame, verdict, None, None, self.engine.bundle.bundle_id, [])
+        record["error"] = error
+        record["time"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         return record
 
     def _inspect(self, frame: Frame, worker: int) -> InspectedPart | None:
         engine = self.engine
-        inspector = engine.inspectors[worker % len(engine.inspectors)]
+        inspector = engine.inspectors[worker]  # the worker plan is fixed for the daemon's life
         image = frame.image
         height, width = image.shape[:2] if image is not None and image.ndim >= 2 else (0, 0)
         box = (0, 0, width, height)
@@ -383,30 +370,22 @@ class Station:
             self.publish_done.set()
 
     def _publish_uninspected(self, record: dict) -> None:
-        self.publisher.publish_reject(record)  # through the outbox, like every reject
-        if self.publish_config.results:
-            self.publisher.publish_result(record)
+        self._send(record, reject=True)
         self.audit.append(record)
+
+    def _send(self, payload: dict, reject: bool) -> None:
+        if reject:
+            self.publisher.publish_reject(payload)  # through the outbox: never lost
+        if self.publish_config.results:
+            self.publisher.publish_result(payload)
 
     def _publish(self, part: InspectedPart) -> None:
         v = part.verdict
-        payload = {
-            "part_id": part.part_id,
-            "frame_id": part.frame.frame_id,
-            "station": self.camera.station,
-            "capture_time": datetime.fromtimestamp(part.frame.t_capture, timezone.utc).isoformat(timespec="milliseconds"),
-            "verdict": "reject" if v.reject else "pass",
-            "score": round(v.score, 5),
-            "threshold": round(v.threshold, 5),
-            "bundle_id": part.bundle_id,
-            "regions": [r.to_json() for r in v.regions],
-        }
-        if part.frame.source_name:
-            payload["file"] = part.frame.source_name
-        if v.reject:
-            self.publisher.publish_reject(payload)
-        if self.publish_config.results:
-            self.publisher.publish_result(payload)
+        payload = part_payload(
+            self.camera.station, part.part_id, part.frame, "reject" if v.reject else "pass",
+            round(v.score, 5), round(v.threshold, 5), part.bundle_id, [r.to_json() for r in v.regions],
+        )
+        self._send(payload, v.reject)
         policy = self.publish_config.heatmaps
         if policy == "all" or (policy == "rejects" and v.reject):
             self.publisher.publish_heatmap(self._heatmap_jpeg(part))
@@ -416,6 +395,28 @@ class Station:
 
     def _heatmap_jpeg(self, part: InspectedPart) -> bytes:
         return render_heatmap(part, self.camera.roi, self.publish_config.heatmap_quality)
+
+
+def part_payload(
+    station: str, part_id: str, frame: Frame | None, verdict: str, score: float | None, threshold: float | None,
+    bundle_id: str, regions: list[dict],
+) -> dict:
+    """The reject/result message of one part (DESIGN.md's MQTT contract); `frame` is None for a
+    trigger that got no frame."""
+    payload = {
+        "part_id": part_id,
+        "frame_id": frame.frame_id if frame else None,
+        "station": station,
+        "capture_time": datetime.fromtimestamp(frame.t_capture, timezone.utc).isoformat(timespec="milliseconds") if frame else None,
+        "verdict": verdict,
+        "score": score,
+        "threshold": threshold,
+        "bundle_id": bundle_id,
+        "regions": regions,
+    }
+    if frame is not None and frame.source_name:
+        payload["file"] = frame.source_name
+    return payload
 
 
 def render_heatmap(part: InspectedPart, roi: tuple[int, int, int, int] | None, quality: int) -> bytes:

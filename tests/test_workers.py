@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.daemon import plan_inference, usable_cores
+from edge.daemon import cores_within_quota, plan_inference, usable_cores
 from tests.conftest import METAL_PLATE, require
 from tests.mqtt_helpers import Subscriber
 from tests.test_daemon_e2e import finish, start_daemon, write_config
@@ -41,6 +41,14 @@ def test_plan_inference(backend, threads, workers, cores, stations, expected):
 
 def test_usable_cores_is_within_this_process_affinity():
     assert 1 <= usable_cores() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    "cpu_max, expected",
+    [("max 100000\n", 8), ("200000 100000\n", 2), ("150000 100000", 2), ("50000 100000", 1), ("1600000 100000", 8), ("", 8), ("garbage", 8)],
+)
+def test_a_cgroup_cpu_quota_caps_the_cores(cpu_max, expected):
+    assert cores_within_quota(8, cpu_max) == expected
 
 
 # Grey parts take 1.5 s to inspect, so a later part finishes first; white parts make the engine
