@@ -19,7 +19,7 @@ from edge.config import Config
 from edge.outbox import Outbox
 from edge.publisher import StationPublisher
 from edge.sdnotify import SystemdNotifier
-from edge.station import Station
+from edge.station import FLUSH_GRACE_S, Station
 from edge.stats import StationStats
 from engines.backends import open_backend, resolve_backend_name
 from engines.bundle import Bundle, open_bundle
@@ -29,8 +29,9 @@ log = logging.getLogger("edge.daemon")
 HEARTBEAT_MAX_AGE_S = 5.0
 DRAIN_TIMEOUT_S = 20.0
 # After the drain, how long rejects still in the outbox may wait for the broker (a reconnect
-# included) before the daemon leaves them on disk for its next start. Drain plus this stays
-# inside the unit's TimeoutStopSec.
+# included) before the daemon leaves them on disk for its next start. Drain, the rejects for
+# parts a timed-out drain left (2 x FLUSH_GRACE_S) and this stay inside the unit's
+# TimeoutStopSec (45 s).
 OUTBOX_GRACE_S = 10.0
 # A replaced engine may still be running the batch it was handed just before a reload; it is
 # closed (GPU memory freed) only once that batch has surely finished.
@@ -253,7 +254,13 @@ class Daemon:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         drained = all([station.join(max(0.0, deadline - time.monotonic())) for station in self.stations])
         if not drained:
-            log.error("drain timed out after %.0f s; undelivered rejects stay in the outbox", DRAIN_TIMEOUT_S)
+            log.error("drain timed out after %.0f s; parts not inspected by now are rejected", DRAIN_TIMEOUT_S)
+            for station in self.stations:
+                station.abandon()
+            deadline = time.monotonic() + 2 * FLUSH_GRACE_S
+            for station in self.stations:
+                if not station.publish_done.wait(max(0.0, deadline - time.monotonic())):
+                    log.error("%s: the publisher did not finish; parts it had not answered for are in neither the outbox nor the audit log", station.camera.station)
         deadline = time.monotonic() + OUTBOX_GRACE_S
         for publisher in self.publishers:
             # A broker that is away at shutdown is often just restarting: wait for it (paho keeps

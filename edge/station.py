@@ -27,26 +27,30 @@ from engines.preprocess import FrameError
 
 log = logging.getLogger("edge.station")
 LIVE_SOURCES = ("v4l2", "stream", "gstreamer")
+FLUSH_GRACE_S = 2.5  # how long a stop whose drain timed out waits on a stage before answering for its parts
 
 
 class FrameQueue:
     """Bounded FIFO. put() on a full queue drops the oldest item (live cameras) or waits
-    (blocking=True: files and folders). get() numbers what it hands out 0, 1, 2, ... (tickets)."""
+    (blocking=True: files and folders). get() numbers what it hands out 0, 1, 2, ... (tickets)
+    and remembers each item until done(ticket), so a stop can name the parts still in flight."""
 
     def __init__(self, size: int):
         self.items: collections.deque = collections.deque()
         self.size = size
         self.condition = threading.Condition()
         self.tickets = 0
+        self.taken: dict[int, object] = {}  # ticket -> item, handed out and not yet done
 
-    def put(self, item, blocking: bool, stop: threading.Event) -> int:
+    def put(self, item, blocking: bool, stop: threading.Event) -> list:
+        """-> the items dropped to make room (oldest first)."""
         with self.condition:
             while blocking and len(self.items) >= self.size and not stop.is_set():
                 self.condition.wait(0.2)
-            dropped = 0
-            while len(self.items) >= self.size:
-                self.items.popleft()
-                dropped += 1
+            dropped = []
+            # A blocking put released by a stop appends past the bound: a file's part is not dropped.
+            while not blocking and len(self.items) >= self.size:
+                dropped.append(self.items.popleft())
             self.items.append(item)
             self.condition.notify_all()
             return dropped
@@ -54,14 +58,23 @@ class FrameQueue:
     def get(self, timeout: float) -> tuple[int, object] | None:
         """(ticket, oldest item), or None after `timeout` seconds with nothing to take."""
         with self.condition:
-            if not self.items:
+            if not self.items and timeout > 0:
                 self.condition.wait(timeout)
             if not self.items:
                 return None
             item = self.items.popleft()
             ticket, self.tickets = self.tickets, self.tickets + 1
+            self.taken[ticket] = item
             self.condition.notify_all()
             return ticket, item
+
+    def done(self, ticket: int) -> None:
+        with self.condition:
+            self.taken.pop(ticket, None)
+
+    def in_flight(self) -> dict[int, object]:
+        with self.condition:
+            return dict(self.taken)
 
     def __len__(self) -> int:
         with self.condition:
@@ -159,14 +172,16 @@ class Station:
         self.stop_capture.set()
 
     def join(self, timeout_s: float) -> bool:
-        """Wait until every captured part is inspected and published (drain), then stop."""
+        """Wait until every captured part is inspected and published (drain); False if that
+        took longer than timeout_s (then call abandon())."""
         deadline = time.monotonic() + timeout_s
         self.stop_capture.set()
-        for done in (self.capture_done, self.inference_done, self.publish_done):
-            if not done.wait(max(0.0, deadline - time.monotonic())):
-                self.stop_all.set()
-                return False
-        return True
+        return all(done.wait(max(0.0, deadline - time.monotonic())) for done in (self.capture_done, self.inference_done, self.publish_done))
+
+    def abandon(self) -> None:
+        """Stop waiting for inference: the publisher answers for every part left (see
+        _publish_unfinished) and then ends; wait for that with publish_done."""
+        self.stop_all.set()
 
     @property
     def finished(self) -> bool:
@@ -212,16 +227,26 @@ class Station:
                     continue  # triggered mode and nobody asked for this frame
                 frame.part_id = part_id
                 dropped = self.frames.put(frame, blocking=not self.live, stop=self.stop_all)
-                for _ in range(dropped):
-                    self.stats.count("dropped")
                 if dropped:
-                    log.warning("%s: inference behind, dropped %d oldest frame(s)", self.camera.station, dropped)
+                    self._dropped(dropped)
             ended = True
         finally:
             self._expire_triggers(all_pending=True)
             self.source.close()
             self._loop_exited("capture", ended)
             self.capture_done.set()
+
+    def _dropped(self, frames: list[Frame]) -> None:
+        for _ in frames:
+            self.stats.count("dropped")
+        log.warning("%s: inference behind, dropped %d oldest frame(s)", self.camera.station, len(frames))
+        if self.camera.mode == "triggered":
+            # A triggered frame is a part the PLC asked about: it gets an answer, a reject.
+            # (A free-running camera's frames are views of the line, not parts; dropping the
+            # oldest is how a live camera keeps up.)
+            for frame in frames:
+                error = "inference fell behind the trigger rate; the frame was dropped"
+                self._publish_uninspected(self._uninspected_record(frame.part_id, "not_inspected", error, frame))
 
     def _read(self) -> Frame:
         frame_id = self.next_frame_id
@@ -282,6 +307,7 @@ class Station:
                     if failure:
                         outcome = self._uninspected_record(frame.part_id, "error", f"inspection failed: {failure}", frame)
                     self.results.put((ticket, outcome))
+                    self.frames.done(ticket)  # after put: a stop's flush finds the part in one of the two
             ended = True
         finally:
             self._loop_exited(stage, ended)
@@ -308,8 +334,10 @@ class Station:
 
     def _uninspected_record(self, part_id: str, verdict: str, error: str, frame: Frame | None = None) -> dict:
         """What is published for a part that was not inspected: its trigger got no frame
-        ("no_frame") or the inspection failed ("error"). It goes out as a reject: a part nobody
-        looked at must not pass."""
+        ("no_frame"), the inspection failed ("error"), or it never reached an inspection
+        ("not_inspected": dropped because inference fell behind the triggers, or still waiting
+        when a stop's drain timed out). It goes out as a reject: a part nobody looked at must
+        not pass."""
         record = part_payload(self.camera.station, part_id, frame, verdict, None, None, self.engine.bundle.bundle_id, [])
         record["error"] = error
         record["time"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -358,18 +386,50 @@ class Station:
                 while next_ticket in waiting:
                     outcome = waiting.pop(next_ticket)
                     next_ticket += 1
-                    if isinstance(outcome, InspectedPart):
-                        self._publish(outcome)
-                    elif outcome is not None:
-                        self._publish_uninspected(outcome)
+                    self._publish_outcome(outcome)
             ended = True
+            if self.stop_all.is_set():
+                self._publish_unfinished(waiting)
         finally:
-            if waiting or not self.results.empty():
-                log.error("%s: %d inspected part(s) not published (stopped before an earlier part finished)", self.camera.station, len(waiting) + self.results.qsize())
             self._loop_exited("publish", ended)
             self.publish_done.set()
 
+    def _publish_outcome(self, outcome: InspectedPart | dict | None) -> None:
+        if isinstance(outcome, InspectedPart):
+            self._publish(outcome)
+        elif outcome is not None:
+            self._publish_uninspected(outcome)
+
+    def _publish_unfinished(self, waiting: dict[int, InspectedPart | dict | None]) -> None:
+        """The drain timed out (a hung engine): every captured part still gets its answer, in
+        capture order. Parts that finished are published as usual; parts still being inspected
+        or still queued are rejected as not inspected."""
+        # In-flight first, then results: a worker puts its result before it leaves in-flight,
+        # so each part is found in at least one of the two.
+        self.capture_done.wait(FLUSH_GRACE_S)  # its last frame lands in the queue, not after the flush
+        in_flight = self.frames.in_flight()
+        while True:
+            try:
+                ticket, outcome = self.results.get_nowait()
+            except queue.Empty:
+                break
+            waiting[ticket] = outcome
+        while (taken := self.frames.get(timeout=0)) is not None:
+            ticket, frame = taken
+            in_flight[ticket] = frame
+        error = "the daemon stopped before inspecting it (drain timed out)"
+        for ticket, frame in in_flight.items():
+            if ticket not in waiting:
+                waiting[ticket] = self._uninspected_record(frame.part_id, "not_inspected", error, frame)
+        unfinished = sum(1 for outcome in waiting.values() if isinstance(outcome, dict) and outcome["verdict"] == "not_inspected")
+        if unfinished:
+            log.error("%s: stopped with %d part(s) not inspected; they are rejected", self.camera.station, unfinished)
+        for ticket in sorted(waiting):
+            self._publish_outcome(waiting.pop(ticket))
+
     def _publish_uninspected(self, record: dict) -> None:
+        if record["verdict"] == "not_inspected":
+            self.stats.count("not_inspected")
         self._send(record, reject=True)
         self.audit.append(record)
 

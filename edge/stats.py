@@ -16,7 +16,7 @@ class StationStats:
         self.finished: collections.deque[float] = collections.deque(maxlen=window)
         self.calibration = good_score_quantiles
         self.parts = self.rejects = self.dropped = self.bad_frames = self.trigger_timeouts = self.bad_triggers = 0
-        self.inference_errors = 0
+        self.inference_errors = self.not_inspected = 0
         self.started = time.monotonic()
 
     def record(self, latency_ms: float, score: float, reject: bool) -> None:
@@ -62,6 +62,7 @@ class StationStats:
                 "trigger_timeouts": self.trigger_timeouts,
                 "bad_triggers": self.bad_triggers,
                 "inference_errors": self.inference_errors,
+                "not_inspected": self.not_inspected,
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "drift": drift,
             }

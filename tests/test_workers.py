@@ -15,6 +15,7 @@ import pytest
 from edge.daemon import cores_within_quota, plan_inference, usable_cores
 from tests.conftest import METAL_PLATE, require
 from tests.mqtt_helpers import Subscriber
+from tests.stream_server import MjpegCamera
 from tests.test_daemon_e2e import finish, start_daemon, write_config
 
 
@@ -113,4 +114,107 @@ def test_workers_publish_in_capture_order_and_failed_parts_are_rejected(small_bu
     assert [record["part_id"] for record in audit] == names
     stats = json.loads(subscriber.on("stats")[-1].payload)
     assert stats["inference_errors"] == 1 and stats["parts"] == len(names) - 2
+    subscriber.close()
+
+
+HANGING_ENGINE_LAUNCHER = """
+import sys, time
+from edge import daemon
+from engines.backends import onnxruntime_backend
+daemon.DRAIN_TIMEOUT_S = 3.0
+real = onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods
+def hanging(self, images):
+    if (images == 32).all():
+        time.sleep(600)  # an engine that never comes back
+    return real(self, images)
+onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods = hanging
+from edge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_stop_whose_drain_times_out_rejects_every_part_left(small_bundle, broker, tmp_path):
+    """Both workers hang; SIGTERM. Every captured part still gets one answer, in capture order:
+    the parts that were inspected as usual, the others rejected as not inspected."""
+    bundle, _ = small_bundle
+    sources = sorted((require(METAL_PLATE) / "test").glob("*/*.png"))[::9][:6]
+    images = [cv2.imread(str(path)) for path in sources]
+    images.insert(1, np.full((256, 256, 3), 32, np.uint8))  # p01 hangs its worker
+    images.insert(3, np.full((256, 256, 3), 32, np.uint8))  # p03 hangs the other
+    names = [f"p{i:02d}" for i in range(len(images))]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i, (name, image) in enumerate(zip(names, images)):
+        path = inbox / f"{name}.png"
+        cv2.imwrite(str(path), image)
+        os.utime(path, ns=(i * 10**9, i * 10**9))
+    subscriber = Subscriber(broker.port)
+    camera = f"  - station: hang\n    source: {{type: folder, path: {inbox}, poll_interval_s: 0.05}}\n"
+    config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera, extra="workers: 2\nthreads: 2\nqueue_size: 4\n")
+    process = start_daemon(config, launcher=HANGING_ENGINE_LAUNCHER)
+    subscriber.wait_for("result", 1, timeout=60)  # p00; p02 may finish but waits behind p01
+    time.sleep(2)  # the rest of the folder is read into the queue
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1, output  # not drained: systemd sees a failed stop
+    assert "drain timed out" in output
+
+    results = [json.loads(m.payload) for m in subscriber.wait_for("result", len(names), timeout=10)]
+    assert [p["part_id"] for p in results] == names  # one answer each, in capture order
+    verdicts = {p["part_id"]: p["verdict"] for p in results}
+    assert verdicts["p00"] in ("pass", "reject") and verdicts["p02"] in ("pass", "reject")
+    left = [name for name in names if name not in ("p00", "p02")]
+    assert all(verdicts[name] == "not_inspected" for name in left), verdicts
+    assert f"stopped with {len(left)} part(s) not inspected" in output
+    rejected = {json.loads(m.payload)["part_id"] for m in subscriber.on("reject")}
+    assert set(left) <= rejected  # through the outbox: a part nobody looked at must not pass
+    audit = [json.loads(line) for line in (tmp_path / "state" / "audit" / "hang.jsonl").read_text().splitlines()]
+    assert [record["part_id"] for record in audit] == names
+    assert json.loads(subscriber.on("stats")[-1].payload)["not_inspected"] == len(left)
+    subscriber.close()
+
+
+SLOW_ENGINE_LAUNCHER = """
+import sys, time
+from engines.backends import onnxruntime_backend
+real = onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods
+def slow(self, images):
+    time.sleep(1.0)  # slower than the PLC's triggers
+    return real(self, images)
+onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods = slow
+from edge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_triggered_parts_dropped_by_a_live_camera_are_rejected(small_bundle, broker, tmp_path):
+    """A live camera drops the oldest waiting frame when inference falls behind. In triggered
+    mode that frame is a part the PLC asked about: it is answered with a reject."""
+    bundle, _ = small_bundle
+    frames = [cv2.imread(str(path)) for path in sorted((require(METAL_PLATE) / "train" / "good").glob("*.png"))[:3]]
+    camera = MjpegCamera(frames, fps=20).start()
+    subscriber = Subscriber(broker.port)
+    station = f"  - station: trig\n    mode: triggered\n    source: {{type: stream, url: '{camera.url}'}}\n"
+    config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, station, extra="workers: 1\nqueue_size: 1\n")
+    process = start_daemon(config, launcher=SLOW_ENGINE_LAUNCHER)
+    try:
+        assert subscriber.wait_for("status", 1, timeout=30)
+        time.sleep(1.0)
+        parts = [f"T-{i}" for i in range(6)]
+        for part in parts:
+            subscriber.publish("edge/trig/trigger", part)
+            time.sleep(0.2)
+        results = subscriber.wait_for("result", len(parts), timeout=30)
+        process.send_signal(signal.SIGTERM)
+        output = finish(process, timeout=60)
+    finally:
+        camera.stop()
+        if process.poll() is None:
+            process.kill()
+    answers = [json.loads(m.payload) for m in results]
+    assert sorted(p["part_id"] for p in answers) == parts  # every trigger answered, once
+    dropped = {p["part_id"] for p in answers if p["verdict"] == "not_inspected"}
+    assert dropped and all(p["verdict"] in ("pass", "reject") for p in answers if p["part_id"] not in dropped)
+    assert dropped <= {json.loads(m.payload)["part_id"] for m in subscriber.on("reject")}
+    assert "inference behind, dropped" in output
     subscriber.close()
