@@ -1,7 +1,9 @@
 """Detection quality on every category under ../shared/datasets: calibrate, then evaluate.
 
 Prints one table and writes bench/results/quality.json (with the machine and commit).
-  --ablation    positional condition off, 1/2/3 scales, 4 vs 8 coupling blocks, image-score rules
+  --ablation    positional condition off, 1/2/3 scales, 4 vs 8 coupling blocks, features pooled
+                3x3, image-score rules
+  --feature-pooling K  calibrate every bundle with K x K feature pooling (edge-calibrate's option)
   --score-rules image AUROC of other map-to-score rules only (cheap)
   --robustness  test parts shifted/rotated, and what training augmentation recovers
 This is a benchmark, not a test: it takes tens of minutes on 2 cores.
@@ -128,26 +130,35 @@ def main() -> int:
     parser.add_argument("--ablation", action="store_true")
     parser.add_argument("--robustness", action="store_true")
     parser.add_argument("--augment", type=int, default=0, metavar="COPIES", help="calibrate every bundle with COPIES shifted/rotated copies of each good image")
+    parser.add_argument("--feature-pooling", type=int, choices=(1, 3, 5), default=1, metavar="K", help="calibrate every bundle with K x K feature pooling")
     parser.add_argument("--score-rules", action="store_true", help="image AUROC of other map-to-score rules (also part of --ablation)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "quality.json")
     parser.add_argument("--reuse-bundles", action="store_true", help="with --keep-bundles: evaluate default bundles already there instead of calibrating again")
     parser.add_argument("--keep-bundles", type=Path, help="write the bundles here and keep them (bench/fp16.py and bench/speed.py reuse them)")
     args = parser.parse_args()
 
-    base = CalibrationSettings(encoder=args.encoder, input_size=(args.input_size, args.input_size), augment=AugmentConfig(copies=args.augment))
+    base = CalibrationSettings(
+        encoder=args.encoder,
+        input_size=(args.input_size, args.input_size),
+        augment=AugmentConfig(copies=args.augment),
+        feature_pooling=args.feature_pooling,
+    )
+    base_label = f"pooled {args.feature_pooling}x{args.feature_pooling}" if args.feature_pooling > 1 else ""
     dirs = [d for d in categories(args.datasets) if not args.only or f"{d.parent.name}/{d.name}" in args.only]
     measured_on = machine()  # the commit as the run starts; edits made while it runs are not in it
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         work = args.keep_bundles.resolve() if args.keep_bundles else Path(tmp)
         for category_dir in dirs:
-            row, bundle, scored = run_one(category_dir, base, work, reuse=args.reuse_bundles)
+            row, bundle, scored = run_one(category_dir, base, work, label=base_label, reuse=args.reuse_bundles)
             rows.append(row)
             if args.ablation:
                 for sub in scale_subsets(bundle, scored):
                     rows.append({"dataset": row["dataset"], **sub})
                 for label, flow in (("no positional cond", FlowConfig(condition_channels=0)), ("4 coupling blocks", FlowConfig(coupling_blocks=4))):
                     rows.append(run_one(category_dir, replace(base, flow=flow), work, label=label)[0])
+                if args.feature_pooling == 1:
+                    rows.append(run_one(category_dir, replace(base, feature_pooling=3), work, label="features pooled 3x3")[0])
             if args.ablation or args.score_rules:
                 rows.extend({"dataset": row["dataset"], **rule} for rule in image_score_rules(scored))
             if args.robustness:
@@ -160,7 +171,7 @@ def main() -> int:
             print_table(rows)
     print_table(rows)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    report = {"machine": measured_on, "settings": {"encoder": args.encoder, "input_size": args.input_size, "augment_copies": args.augment}, "rows": rows}
+    report = {"machine": measured_on, "settings": {"encoder": args.encoder, "input_size": args.input_size, "augment_copies": args.augment, "feature_pooling": args.feature_pooling}, "rows": rows}
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0

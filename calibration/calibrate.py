@@ -57,6 +57,7 @@ class CalibrationSettings:
     holdout_fraction: float = 0.2
     target_false_reject_rate: float = 0.01
     target_pixel_false_positive_rate: float = 0.005
+    feature_pooling: int = 1  # 1: none (the paper); 3 or 5 for large, faint defects (bench/README.md)
     blur_sigma: float = 4.0  # pixels at the input size; 4 gave the best PRO on MPDD metal_plate (0, 2, 4 tried)
     threads: int = 0
 
@@ -122,7 +123,7 @@ def calibrate(
     seconds["read"] = time.monotonic() - started
 
     encoder_module, info = load_encoder(settings.encoder)
-    encoder = PreprocessedEncoder(encoder_module, info.mean, info.std).eval()
+    encoder = PreprocessedEncoder(encoder_module, info.mean, info.std, settings.feature_pooling).eval()
     shapes = feature_shapes(info.tap_channels, info.tap_strides, settings.input_size)
     train_images = fit.images
     if settings.augment.copies:
@@ -165,7 +166,7 @@ def calibrate(
         format_version=FORMAT_VERSION,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         project_version=engines.__version__,
-        encoder=EncoderRecord(info.name, info.weights_sha256, info.tap_channels, info.tap_strides, info.mean, info.std),
+        encoder=EncoderRecord(info.name, info.weights_sha256, info.tap_channels, info.tap_strides, info.mean, info.std, settings.feature_pooling),
         input_size=tuple(settings.input_size),
         colour=colour,
         flow=FlowRecord(**asdict(settings.flow)),

@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-size", type=parse_size, default=(256, 256), help="N or HEIGHTxWIDTH, multiples of 32 (default 256)")
     parser.add_argument("--colour", choices=("auto", "rgb", "gray"), default="auto", help="auto: gray when every good image is gray")
     parser.add_argument("--coupling-blocks", type=int, default=8)
+    parser.add_argument(
+        "--feature-pooling", type=int, choices=(1, 3, 5), default=1, metavar="K",
+        help="average the features over K x K neighbours (1, 3 or 5; default 1: none). 3 helps large, faint "
+        "defects and whole-part detection and costs the outline of small ones: compare bundles with edge-evaluate",
+    )
     parser.add_argument("--epochs", type=float, default=None, help="passes over the finest scale's fibers (default from the training config)")
     parser.add_argument("--max-steps", type=int, default=None, help="cap on optimiser steps per scale (a quick trial run)")
     parser.add_argument("--augment", type=int, default=0, metavar="COPIES", help="add COPIES shifted/rotated copies of each good image (unfixtured parts)")
@@ -84,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         input_size=args.input_size,
         colour=None if args.colour == "auto" else args.colour,
         flow=FlowConfig(coupling_blocks=args.coupling_blocks),
+        feature_pooling=args.feature_pooling,
         train=train,
         augment=AugmentConfig(copies=args.augment),
         holdout_fraction=args.holdout_fraction,

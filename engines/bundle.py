@@ -37,6 +37,7 @@ class EncoderRecord:
     tap_strides: tuple[int, ...]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    feature_pooling: int = 1  # k x k average over each feature map; 1: none (bundles before it had none)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Manifest:
                 tap_strides=tuple(data["encoder"]["tap_strides"]),
                 mean=tuple(data["encoder"]["mean"]),
                 std=tuple(data["encoder"]["std"]),
+                feature_pooling=int(data["encoder"].get("feature_pooling", 1)),
             ),
             input_size=tuple(data["input_size"]),
             colour=str(data["colour"]),

@@ -5,6 +5,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engines.flow import LOG_2PI, ConditionalFlow, FlowConfig, wide
@@ -142,11 +143,16 @@ class FoldedDecoders(nn.Module):
 
 class PreprocessedEncoder(nn.Module):
     """The encoder with its input normalisation inside the graph: uint8 RGB NHWC in, so the
-    caller only resizes (one OpenCV call) and every backend sees identical arithmetic."""
+    caller only resizes (one OpenCV call) and every backend sees identical arithmetic.
 
-    def __init__(self, encoder: nn.Module, mean: tuple[float, float, float], std: tuple[float, float, float]):
+    feature_pooling > 1 averages each feature map over a k x k neighbourhood (stride 1, same
+    size), so every position describes its surroundings too: it helps large, faint defects and
+    image-level detection and costs localisation of small ones (bench/README.md)."""
+
+    def __init__(self, encoder: nn.Module, mean: tuple[float, float, float], std: tuple[float, float, float], feature_pooling: int = 1):
         super().__init__()
         self.encoder = encoder
+        self.feature_pooling = feature_pooling
         self.compute_dtype = torch.float32
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1))
@@ -162,4 +168,9 @@ class PreprocessedEncoder(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = image.permute(0, 3, 1, 2).float()
         x = (x - self.mean) / self.std
-        return tuple(self.encoder(x.to(self.compute_dtype)))
+        maps = tuple(self.encoder(x.to(self.compute_dtype)))
+        if self.feature_pooling > 1:
+            k = self.feature_pooling
+            # Border positions average only what exists (no zero padding pulled in).
+            maps = tuple(F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False) for m in maps)
+        return maps

@@ -74,3 +74,48 @@ def test_evaluate_rejects_wrong_layout_and_writes_report(small_bundle, tmp_path)
 
     sheet = cv2.imread(str(tmp_path / "eval" / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[0] >= 2 * 192  # a row for good and one per defect type
+
+
+def test_feature_pooling_is_in_the_bundle_and_its_encoder_graph(good_folder, tmp_path):
+    """--feature-pooling 3: the bundle records it, the exported encoder averages each feature map
+    over 3x3 neighbours (borders over what exists), and the torch backend agrees with the graph."""
+    import cv2
+    import numpy as np
+    import onnx
+    import onnxruntime
+    import torch
+    import torch.nn.functional as F
+
+    from engines.backends import open_backend
+    from engines.bundle import ENCODER_ONNX, open_bundle
+    from engines.cflow import PreprocessedEncoder
+    from engines.encoders import load_encoder
+    from engines.inspector import Inspector
+
+    refused = run("calibration.cli", str(good_folder), "-o", str(tmp_path / "two"), "--feature-pooling", "2")
+    assert refused.returncode == 2 and "--feature-pooling" in refused.stderr and "Traceback" not in refused.stderr
+    out = tmp_path / "pooled"
+    args = ["calibration.cli", str(good_folder), "-o", str(out), "--input-size", "64", "--max-steps", "5", "--threads", "2", "--feature-pooling", "3"]
+    result = run(*args)
+    assert result.returncode == 0, result.stderr
+    bundle = open_bundle(out)
+    assert bundle.manifest.encoder.feature_pooling == 3
+    graph = onnx.load(str(bundle.file(ENCODER_ONNX)))
+    assert sum(node.op_type == "AveragePool" for node in graph.graph.node) == 3  # one per scale
+
+    images = np.stack([cv2.resize(cv2.imread(str(p))[:, :, ::-1], (64, 64)) for p in sorted(good_folder.iterdir())[:3]])
+    session = onnxruntime.InferenceSession(str(bundle.file(ENCODER_ONNX)), providers=["CPUExecutionProvider"])
+    pooled = session.run(None, {session.get_inputs()[0].name: images})
+    module, info = load_encoder("efficientnet-lite0")
+    with torch.no_grad():
+        plain = PreprocessedEncoder(module, info.mean, info.std).eval()(torch.from_numpy(images))
+    for graph_map, plain_map in zip(pooled, plain):
+        expected = F.avg_pool2d(plain_map, 3, stride=1, padding=1, count_include_pad=False).numpy()
+        assert np.abs(graph_map - expected).max() < 1e-3
+        assert np.abs(graph_map - plain_map.numpy()).max() > 0.1  # pooling did change the features
+        corner = plain_map[:, :, :2, :2].mean(dim=(2, 3)).numpy()  # a corner averages its 4 real neighbours
+        assert np.abs(graph_map[:, :, 0, 0] - corner).max() < 1e-3
+
+    onnx_maps, _ = Inspector(bundle, open_backend("onnxruntime", bundle)).inspect_batch(images)
+    torch_maps, _ = Inspector(bundle, open_backend("torch", bundle)).inspect_batch(images)
+    assert np.abs(onnx_maps - torch_maps).max() < 1e-2

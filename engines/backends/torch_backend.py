@@ -28,7 +28,9 @@ def build_torch_model(bundle: Bundle):
     decoders = CflowDecoders(shapes, FlowConfig(flow.coupling_blocks, flow.condition_channels, flow.clamp, flow.hidden_ratio))
     state = torch.load(bundle.file(FLOW_WEIGHTS), map_location="cpu", weights_only=True)
     decoders.load_state_dict(state, strict=True)
-    return PreprocessedEncoder(encoder, manifest.encoder.mean, manifest.encoder.std).eval(), decoders.eval()
+    encoder_record = manifest.encoder
+    preprocessed = PreprocessedEncoder(encoder, encoder_record.mean, encoder_record.std, encoder_record.feature_pooling)
+    return preprocessed.eval(), decoders.eval()
 
 
 class TorchBackend:
