@@ -27,13 +27,20 @@ from engines.preprocess import FrameError
 
 log = logging.getLogger("edge.station")
 LIVE_SOURCES = ("v4l2", "stream", "gstreamer")
+NOT_INSPECTED_AT_STOP = "the daemon stopped before inspecting it (drain timed out)"
 FLUSH_GRACE_S = 2.5  # how long a stop whose drain timed out waits on a stage before answering for its parts
+
+
+class QueueClosed(Exception):
+    """put() after close_and_take(): the station is stopping and nobody will inspect the item."""
 
 
 class FrameQueue:
     """Bounded FIFO. put() on a full queue drops the oldest item (live cameras) or waits
-    (blocking=True: files and folders). get() numbers what it hands out 0, 1, 2, ... (tickets)
-    and remembers each item until done(ticket), so a stop can name the parts still in flight."""
+    (blocking=True: files and folders). Every item leaves with a ticket, 0, 1, 2, ... in capture
+    order, whether get() hands it out or put() drops it, so the publisher can answer for each in
+    order. Items handed out or dropped are remembered until done(ticket), once their answer is
+    with the publisher, so a stop can find every one."""
 
     def __init__(self, size: int):
         self.items: collections.deque = collections.deque()
@@ -41,29 +48,40 @@ class FrameQueue:
         self.condition = threading.Condition()
         self.tickets = 0
         self.taken: dict[int, object] = {}  # ticket -> item, handed out and not yet done
+        self.closed = False
 
-    def put(self, item, blocking: bool, stop: threading.Event) -> list:
-        """-> the items dropped to make room (oldest first)."""
+    def _ticket(self) -> int:
+        ticket, self.tickets = self.tickets, self.tickets + 1
+        return ticket
+
+    def put(self, item, blocking: bool, stop: threading.Event) -> list[tuple[int, object]]:
+        """-> the (ticket, item) pairs dropped to make room, oldest first. Raises QueueClosed
+        after close_and_take()."""
         with self.condition:
-            while blocking and len(self.items) >= self.size and not stop.is_set():
+            while blocking and len(self.items) >= self.size and not stop.is_set() and not self.closed:
                 self.condition.wait(0.2)
+            if self.closed:
+                raise QueueClosed()
             dropped = []
             # A blocking put released by a stop appends past the bound: a file's part is not dropped.
             while not blocking and len(self.items) >= self.size:
-                dropped.append(self.items.popleft())
+                ticket = self._ticket()
+                self.taken[ticket] = self.items.popleft()
+                dropped.append((ticket, self.taken[ticket]))
             self.items.append(item)
             self.condition.notify_all()
             return dropped
 
     def get(self, timeout: float) -> tuple[int, object] | None:
-        """(ticket, oldest item), or None after `timeout` seconds with nothing to take."""
+        """(ticket, oldest item), or None after `timeout` seconds with nothing to take (at once
+        once closed)."""
         with self.condition:
-            if not self.items and timeout > 0:
+            if not self.items and not self.closed and timeout > 0:
                 self.condition.wait(timeout)
-            if not self.items:
+            if not self.items or self.closed:
                 return None
             item = self.items.popleft()
-            ticket, self.tickets = self.tickets, self.tickets + 1
+            ticket = self._ticket()
             self.taken[ticket] = item
             self.condition.notify_all()
             return ticket, item
@@ -72,9 +90,16 @@ class FrameQueue:
         with self.condition:
             self.taken.pop(ticket, None)
 
-    def in_flight(self) -> dict[int, object]:
+    def close_and_take(self) -> dict[int, object]:
+        """Close the queue and return, by ticket, every item handed out and not done plus every
+        item still queued (ticketed now). In one step under the lock, so no item is in between."""
         with self.condition:
-            return dict(self.taken)
+            self.closed = True
+            left = dict(self.taken)
+            while self.items:
+                left[self._ticket()] = self.items.popleft()
+            self.condition.notify_all()
+            return left
 
     def __len__(self) -> int:
         with self.condition:
@@ -226,7 +251,13 @@ class Station:
                 if part_id is None:
                     continue  # triggered mode and nobody asked for this frame
                 frame.part_id = part_id
-                dropped = self.frames.put(frame, blocking=not self.live, stop=self.stop_all)
+                try:
+                    dropped = self.frames.put(frame, blocking=not self.live, stop=self.stop_all)
+                except QueueClosed:
+                    # The stop's flush has already answered for the queue; this part is answered here.
+                    if self._is_part():
+                        self._publish_uninspected(self._uninspected_record(frame.part_id, "not_inspected", NOT_INSPECTED_AT_STOP, frame))
+                    break
                 if dropped:
                     self._dropped(dropped)
             ended = True
@@ -236,17 +267,22 @@ class Station:
             self._loop_exited("capture", ended)
             self.capture_done.set()
 
-    def _dropped(self, frames: list[Frame]) -> None:
-        for _ in frames:
+    def _is_part(self) -> bool:
+        """Whether each frame is a part that must be answered: a triggered frame is one the PLC
+        asked about, a file is one the line camera delivered. A free-running live camera's frames
+        are views of the line: dropping the oldest is how it keeps up."""
+        return self.camera.mode == "triggered" or not self.live
+
+    def _dropped(self, dropped: list[tuple[int, Frame]]) -> None:
+        for _ in dropped:
             self.stats.count("dropped")
-        log.warning("%s: inference behind, dropped %d oldest frame(s)", self.camera.station, len(frames))
-        if self.camera.mode == "triggered":
-            # A triggered frame is a part the PLC asked about: it gets an answer, a reject.
-            # (A free-running camera's frames are views of the line, not parts; dropping the
-            # oldest is how a live camera keeps up.)
-            for frame in frames:
-                error = "inference fell behind the trigger rate; the frame was dropped"
-                self._publish_uninspected(self._uninspected_record(frame.part_id, "not_inspected", error, frame))
+        log.warning("%s: inference behind, dropped %d oldest frame(s)", self.camera.station, len(dropped))
+        for ticket, frame in dropped:
+            # Through the publisher, so the answer keeps its place in capture order.
+            error = "inference fell behind the trigger rate; the frame was dropped"
+            record = self._uninspected_record(frame.part_id, "not_inspected", error, frame) if self._is_part() else None
+            self.results.put((ticket, record))
+            self.frames.done(ticket)  # after put, as a worker does
 
     def _read(self) -> Frame:
         frame_id = self.next_frame_id
@@ -389,8 +425,11 @@ class Station:
                     self._publish_outcome(outcome)
             ended = True
             if self.stop_all.is_set():
-                self._publish_unfinished(waiting)
+                self._publish_unfinished(waiting, next_ticket)
+                waiting.clear()
         finally:
+            if waiting or not self.results.empty():
+                log.error("%s: %d inspected part(s) not published (the publisher stopped early)", self.camera.station, len(waiting) + self.results.qsize())
             self._loop_exited("publish", ended)
             self.publish_done.set()
 
@@ -400,32 +439,30 @@ class Station:
         elif outcome is not None:
             self._publish_uninspected(outcome)
 
-    def _publish_unfinished(self, waiting: dict[int, InspectedPart | dict | None]) -> None:
-        """The drain timed out (a hung engine): every captured part still gets its answer, in
+    def _publish_unfinished(self, waiting: dict[int, InspectedPart | dict | None], next_ticket: int) -> None:
+        """The drain timed out (a hung engine): every captured part still gets one answer, in
         capture order. Parts that finished are published as usual; parts still being inspected
-        or still queued are rejected as not inspected."""
-        # In-flight first, then results: a worker puts its result before it leaves in-flight,
-        # so each part is found in at least one of the two.
+        or still queued are rejected as not inspected. Tickets below next_ticket are answered."""
         self.capture_done.wait(FLUSH_GRACE_S)  # its last frame lands in the queue, not after the flush
-        in_flight = self.frames.in_flight()
+        # Close first, then read the results: a worker puts its result before it is done with a
+        # ticket, so every part is in `left` or in the results (or both: the result wins).
+        left = self.frames.close_and_take()
         while True:
             try:
                 ticket, outcome = self.results.get_nowait()
             except queue.Empty:
                 break
             waiting[ticket] = outcome
-        while (taken := self.frames.get(timeout=0)) is not None:
-            ticket, frame = taken
-            in_flight[ticket] = frame
-        error = "the daemon stopped before inspecting it (drain timed out)"
-        for ticket, frame in in_flight.items():
+        part = self._is_part()
+        for ticket, frame in left.items():
             if ticket not in waiting:
-                waiting[ticket] = self._uninspected_record(frame.part_id, "not_inspected", error, frame)
-        unfinished = sum(1 for outcome in waiting.values() if isinstance(outcome, dict) and outcome["verdict"] == "not_inspected")
+                waiting[ticket] = self._uninspected_record(frame.part_id, "not_inspected", NOT_INSPECTED_AT_STOP, frame) if part else None
+        answers = sorted(ticket for ticket in waiting if ticket >= next_ticket)  # none answered twice
+        unfinished = sum(1 for t in answers if isinstance(waiting[t], dict) and waiting[t]["verdict"] == "not_inspected")
         if unfinished:
             log.error("%s: stopped with %d part(s) not inspected; they are rejected", self.camera.station, unfinished)
-        for ticket in sorted(waiting):
-            self._publish_outcome(waiting.pop(ticket))
+        for ticket in answers:
+            self._publish_outcome(waiting[ticket])
 
     def _publish_uninspected(self, record: dict) -> None:
         if record["verdict"] == "not_inspected":

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 
 import cv2
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from edge.daemon import cores_within_quota, plan_inference, usable_cores
+from edge.station import FrameQueue, QueueClosed
 from tests.conftest import METAL_PLATE, require
 from tests.mqtt_helpers import Subscriber
 from tests.stream_server import MjpegCamera
@@ -118,7 +120,7 @@ def test_workers_publish_in_capture_order_and_failed_parts_are_rejected(small_bu
 
 
 HANGING_ENGINE_LAUNCHER = """
-import sys, time
+import os, sys, time
 from edge import daemon
 from engines.backends import onnxruntime_backend
 daemon.DRAIN_TIMEOUT_S = 3.0
@@ -126,7 +128,10 @@ real = onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods
 def hanging(self, images):
     if (images == 32).all():
         time.sleep(600)  # an engine that never comes back
-    return real(self, images)
+    result = real(self, images)
+    with open(os.environ["INSPECTED_LOG"], "a") as log:
+        log.write("x")  # the test waits for the parts that do finish
+    return result
 onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods = hanging
 from edge.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -151,15 +156,21 @@ def test_a_stop_whose_drain_times_out_rejects_every_part_left(small_bundle, brok
     subscriber = Subscriber(broker.port)
     camera = f"  - station: hang\n    source: {{type: folder, path: {inbox}, poll_interval_s: 0.05}}\n"
     config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera, extra="workers: 2\nthreads: 2\nqueue_size: 4\n")
-    process = start_daemon(config, launcher=HANGING_ENGINE_LAUNCHER)
-    subscriber.wait_for("result", 1, timeout=60)  # p00; p02 may finish but waits behind p01
-    time.sleep(2)  # the rest of the folder is read into the queue
+    inspected = tmp_path / "inspected.log"
+    process = start_daemon(config, launcher=HANGING_ENGINE_LAUNCHER, env={"INSPECTED_LOG": str(inspected)})
+    deadline = time.monotonic() + 60
+    # p00 and p02 finish (p02 then waits behind p01 to be published); both workers then hang.
+    while time.monotonic() < deadline and not (inspected.exists() and len(inspected.read_text()) >= 2):
+        time.sleep(0.1)
+    time.sleep(1)  # the rest of the folder is read into the queue
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 1, output  # not drained: systemd sees a failed stop
     assert "drain timed out" in output
 
-    results = [json.loads(m.payload) for m in subscriber.wait_for("result", len(names), timeout=10)]
+    subscriber.wait_for("result", len(names), timeout=10)
+    time.sleep(0.5)
+    results = [json.loads(m.payload) for m in subscriber.on("result")]
     assert [p["part_id"] for p in results] == names  # one answer each, in capture order
     verdicts = {p["part_id"]: p["verdict"] for p in results}
     assert verdicts["p00"] in ("pass", "reject") and verdicts["p02"] in ("pass", "reject")
@@ -194,7 +205,7 @@ def test_triggered_parts_dropped_by_a_live_camera_are_rejected(small_bundle, bro
     frames = [cv2.imread(str(path)) for path in sorted((require(METAL_PLATE) / "train" / "good").glob("*.png"))[:3]]
     camera = MjpegCamera(frames, fps=20).start()
     subscriber = Subscriber(broker.port)
-    station = f"  - station: trig\n    mode: triggered\n    source: {{type: stream, url: '{camera.url}'}}\n"
+    station = f"  - station: trig\n    mode: triggered\n    trigger_timeout_s: 10\n    source: {{type: stream, url: '{camera.url}'}}\n"
     config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, station, extra="workers: 1\nqueue_size: 1\n")
     process = start_daemon(config, launcher=SLOW_ENGINE_LAUNCHER)
     try:
@@ -204,17 +215,35 @@ def test_triggered_parts_dropped_by_a_live_camera_are_rejected(small_bundle, bro
         for part in parts:
             subscriber.publish("edge/trig/trigger", part)
             time.sleep(0.2)
-        results = subscriber.wait_for("result", len(parts), timeout=30)
+        subscriber.wait_for("result", len(parts), timeout=30)
         process.send_signal(signal.SIGTERM)
         output = finish(process, timeout=60)
     finally:
         camera.stop()
         if process.poll() is None:
             process.kill()
-    answers = [json.loads(m.payload) for m in results]
-    assert sorted(p["part_id"] for p in answers) == parts  # every trigger answered, once
+    answers = [json.loads(m.payload) for m in subscriber.on("result")]
+    assert [p["part_id"] for p in answers] == parts  # every trigger answered, once, in order
     dropped = {p["part_id"] for p in answers if p["verdict"] == "not_inspected"}
     assert dropped and all(p["verdict"] in ("pass", "reject") for p in answers if p["part_id"] not in dropped)
     assert dropped <= {json.loads(m.payload)["part_id"] for m in subscriber.on("reject")}
     assert "inference behind, dropped" in output
     subscriber.close()
+
+
+def test_frame_queue_tickets_every_item_in_capture_order_and_a_close_leaves_none_between():
+    stop = threading.Event()
+    frames = FrameQueue(size=2)
+    assert frames.put("a", blocking=False, stop=stop) == []
+    assert frames.get(timeout=0) == (0, "a")  # handed out: in flight until done
+    frames.put("b", blocking=False, stop=stop)
+    frames.put("c", blocking=False, stop=stop)
+    assert frames.put("d", blocking=False, stop=stop) == [(1, "b")]  # a live camera drops the oldest, with its ticket
+    assert frames.get(timeout=0) == (2, "c")
+    frames.done(1)
+    frames.done(2)
+    # A stop: what is in flight (a) and what is queued (d, ticketed now), in one step.
+    assert frames.close_and_take() == {0: "a", 3: "d"}
+    assert frames.get(timeout=1) is None  # at once, not after the timeout's wait
+    with pytest.raises(QueueClosed):
+        frames.put("e", blocking=True, stop=stop)  # capture answers for it itself
