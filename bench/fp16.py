@@ -11,7 +11,9 @@ non-finite map, and the largest map difference where both are finite. Also the r
 headroom: the largest per-position sum of z squared (and |z|) on any test image, in float32,
 against float16's largest finite value (65504).
 
-  python bench/fp16.py [--bundles runs/bundles]      (bundles from bench/quality.py --keep-bundles)
+  python bench/fp16.py [--bundles runs/bundles] [--variant default]
+                      (bundles from bench/quality.py --keep-bundles; --variant "pooled 3x3" for
+                      bundles kept from a --feature-pooling 3 run)
 Writes bench/results/fp16.json. A benchmark, not a test: half precision on a CPU is slow.
 """
 from __future__ import annotations
@@ -112,6 +114,7 @@ def main() -> int:
     parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
     parser.add_argument("--bundles", type=Path, default=ROOT / "runs" / "bundles")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variant", default="default", help="which kept bundles: the variant label bench/quality.py gave them")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "fp16.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -119,7 +122,7 @@ def main() -> int:
     results = []
     for directory in categories(args.datasets):
         category = open_category(directory)
-        bundle_path = args.bundles / f"{directory.parent.name}_{directory.name}_default"
+        bundle_path = args.bundles / f"{directory.parent.name}_{directory.name}_{args.variant}"
         if not (bundle_path / "manifest.json").is_file():
             print(f"fp16: no bundle at {bundle_path}; run bench/quality.py --keep-bundles {args.bundles} first", file=sys.stderr)
             return 2
@@ -144,7 +147,7 @@ def main() -> int:
         r = result["reduction"]
         print(f"{result['dataset']:<22} {r['max_sum_z_squared']:12.4g} {r['times_float16_max']:10.3g} {r['max_abs_z']:8.4g}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"machine": measured_on, "torch": torch.__version__, "results": results}, indent=2) + "\n")
+    args.output.write_text(json.dumps({"machine": measured_on, "torch": torch.__version__, "variant": args.variant, "results": results}, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0
 
