@@ -5,6 +5,7 @@ unmounted); the capture loop reports that and retries with backoff.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy as np
 
 from edge.config import SourceConfig
 
+log = logging.getLogger("edge.capture")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -119,6 +121,9 @@ class VideoCaptureSource:
                 raise SourceUnavailable(f"{self.description} stopped delivering frames")
         return Frame(image=image, frame_id=frame_id, t_capture=time.time())
 
+    def finish(self, frame: Frame) -> None:
+        """A video frame has nothing to hand back once its part is answered."""
+
     def close(self) -> None:
         if self.capture is not None:
             self.capture.release()
@@ -193,14 +198,24 @@ class FolderSource:
         except OSError as error:
             raise BadFrame(f"{path}: cannot read ({error.strerror})") from None
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-        if self.done_dir:
-            try:
-                os.replace(path, self.done_dir / path.name)
-            except OSError:
-                pass
         if image is None:
+            self._move_to_done(path.name)  # nothing to inspect: it would fail the same way again
             raise BadFrame(f"{path}: not a readable image (empty, corrupt or unsupported)")
         return Frame(image=image, frame_id=frame_id, t_capture=time.time(), part_id=part_id, source_name=path.name)
+
+    def finish(self, frame: Frame) -> None:
+        """The part's answer is recorded (outbox, audit): its file may leave the folder. Until
+        then it stays, so a daemon killed mid-part inspects it again on its next start."""
+        if frame.source_name:
+            self._move_to_done(frame.source_name)
+
+    def _move_to_done(self, name: str) -> None:
+        if not self.done_dir:
+            return
+        try:
+            os.replace(self.folder / name, self.done_dir / name)
+        except OSError as error:
+            log.warning("folder %s: could not move %s to %s (%s); it stays and will be inspected again after a restart", self.folder, name, self.done_dir, error.strerror or error)
 
     def close(self) -> None:
         pass

@@ -59,7 +59,7 @@ class SourceConfig:
     height: int | None = None
     fps: float | None = None  # v4l2 request; file: pace playback (None = as fast as inspected)
     poll_interval_s: float = 0.2  # folder
-    done_dir: str | None = None  # folder: move inspected files here (default: delete nothing, remember)
+    done_dir: str | None = None  # folder: move each file here once its part is answered (default: leave it, remember)
 
 
 @dataclass(frozen=True)

@@ -154,8 +154,8 @@ class Station:
         self.source = open_source(camera.source)
         self.live = camera.source.type in LIVE_SOURCES
         self.frames = FrameQueue(queue_size)
-        # (ticket, outcome): an InspectedPart, an error record (dict) or None (frame skipped).
-        self.results: queue.Queue[tuple[int, InspectedPart | dict | None]] = queue.Queue(maxsize=queue_size * 4)
+        # (ticket, outcome, frame): an InspectedPart, an uninspected record (dict) or None (frame skipped).
+        self.results: queue.Queue[tuple[int, InspectedPart | dict | None, Frame]] = queue.Queue(maxsize=queue_size * 4)
         self.stop_capture = threading.Event()
         self.stop_all = threading.Event()
         self.capture_done = threading.Event()
@@ -249,6 +249,7 @@ class Station:
                     break
                 part_id = self._part_id_for(frame)
                 if part_id is None:
+                    self.source.finish(frame)
                     continue  # triggered mode and nobody asked for this frame
                 frame.part_id = part_id
                 try:
@@ -257,6 +258,7 @@ class Station:
                     # The stop's flush has already answered for the queue; this part is answered here.
                     if self._is_part():
                         self._publish_uninspected(self._uninspected_record(frame.part_id, "not_inspected", NOT_INSPECTED_AT_STOP, frame))
+                    self.source.finish(frame)
                     break
                 if dropped:
                     self._dropped(dropped)
@@ -281,7 +283,7 @@ class Station:
             # Through the publisher, so the answer keeps its place in capture order.
             error = "inference fell behind the trigger rate; the frame was dropped"
             record = self._uninspected_record(frame.part_id, "not_inspected", error, frame) if self._is_part() else None
-            self.results.put((ticket, record))
+            self.results.put((ticket, record, frame))
             self.frames.done(ticket)  # after put, as a worker does
 
     def _read(self) -> Frame:
@@ -342,7 +344,7 @@ class Station:
                     # ticket order and would wait for a missing one forever.
                     if failure:
                         outcome = self._uninspected_record(frame.part_id, "error", f"inspection failed: {failure}", frame)
-                    self.results.put((ticket, outcome))
+                    self.results.put((ticket, outcome, frame))
                     self.frames.done(ticket)  # after put: a stop's flush finds the part in one of the two
             ended = True
         finally:
@@ -406,23 +408,23 @@ class Station:
 
     # -- publishing ---------------------------------------------------------------------------
     def _publish_loop(self) -> None:
-        waiting: dict[int, InspectedPart | dict | None] = {}  # finished before an earlier ticket
+        waiting: dict[int, tuple[InspectedPart | dict | None, Frame]] = {}  # finished before an earlier ticket
         next_ticket = 0
         ended = False
         try:
             while not self.stop_all.is_set():
                 self.heartbeats["publish"] = time.monotonic()
                 try:
-                    ticket, outcome = self.results.get(timeout=0.2)
+                    ticket, outcome, frame = self.results.get(timeout=0.2)
                 except queue.Empty:
                     if self.inference_done.is_set() and self.results.empty():
                         break
                     continue
-                waiting[ticket] = outcome
+                waiting[ticket] = outcome, frame
                 while next_ticket in waiting:
-                    outcome = waiting.pop(next_ticket)
+                    outcome, frame = waiting.pop(next_ticket)
                     next_ticket += 1
-                    self._publish_outcome(outcome)
+                    self._publish_outcome(outcome, frame)
             ended = True
             if self.stop_all.is_set():
                 self._publish_unfinished(waiting, next_ticket)
@@ -433,13 +435,16 @@ class Station:
             self._loop_exited("publish", ended)
             self.publish_done.set()
 
-    def _publish_outcome(self, outcome: InspectedPart | dict | None) -> None:
+    def _publish_outcome(self, outcome: InspectedPart | dict | None, frame: Frame) -> None:
         if isinstance(outcome, InspectedPart):
             self._publish(outcome)
         elif outcome is not None:
             self._publish_uninspected(outcome)
+        # Only now, with the answer in the outbox and the audit log, is a file source's part
+        # done: a power cut before this leaves the file to be inspected again on restart.
+        self.source.finish(frame)
 
-    def _publish_unfinished(self, waiting: dict[int, InspectedPart | dict | None], next_ticket: int) -> None:
+    def _publish_unfinished(self, waiting: dict[int, tuple[InspectedPart | dict | None, Frame]], next_ticket: int) -> None:
         """The drain timed out (a hung engine): every captured part still gets one answer, in
         capture order. Parts that finished are published as usual; parts still being inspected
         or still queued are rejected as not inspected. Tickets below next_ticket are answered."""
@@ -449,20 +454,21 @@ class Station:
         left = self.frames.close_and_take()
         while True:
             try:
-                ticket, outcome = self.results.get_nowait()
+                ticket, outcome, frame = self.results.get_nowait()
             except queue.Empty:
                 break
-            waiting[ticket] = outcome
+            waiting[ticket] = outcome, frame
         part = self._is_part()
         for ticket, frame in left.items():
             if ticket not in waiting:
-                waiting[ticket] = self._uninspected_record(frame.part_id, "not_inspected", NOT_INSPECTED_AT_STOP, frame) if part else None
+                record = self._uninspected_record(frame.part_id, "not_inspected", NOT_INSPECTED_AT_STOP, frame) if part else None
+                waiting[ticket] = record, frame
         answers = sorted(ticket for ticket in waiting if ticket >= next_ticket)  # none answered twice
-        unfinished = sum(1 for t in answers if isinstance(waiting[t], dict) and waiting[t]["verdict"] == "not_inspected")
+        unfinished = sum(1 for t in answers if isinstance(waiting[t][0], dict) and waiting[t][0]["verdict"] == "not_inspected")
         if unfinished:
             log.error("%s: stopped with %d part(s) not inspected; they are rejected", self.camera.station, unfinished)
         for ticket in answers:
-            self._publish_outcome(waiting[ticket])
+            self._publish_outcome(*waiting[ticket])
 
     def _publish_uninspected(self, record: dict) -> None:
         if record["verdict"] == "not_inspected":

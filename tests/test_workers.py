@@ -247,3 +247,42 @@ def test_frame_queue_tickets_every_item_in_capture_order_and_a_close_leaves_none
     assert frames.get(timeout=1) is None  # at once, not after the timeout's wait
     with pytest.raises(QueueClosed):
         frames.put("e", blocking=True, stop=stop)  # capture answers for it itself
+
+
+def test_a_part_file_leaves_the_folder_only_once_answered(small_bundle, broker, tmp_path):
+    """With done_dir, a file moves there once its part's answer is recorded, not when it is read:
+    a daemon killed mid-part (a power cut) inspects that part again on its next start."""
+    bundle, _ = small_bundle
+    inbox, done = tmp_path / "inbox", tmp_path / "done"
+    inbox.mkdir()
+    source = sorted((require(METAL_PLATE) / "test").glob("*/*.png"))[0]
+    cv2.imwrite(str(inbox / "p00.png"), cv2.imread(str(source)))
+    cv2.imwrite(str(inbox / "p01.png"), np.full((256, 256, 3), 32, np.uint8))  # hangs the engine
+    (inbox / "p02.png").write_bytes(b"not an image")
+    for i, name in enumerate(("p00.png", "p01.png", "p02.png")):
+        os.utime(inbox / name, ns=(i * 10**9, i * 10**9))
+    subscriber = Subscriber(broker.port)
+    camera = f"  - station: cut\n    source: {{type: folder, path: {inbox}, done_dir: {done}, poll_interval_s: 0.05}}\n"
+    config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera, extra="workers: 1\n")
+    process = start_daemon(config, launcher=HANGING_ENGINE_LAUNCHER, env={"INSPECTED_LOG": str(tmp_path / "inspected.log")})
+    try:
+        subscriber.wait_for("result", 1, timeout=60)
+        deadline = time.monotonic() + 10  # p00 moves just after its answer; p02 as it is read
+        while time.monotonic() < deadline and {p.name for p in done.glob("*")} != {"p00.png", "p02.png"}:
+            time.sleep(0.05)
+        process.kill()  # the power cut, with p01 in the engine
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert sorted(p.name for p in done.iterdir()) == ["p00.png", "p02.png"]  # answered; unreadable
+    assert [p.name for p in inbox.iterdir()] == ["p01.png"]  # read, not answered: still waiting
+
+    restarted = start_daemon(config)  # the engine works again
+    subscriber.wait_for("result", 2, timeout=60)
+    restarted.send_signal(signal.SIGTERM)
+    finish(restarted, timeout=60)
+    assert [json.loads(m.payload)["part_id"] for m in subscriber.on("result")] == ["p00", "p01"]
+    assert sorted(p.name for p in done.iterdir()) == ["p00.png", "p01.png", "p02.png"]
+    assert list(inbox.iterdir()) == []
+    subscriber.close()
