@@ -74,6 +74,18 @@ class AuditLog:
             os.fsync(self.fd)
             self.unsynced = 0
 
+    def sync(self) -> bool:
+        """Make every record appended so far durable now; False if the disk refused."""
+        with self.lock:
+            if not self.unsynced or self.fd < 0:
+                return True
+            try:
+                os.fsync(self.fd)
+            except OSError:
+                return False
+            self.unsynced = 0
+            return True
+
     def free_space(self) -> bool:
         """On a full disk, delete the oldest audit file (the oldest records go first); the reject
         outbox calls this too, because an undelivered reject matters more than an old verdict.

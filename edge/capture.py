@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 @dataclass
 class Frame:
-    image: np.ndarray  # as OpenCV delivers it: BGR, gray or BGRA; uint8 or uint16
+    image: np.ndarray | None  # as OpenCV delivers it: BGR, gray or BGRA; uint8 or uint16
     frame_id: int
     t_capture: float  # time.time() when the frame was read
     part_id: str | None = None
     source_name: str | None = None  # file name for folder sources
+    unreadable: str | None = None  # why a delivered part has no image (a corrupt file): answered as an error
 
 
 class SourceUnavailable(RuntimeError):
@@ -35,10 +37,6 @@ class SourceUnavailable(RuntimeError):
 
 class EndOfStream(Exception):
     """A finite source (a video file without loop) has no more frames."""
-
-
-class BadFrame(Exception):
-    """One unreadable frame or file; logged and skipped, the source stays up."""
 
 
 class NoFrameYet(Exception):
@@ -121,6 +119,8 @@ class VideoCaptureSource:
                 raise SourceUnavailable(f"{self.description} stopped delivering frames")
         return Frame(image=image, frame_id=frame_id, t_capture=time.time())
 
+    moves_files = False
+
     def finish(self, frame: Frame) -> None:
         """A video frame has nothing to hand back once its part is answered."""
 
@@ -148,6 +148,15 @@ class FolderSource:
         self.done_dir = Path(config.done_dir) if config.done_dir else None
         self.seen: set[str] = set()
         self.sizes: dict[str, int] = {}
+        # Read and not yet answered. Never pruned like `seen`: a remount that briefly shows an
+        # empty folder must not make a part in flight look new.
+        self.pending: set[str] = set()
+        self.pending_lock = threading.Lock()
+        self.move_warnings = 0
+
+    @property
+    def moves_files(self) -> bool:
+        return self.done_dir is not None
 
     @property
     def description(self) -> str:
@@ -170,7 +179,8 @@ class FolderSource:
         self.seen.intersection_update(present)
         for name in self.sizes.keys() - present:
             del self.sizes[name]
-        entries = [e for e in files if e.name not in self.seen]
+        with self.pending_lock:
+            entries = [e for e in files if e.name not in self.seen and e.name not in self.pending]
         return sorted(entries, key=lambda e: (e.stat().st_mtime_ns, e.name))
 
     def read(self, frame_id: int, stop=None) -> Frame:
@@ -185,6 +195,8 @@ class FolderSource:
                     continue
                 self.seen.add(entry.name)
                 self.sizes.pop(entry.name, None)
+                with self.pending_lock:
+                    self.pending.add(entry.name)
                 return self._load(Path(entry.path), frame_id)
             if time.monotonic() >= deadline:
                 raise NoFrameYet()
@@ -192,22 +204,25 @@ class FolderSource:
         raise EndOfStream()
 
     def _load(self, path: Path, frame_id: int) -> Frame:
-        part_id = path.stem
+        frame = Frame(image=None, frame_id=frame_id, t_capture=time.time(), part_id=path.stem, source_name=path.name)
         try:
             data = np.fromfile(str(path), dtype=np.uint8)
         except OSError as error:
-            raise BadFrame(f"{path}: cannot read ({error.strerror})") from None
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-        if image is None:
-            self._move_to_done(path.name)  # nothing to inspect: it would fail the same way again
-            raise BadFrame(f"{path}: not a readable image (empty, corrupt or unsupported)")
-        return Frame(image=image, frame_id=frame_id, t_capture=time.time(), part_id=part_id, source_name=path.name)
+            frame.unreadable = f"{path}: cannot read ({error.strerror})"
+            return frame
+        frame.image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        if frame.image is None:
+            # Still a part the line delivered: it goes on, to be answered (rejected) in its turn.
+            frame.unreadable = f"{path}: not a readable image (empty, corrupt or unsupported)"
+        return frame
 
     def finish(self, frame: Frame) -> None:
         """The part's answer is recorded (outbox, audit): its file may leave the folder. Until
         then it stays, so a daemon killed mid-part inspects it again on its next start."""
         if frame.source_name:
             self._move_to_done(frame.source_name)
+            with self.pending_lock:
+                self.pending.discard(frame.source_name)
 
     def _move_to_done(self, name: str) -> None:
         if not self.done_dir:
@@ -215,7 +230,12 @@ class FolderSource:
         try:
             os.replace(self.folder / name, self.done_dir / name)
         except OSError as error:
-            log.warning("folder %s: could not move %s to %s (%s); it stays and will be inspected again after a restart", self.folder, name, self.done_dir, error.strerror or error)
+            self.move_warnings += 1
+            if self.move_warnings <= 5 or self.move_warnings % 100 == 0:  # a misconfigured done_dir must not flood the journal
+                log.warning(
+                    "folder %s: could not move %s to %s (%s; %d so far); it stays and is inspected again after a restart",
+                    self.folder, name, self.done_dir, error.strerror or error, self.move_warnings,
+                )
 
     def close(self) -> None:
         pass

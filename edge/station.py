@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 import cv2
 import numpy as np
 
-from edge.capture import BadFrame, EndOfStream, Frame, NoFrameYet, SourceUnavailable, open_source
+from edge.capture import EndOfStream, Frame, NoFrameYet, SourceUnavailable, open_source
 from edge.config import CameraConfig, PublishConfig
 from edge.decision import Verdict, decide
 from engines.overlay import colour_bar, label, overlay
@@ -240,10 +240,6 @@ class Station:
                     continue
                 except NoFrameYet:
                     continue  # waiting for the next part: alive, and triggers get expired
-                except BadFrame as error:
-                    log.warning("%s: skipped bad input: %s", self.camera.station, error)
-                    self.stats.count("bad_frames")
-                    continue
                 except EndOfStream:
                     log.info("%s: %s ended", self.camera.station, self.source.description)
                     break
@@ -381,7 +377,12 @@ class Station:
         record["time"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         return record
 
-    def _inspect(self, frame: Frame, worker: int) -> InspectedPart | None:
+    def _inspect(self, frame: Frame, worker: int) -> InspectedPart | dict | None:
+        """The inspected part; for a frame that cannot be inspected, an "error" record when it is
+        a part (it must not pass), else None (a live view skipped)."""
+        if frame.unreadable:
+            log.warning("%s: skipped bad input: %s", self.camera.station, frame.unreadable)
+            return self._skipped(frame, frame.unreadable)
         engine = self.engine
         inspector = engine.inspectors[worker]  # the worker plan is fixed for the daemon's life
         image = frame.image
@@ -391,20 +392,22 @@ class Station:
             x, y, w, h = self.camera.roi
             if x + w > width or y + h > height:
                 log.warning("%s: frame %s (%dx%d) is smaller than the ROI; skipped", self.camera.station, frame.frame_id, width, height)
-                self.stats.count("bad_frames")
-                return None
+                return self._skipped(frame, f"frame {width}x{height} is smaller than the ROI")
             image, box = image[y : y + h, x : x + w], (x, y, w, h)
         try:
             model_input = inspector.model_input(image)
         except FrameError as error:
             name = frame.source_name or f"frame {frame.frame_id}"
             log.warning("%s: skipped %s: %s", self.camera.station, name, error)
-            self.stats.count("bad_frames")
-            return None
+            return self._skipped(frame, str(error))
         maps, scores = inspector.inspect_batch(model_input[None])
         thresholds = engine.bundle.manifest.thresholds
         verdict = decide(maps[0], float(scores[0]), thresholds.image, thresholds.pixel, self.camera.min_region_area, box)
         return InspectedPart(frame, frame.part_id, verdict, maps[0], model_input, engine.bundle.bundle_id)
+
+    def _skipped(self, frame: Frame, why: str) -> dict | None:
+        self.stats.count("bad_frames")
+        return self._uninspected_record(frame.part_id, "error", f"cannot be inspected: {why}", frame) if self._is_part() else None
 
     # -- publishing ---------------------------------------------------------------------------
     def _publish_loop(self) -> None:
@@ -440,8 +443,10 @@ class Station:
             self._publish(outcome)
         elif outcome is not None:
             self._publish_uninspected(outcome)
-        # Only now, with the answer in the outbox and the audit log, is a file source's part
-        # done: a power cut before this leaves the file to be inspected again on restart.
+        # Only now, with the answer in the outbox and the audit log (synced: a pass has no outbox
+        # file), is a file source's part done: a power cut before this re-inspects it on restart.
+        if self.source.moves_files:
+            self.audit.sync()
         self.source.finish(frame)
 
     def _publish_unfinished(self, waiting: dict[int, tuple[InspectedPart | dict | None, Frame]], next_ticket: int) -> None:

@@ -121,13 +121,14 @@ def test_watched_folder_agrees_with_the_evaluation_part_for_part(small_bundle, b
         shutil.copy(item.path, inbox / f"{part_id}.png")
         if scored.scores[i] > bundle.manifest.thresholds.image:
             expected_rejects.add(part_id)
-    (inbox / "garbage.png").write_bytes(b"this is not an image")  # logged and skipped, never fatal
-    results = subscriber.wait_for("result", len(chosen), timeout=60)
+    (inbox / "garbage.png").write_bytes(b"this is not an image")  # logged and rejected, never fatal
+    results = subscriber.wait_for("result", len(chosen) + 1, timeout=60)
     process.send_signal(signal.SIGTERM)
     output = finish(process, timeout=60)
-    assert len(results) == len(chosen)
-    got = {json.loads(m.payload)["part_id"] for m in subscriber.on("reject")}
-    assert got == expected_rejects
+    assert len(results) == len(chosen) + 1
+    rejects = {json.loads(m.payload)["part_id"]: json.loads(m.payload) for m in subscriber.on("reject")}
+    assert set(rejects) == expected_rejects | {"garbage"}  # a part that cannot be inspected must not pass
+    assert rejects["garbage"]["verdict"] == "error" and "not a readable image" in rejects["garbage"]["error"]
     assert "garbage.png" in output and "not a readable image" in output
     subscriber.close()
 

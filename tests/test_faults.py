@@ -9,6 +9,7 @@ import threading
 import time
 
 import cv2
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -123,10 +124,37 @@ def test_folder_camera_lost_and_back_with_bad_files(small_bundle, broker, tmp_pa
     finally:
         process.send_signal(signal.SIGTERM)
         output = finish(process, timeout=60)
-    results = {json.loads(m.payload)["part_id"] for m in subscriber.on("result")}
-    assert {"P-1", "P-4", "P-6"} <= results
+    answers = {json.loads(m.payload)["part_id"]: json.loads(m.payload) for m in subscriber.on("result")}
+    assert {"P-1", "P-4", "P-6"} <= set(answers)
+    # Empty, corrupt and tiny files are parts the line delivered: each is answered, as an error.
+    assert all(answers[p]["verdict"] == "error" for p in ("P-2", "P-3", "P-5")), answers
     assert recovery < 5.0 + 0.5, f"took {recovery:.1f} s to inspect a part after the folder came back"
     assert "P-2.png" in output and "P-3.png" in output, "bad files are not named in the log"
     stats = [json.loads(m.payload) for m in subscriber.on("stats")]
     assert max(s["bad_frames"] for s in stats) >= 3
     assert "Traceback" not in output
+
+
+def test_a_part_in_flight_is_not_read_again_when_its_folder_blinks(tmp_path):
+    """A network mount that briefly shows an empty folder makes the source forget what it has
+    seen; a part still being inspected must not come round a second time."""
+    from edge.capture import FolderSource, NoFrameYet
+    from edge.config import SourceConfig
+
+    folder, done = tmp_path / "drop", tmp_path / "done"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "A-1.png"), cv2.imread(str(sorted((require(METAL_PLATE) / "train" / "good").glob("*.png"))[0])))
+    source = FolderSource(SourceConfig(type="folder", path=str(folder), done_dir=str(done), poll_interval_s=0.01))
+    source.open()
+    first = source.read(0)
+    assert first.part_id == "A-1" and first.image is not None
+    folder.rename(tmp_path / "away")  # the mount blinks: an empty mountpoint
+    folder.mkdir()
+    with pytest.raises(NoFrameYet):
+        source.read(1)
+    folder.rmdir()
+    (tmp_path / "away").rename(folder)
+    with pytest.raises(NoFrameYet):
+        source.read(1)  # A-1 is back in view, but still in flight
+    source.finish(first)  # answered: now it may leave
+    assert [p.name for p in done.iterdir()] == ["A-1.png"] and list(folder.iterdir()) == []

@@ -266,23 +266,26 @@ def test_a_part_file_leaves_the_folder_only_once_answered(small_bundle, broker, 
     config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera, extra="workers: 1\n")
     process = start_daemon(config, launcher=HANGING_ENGINE_LAUNCHER, env={"INSPECTED_LOG": str(tmp_path / "inspected.log")})
     try:
-        subscriber.wait_for("result", 1, timeout=60)
-        deadline = time.monotonic() + 10  # p00 moves just after its answer; p02 as it is read
-        while time.monotonic() < deadline and {p.name for p in done.glob("*")} != {"p00.png", "p02.png"}:
+        assert len(subscriber.wait_for("result", 1, timeout=60)) >= 1
+        deadline = time.monotonic() + 10  # p00 moves just after its answer
+        while time.monotonic() < deadline and not (done / "p00.png").exists():
             time.sleep(0.05)
+        time.sleep(0.5)  # p02 is read and waits behind p01
         process.kill()  # the power cut, with p01 in the engine
         process.wait(10)
     finally:
         if process.poll() is None:
             process.kill()
-    assert sorted(p.name for p in done.iterdir()) == ["p00.png", "p02.png"]  # answered; unreadable
-    assert [p.name for p in inbox.iterdir()] == ["p01.png"]  # read, not answered: still waiting
+    assert [p.name for p in done.iterdir()] == ["p00.png"]  # answered
+    assert sorted(p.name for p in inbox.iterdir()) == ["p01.png", "p02.png"]  # not answered: still waiting
 
     restarted = start_daemon(config)  # the engine works again
-    subscriber.wait_for("result", 2, timeout=60)
+    assert len(subscriber.wait_for("result", 3, timeout=60)) >= 3
     restarted.send_signal(signal.SIGTERM)
     finish(restarted, timeout=60)
-    assert [json.loads(m.payload)["part_id"] for m in subscriber.on("result")] == ["p00", "p01"]
+    answers = [json.loads(m.payload) for m in subscriber.on("result")]
+    assert [p["part_id"] for p in answers] == ["p00", "p01", "p02"]
+    assert answers[2]["verdict"] == "error"  # unreadable: answered as a reject, in its turn
     assert sorted(p.name for p in done.iterdir()) == ["p00.png", "p01.png", "p02.png"]
     assert list(inbox.iterdir()) == []
     subscriber.close()
