@@ -57,6 +57,8 @@ STREAM_TIMEOUT_MS = 3000
 class VideoCaptureSource:
     """V4L2 devices, video files, RTSP/HTTP streams and GStreamer pipelines through OpenCV."""
 
+    moves_files = False
+
     def __init__(self, config: SourceConfig):
         self.config = config
         self.capture: cv2.VideoCapture | None = None
@@ -119,8 +121,6 @@ class VideoCaptureSource:
                 raise SourceUnavailable(f"{self.description} stopped delivering frames")
         return Frame(image=image, frame_id=frame_id, t_capture=time.time())
 
-    moves_files = False
-
     def finish(self, frame: Frame) -> None:
         """A video frame has nothing to hand back once its part is answered."""
 
@@ -148,9 +148,7 @@ class FolderSource:
         self.done_dir = Path(config.done_dir) if config.done_dir else None
         self.seen: set[str] = set()
         self.sizes: dict[str, int] = {}
-        # Read and not yet answered. Never pruned like `seen`: a remount that briefly shows an
-        # empty folder must not make a part in flight look new.
-        self.pending: set[str] = set()
+        self.pending: set[str] = set()  # read and not yet answered (finish); kept in `seen` meanwhile
         self.pending_lock = threading.Lock()
         self.move_warnings = 0
 
@@ -176,11 +174,12 @@ class FolderSource:
         # Forget files that are gone (moved or cleaned up by the line), so a months-long run
         # does not remember every part it ever saw.
         present = {e.name for e in files}
-        self.seen.intersection_update(present)
+        with self.pending_lock:
+            # A file read and not yet answered stays seen even if a remount briefly hides it.
+            self.seen.intersection_update(present | self.pending)
         for name in self.sizes.keys() - present:
             del self.sizes[name]
-        with self.pending_lock:
-            entries = [e for e in files if e.name not in self.seen and e.name not in self.pending]
+        entries = [e for e in files if e.name not in self.seen]
         return sorted(entries, key=lambda e: (e.stat().st_mtime_ns, e.name))
 
     def read(self, frame_id: int, stop=None) -> Frame:

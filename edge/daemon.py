@@ -112,11 +112,11 @@ def load_engines(config: Config, plan: InferencePlan, notifier: SystemdNotifier 
         if path in engines:
             continue
         bundle = open_bundle(path)
+        height, width = bundle.manifest.input_size
         inspectors = []
         for _ in range(plan.workers):
             backend = open_backend(plan.backend, bundle, threads=plan.threads_per_worker, state_dir=Path(config.state_dir), notifier=notifier)
             inspector = Inspector(bundle, backend)
-            height, width = bundle.manifest.input_size
             inspector.inspect_batch(np.zeros((1, height, width, 3), np.uint8))
             inspectors.append(inspector)
         engines[path] = StationEngine(bundle, tuple(inspectors))

@@ -252,9 +252,7 @@ class Station:
                     dropped = self.frames.put(frame, blocking=not self.live, stop=self.stop_all)
                 except QueueClosed:
                     # The stop's flush has already answered for the queue; this part is answered here.
-                    if self._is_part():
-                        self._publish_uninspected(self._uninspected_record(frame.part_id, "not_inspected", NOT_INSPECTED_AT_STOP, frame))
-                    self.source.finish(frame)
+                    self._publish_outcome(self._answer_if_part(frame, "not_inspected", NOT_INSPECTED_AT_STOP), frame)
                     break
                 if dropped:
                     self._dropped(dropped)
@@ -271,14 +269,17 @@ class Station:
         are views of the line: dropping the oldest is how it keeps up."""
         return self.camera.mode == "triggered" or not self.live
 
+    def _answer_if_part(self, frame: Frame, verdict: str, error: str) -> dict | None:
+        """The reject record for a frame that was not inspected, if it is a part (None if it is a
+        live view, which needs no answer)."""
+        return self._uninspected_record(frame.part_id, verdict, error, frame) if self._is_part() else None
+
     def _dropped(self, dropped: list[tuple[int, Frame]]) -> None:
-        for _ in dropped:
-            self.stats.count("dropped")
+        self.stats.count("dropped", len(dropped))
         log.warning("%s: inference behind, dropped %d oldest frame(s)", self.camera.station, len(dropped))
         for ticket, frame in dropped:
             # Through the publisher, so the answer keeps its place in capture order.
-            error = "inference fell behind the trigger rate; the frame was dropped"
-            record = self._uninspected_record(frame.part_id, "not_inspected", error, frame) if self._is_part() else None
+            record = self._answer_if_part(frame, "not_inspected", "inference fell behind the trigger rate; the frame was dropped")
             self.results.put((ticket, record, frame))
             self.frames.done(ticket)  # after put, as a worker does
 
@@ -381,7 +382,6 @@ class Station:
         """The inspected part; for a frame that cannot be inspected, an "error" record when it is
         a part (it must not pass), else None (a live view skipped)."""
         if frame.unreadable:
-            log.warning("%s: skipped bad input: %s", self.camera.station, frame.unreadable)
             return self._skipped(frame, frame.unreadable)
         engine = self.engine
         inspector = engine.inspectors[worker]  # the worker plan is fixed for the daemon's life
@@ -391,14 +391,11 @@ class Station:
         if self.camera.roi is not None:
             x, y, w, h = self.camera.roi
             if x + w > width or y + h > height:
-                log.warning("%s: frame %s (%dx%d) is smaller than the ROI; skipped", self.camera.station, frame.frame_id, width, height)
-                return self._skipped(frame, f"frame {width}x{height} is smaller than the ROI")
+                return self._skipped(frame, f"{width}x{height} is smaller than the ROI")
             image, box = image[y : y + h, x : x + w], (x, y, w, h)
         try:
             model_input = inspector.model_input(image)
         except FrameError as error:
-            name = frame.source_name or f"frame {frame.frame_id}"
-            log.warning("%s: skipped %s: %s", self.camera.station, name, error)
             return self._skipped(frame, str(error))
         maps, scores = inspector.inspect_batch(model_input[None])
         thresholds = engine.bundle.manifest.thresholds
@@ -406,8 +403,9 @@ class Station:
         return InspectedPart(frame, frame.part_id, verdict, maps[0], model_input, engine.bundle.bundle_id)
 
     def _skipped(self, frame: Frame, why: str) -> dict | None:
+        log.warning("%s: skipped %s: %s", self.camera.station, frame.source_name or f"frame {frame.frame_id}", why)
         self.stats.count("bad_frames")
-        return self._uninspected_record(frame.part_id, "error", f"cannot be inspected: {why}", frame) if self._is_part() else None
+        return self._answer_if_part(frame, "error", f"cannot be inspected: {why}")
 
     # -- publishing ---------------------------------------------------------------------------
     def _publish_loop(self) -> None:
@@ -463,11 +461,9 @@ class Station:
             except queue.Empty:
                 break
             waiting[ticket] = outcome, frame
-        part = self._is_part()
         for ticket, frame in left.items():
             if ticket not in waiting:
-                record = self._uninspected_record(frame.part_id, "not_inspected", NOT_INSPECTED_AT_STOP, frame) if part else None
-                waiting[ticket] = record, frame
+                waiting[ticket] = self._answer_if_part(frame, "not_inspected", NOT_INSPECTED_AT_STOP), frame
         answers = sorted(ticket for ticket in waiting if ticket >= next_ticket)  # none answered twice
         unfinished = sum(1 for t in answers if isinstance(waiting[t][0], dict) and waiting[t][0]["verdict"] == "not_inspected")
         if unfinished:

@@ -29,9 +29,9 @@ class StationStats:
             else:
                 self.pass_scores.append(score)
 
-    def count(self, name: str) -> None:
+    def count(self, name: str, n: int = 1) -> None:
         with self.lock:
-            setattr(self, name, getattr(self, name) + 1)
+            setattr(self, name, getattr(self, name) + n)
 
     def snapshot(self) -> dict:
         with self.lock:

@@ -244,7 +244,6 @@ def test_frame_queue_tickets_every_item_in_capture_order_and_a_close_leaves_none
     frames.done(2)
     # A stop: what is in flight (a) and what is queued (d, ticketed now), in one step.
     assert frames.close_and_take() == {0: "a", 3: "d"}
-    assert frames.get(timeout=1) is None  # at once, not after the timeout's wait
     with pytest.raises(QueueClosed):
         frames.put("e", blocking=True, stop=stop)  # capture answers for it itself
 
