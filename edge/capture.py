@@ -121,7 +121,7 @@ class VideoCaptureSource:
                 raise SourceUnavailable(f"{self.description} stopped delivering frames")
         return Frame(image=image, frame_id=frame_id, t_capture=time.time())
 
-    def finish(self, frame: Frame) -> None:
+    def finish(self, frame: Frame, keep_file: bool = False) -> None:
         """A video frame has nothing to hand back once its part is answered."""
 
     def close(self) -> None:
@@ -215,11 +215,13 @@ class FolderSource:
             frame.unreadable = f"{path}: not a readable image (empty, corrupt or unsupported)"
         return frame
 
-    def finish(self, frame: Frame) -> None:
-        """The part's answer is recorded (outbox, audit): its file may leave the folder. Until
-        then it stays, so a daemon killed mid-part inspects it again on its next start."""
+    def finish(self, frame: Frame, keep_file: bool = False) -> None:
+        """The part is answered: its file may leave the folder if the answer is on disk (outbox,
+        audit). Until then, or with `keep_file`, it stays, so a daemon killed mid-part (or one whose
+        answer a full disk refused) inspects it again on its next start. It stays seen meanwhile."""
         if frame.source_name:
-            self._move_to_done(frame.source_name)
+            if not keep_file:
+                self._move_to_done(frame.source_name)
             with self.pending_lock:
                 self.pending.discard(frame.source_name)
 

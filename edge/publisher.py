@@ -209,11 +209,15 @@ class StationPublisher:
                 self.counters.rejects_late += 1
             self._send_durable(message)
 
-    def publish_reject(self, payload: dict) -> None:
+    def publish_reject(self, payload: dict) -> bool:
+        """Send a reject through the outbox; False if the disk refused it and it is only in memory
+        (delivered while the daemon lives, lost if it dies first)."""
         self.reap()
+        saved = True
         try:
             message = self.outbox.put(self.topics.reject, {**payload, "late": False})
         except NotSaved as error:
+            saved = False
             message = error.message
             with self.lock:
                 self.unsaved[message.sequence] = message
@@ -221,6 +225,7 @@ class StationPublisher:
             log.error("%s: reject of part %s not saved to the outbox (%s); kept in memory until the broker has it. Free space in the state directory", self.topics.base, payload.get("part_id"), error)
         if self.connected.is_set():
             self._send_durable(message)
+        return saved
 
     def publish_result(self, payload: dict) -> None:
         if not self.connected.is_set():

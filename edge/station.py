@@ -437,15 +437,19 @@ class Station:
             self.publish_done.set()
 
     def _publish_outcome(self, outcome: InspectedPart | dict | None, frame: Frame) -> None:
+        recorded = True
         if isinstance(outcome, InspectedPart):
-            self._publish(outcome)
+            recorded = self._publish(outcome)
         elif outcome is not None:
-            self._publish_uninspected(outcome)
+            recorded = self._publish_uninspected(outcome)
         # Only now, with the answer in the outbox and the audit log (synced: a pass has no outbox
         # file), is a file source's part done: a power cut before this re-inspects it on restart.
+        # A full disk that refused the answer keeps the file where it is, for the same reason.
         if self.source.moves_files:
-            self.audit.sync()
-        self.source.finish(frame)
+            recorded = self.audit.sync() and recorded
+            if not recorded:
+                log.warning("%s: the answer for part %s is not on disk (state directory full); its file stays in the folder", self.camera.station, frame.part_id)
+        self.source.finish(frame, keep_file=not recorded)
 
     def _publish_unfinished(self, waiting: dict[int, tuple[InspectedPart | dict | None, Frame]], next_ticket: int) -> None:
         """The drain timed out (a hung engine): every captured part still gets one answer, in
@@ -471,31 +475,37 @@ class Station:
         for ticket in answers:
             self._publish_outcome(*waiting[ticket])
 
-    def _publish_uninspected(self, record: dict) -> None:
+    def _publish_uninspected(self, record: dict) -> bool:
+        """Publish and audit a part that was not inspected; True if its answer is on disk."""
         if record["verdict"] == "not_inspected":
             self.stats.count("not_inspected")
-        self._send(record, reject=True)
-        self.audit.append(record)
+        saved = self._send(record, reject=True)
+        return self.audit.append(record) and saved
 
-    def _send(self, payload: dict, reject: bool) -> None:
+    def _send(self, payload: dict, reject: bool) -> bool:
+        """False if a reject could not be saved to the outbox (a full disk)."""
+        saved = True
         if reject:
-            self.publisher.publish_reject(payload)  # through the outbox: never lost
+            saved = self.publisher.publish_reject(payload)  # through the outbox: never lost
         if self.publish_config.results:
             self.publisher.publish_result(payload)
+        return saved
 
-    def _publish(self, part: InspectedPart) -> None:
+    def _publish(self, part: InspectedPart) -> bool:
+        """Publish and audit an inspected part; True if its answer is on disk."""
         v = part.verdict
         payload = part_payload(
             self.camera.station, part.part_id, part.frame, "reject" if v.reject else "pass",
             round(v.score, 5), round(v.threshold, 5), part.bundle_id, [r.to_json() for r in v.regions],
         )
-        self._send(payload, v.reject)
+        saved = self._send(payload, v.reject)
         policy = self.publish_config.heatmaps
         if policy == "all" or (policy == "rejects" and v.reject):
             self.publisher.publish_heatmap(self._heatmap_jpeg(part))
         latency_ms = (time.time() - part.frame.t_capture) * 1000.0
-        self.audit.append({**payload, "latency_ms": round(latency_ms, 2)})
+        audited = self.audit.append({**payload, "latency_ms": round(latency_ms, 2)})
         self.stats.record(latency_ms, v.score, v.reject)
+        return audited and saved
 
     def _heatmap_jpeg(self, part: InspectedPart) -> bytes:
         return render_heatmap(part, self.camera.roi, self.publish_config.heatmap_quality)
