@@ -73,6 +73,10 @@ class StationPublisher:
         # in memory until acknowledged, so only a power cut during a full disk can lose one.
         self.unsaved: dict[int, PendingMessage] = {}
         self.connected = threading.Event()
+        # Set once a connection's flush of the outbox is done: only then does a new reject go
+        # straight out. Before, it would overtake older rejects still waiting on disk.
+        self.live = threading.Event()
+        self.send_lock = threading.Lock()  # orders the flush's last look at the outbox against a new reject
         client_id = f"{config.client_id or 'edge-inspect-' + socket.gethostname()}-{station}"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
         self.client.will_set(self.topics.status, "offline", qos=1, retain=True)
@@ -152,6 +156,7 @@ class StationPublisher:
                 "(a client certificate it does not trust, or a TLS listener reached without TLS: check mqtt.tls)"
             )
         self.answered = False
+        self.live.clear()
         self.connected.clear()
 
     def _on_message(self, client, userdata, message) -> None:
@@ -159,15 +164,18 @@ class StationPublisher:
             self.on_trigger(bytes(message.payload))
 
     # -- publishing ---------------------------------------------------------------------------
-    def _send_durable(self, message: PendingMessage) -> None:
+    def _send_durable(self, message: PendingMessage) -> bool:
+        """Hand a reject to paho (once); False if paho refused it (not connected)."""
         with self.lock:
             if message.sequence in self.in_flight:
-                return
+                return True
         info = self.client.publish(message.topic, json.dumps(message.payload), qos=1)
-        if info.rc == mqtt.MQTT_ERR_SUCCESS:
-            with self.lock:
-                self.in_flight[message.sequence] = info
-            self.counters.rejects_published += 1
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        with self.lock:
+            self.in_flight[message.sequence] = info
+        self.counters.rejects_published += 1
+        return True
 
     def reap(self) -> None:
         """Delete acknowledged rejects from the outbox."""
@@ -199,15 +207,31 @@ class StationPublisher:
                 lost += 1
         return lost
 
-    def _flush_outbox(self) -> None:
-        """Send what waited on disk (or in memory, on a full disk), oldest first, marked late."""
+    def _waiting(self) -> list[PendingMessage]:
+        """Rejects on disk or in memory that paho does not have yet, oldest first."""
         with self.lock:
             in_memory = list(self.unsaved.values())
-        for message in sorted([*self.outbox.pending(), *in_memory], key=lambda m: m.sequence):
-            if not message.payload.get("late"):
-                message = PendingMessage(message.sequence, message.topic, {**message.payload, "late": True})
-                self.counters.rejects_late += 1
-            self._send_durable(message)
+            handed = set(self.in_flight)
+        return sorted((m for m in [*self.outbox.pending(), *in_memory] if m.sequence not in handed), key=lambda m: m.sequence)
+
+    def _flush_outbox(self) -> None:
+        """Send what waited on disk (or in memory, on a full disk), oldest first, marked late;
+        then let new rejects go straight out. Rejects saved while the flush runs are sent by it,
+        in their turn, so none overtakes an older one."""
+        first = True
+        while self.connected.is_set():
+            with self.send_lock:
+                waiting = self._waiting()
+                if not waiting:
+                    self.live.set()
+                    return
+            for message in waiting:
+                if first and not message.payload.get("late"):
+                    message = PendingMessage(message.sequence, message.topic, {**message.payload, "late": True})
+                    self.counters.rejects_late += 1
+                if not self._send_durable(message):
+                    return  # the connection is gone; the next one flushes again
+            first = False
 
     def publish_reject(self, payload: dict) -> bool:
         """Send a reject through the outbox; False if the disk refused it and it is only in memory
@@ -223,8 +247,9 @@ class StationPublisher:
                 self.unsaved[message.sequence] = message
             self.counters.rejects_not_saved += 1
             log.error("%s: reject of part %s not saved to the outbox (%s); kept in memory until the broker has it. Free space in the state directory", self.topics.base, payload.get("part_id"), error)
-        if self.connected.is_set():
-            self._send_durable(message)
+        with self.send_lock:
+            if self.live.is_set():
+                self._send_durable(message)
         return saved
 
     def publish_result(self, payload: dict) -> None:

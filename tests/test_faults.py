@@ -158,3 +158,51 @@ def test_a_part_in_flight_is_not_read_again_when_its_folder_blinks(tmp_path):
         source.read(1)  # A-1 is back in view, but still in flight
     source.finish(first)  # answered: now it may leave
     assert [p.name for p in done.iterdir()] == ["A-1.png"] and list(folder.iterdir()) == []
+
+
+def test_new_rejects_do_not_overtake_older_ones_while_the_outbox_is_flushed(small_bundle, tmp_path):
+    """The broker comes back to thousands of stored rejects. While the daemon sends them, the line
+    keeps rejecting parts: those new rejects must reach the PLC after every older one."""
+    import numpy as np
+
+    from tests.mqtt_helpers import Broker
+
+    bundle, _ = small_bundle
+    (tmp_path / "broker").mkdir()
+    broker = Broker(tmp_path / "broker", persistent=True).start()
+    plc = Subscriber(broker.port, client_id="plc", persistent=True)  # the broker queues for it while it is away
+    broker.stop()
+    stored = 3000  # left by an earlier run: enough that sending them takes a while
+    outbox = tmp_path / "state" / "outbox" / "line"
+    outbox.mkdir(parents=True)
+    for sequence in range(1, stored + 1):
+        message = {"sequence": sequence, "topic": "edge/line/reject", "payload": {"part_id": f"old-{sequence:04d}", "verdict": "reject", "late": False}}
+        (outbox / f"{sequence:012d}.json").write_text(json.dumps(message))
+    noise = np.random.default_rng(0)
+    video = tmp_path / "noise.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (64, 64))
+    for _ in range(600):
+        writer.write(noise.integers(0, 256, (64, 64, 3), dtype=np.uint8))  # every frame a reject
+    writer.release()
+    camera = f"  - station: line\n    source: {{type: file, path: {video}, fps: 40}}\n"
+    config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera, publish="{results: false, heatmaps: none, stats_interval_s: 1}")
+    process = start_daemon(config)
+    try:
+        time.sleep(8)  # the station inspects (and stores rejects) before the broker is back
+        broker.start()
+        output = finish(process, timeout=120)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(plc.on("reject")) < stored + 500:
+            time.sleep(0.2)
+    finally:
+        broker.stop()
+    part_ids = [json.loads(m.payload)["part_id"] for m in plc.on("reject")]
+    plc.close()
+    old = [p for p in part_ids if p.startswith("old-")]
+    new = [int(p) for p in part_ids if not p.startswith("old-")]
+    assert len(old) == stored and len(new) >= 500, f"{len(old)} stored and {len(new)} new rejects arrived\n{output[-2000:]}"
+    first_new = next(i for i, p in enumerate(part_ids) if not p.startswith("old-"))
+    assert all(p.startswith("old-") for p in part_ids[:first_new]) and len(part_ids[:first_new]) == stored, (
+        f"a new reject overtook stored ones: {[p for p in part_ids[first_new:] if p.startswith('old-')][:5]} arrived after part {part_ids[first_new]}"
+    )
+    assert new == sorted(new), "new rejects arrived out of capture order"
