@@ -137,6 +137,10 @@ class Daemon:
         self.stations: list[Station] = []
         self.publishers: list[StationPublisher] = []
         self.retired: list[tuple[float, StationEngine]] = []  # (close after, engine) from reloads
+        # Bundles load on their own thread (a TensorRT plan build takes minutes) so the main loop
+        # keeps the watchdog fed and answers a stop meanwhile; the stations inspect with the old ones.
+        self.reloader: threading.Thread | None = None
+        self.reloaded: dict[str, StationEngine] | Exception | None = None
         self.plan: InferencePlan | None = None  # chosen once: the stations' workers are fixed
 
     def _bundle_key(self, camera) -> str:
@@ -162,13 +166,26 @@ class Daemon:
             self.publishers.append(publisher)
             self.stations.append(station)
 
-    def reload(self) -> None:
-        """Swap in re-calibrated bundles; a bundle that fails to load leaves the old one running."""
+    def start_reload(self) -> None:
+        """Load re-calibrated bundles in the background; finish_reload swaps them in."""
         self.notifier.reloading()
-        try:
-            engines = load_engines(self.config, self.plan, notifier=self.notifier)
-        except Exception as error:  # keep inspecting with what works
-            log.error("reload failed, keeping the current bundles: %s", error)
+        log.info("reloading bundles; inspecting with the current ones meanwhile")
+
+        def load() -> None:
+            try:
+                self.reloaded = load_engines(self.config, self.plan, notifier=self.notifier)
+            except Exception as error:  # keep inspecting with what works
+                self.reloaded = error
+
+        self.reloaded = None
+        self.reloader = threading.Thread(target=load, name="reload", daemon=True)
+        self.reloader.start()
+
+    def finish_reload(self) -> None:
+        """Swap in what the reload loaded; a bundle that failed to load leaves the old one running."""
+        engines, self.reloader, self.reloaded = self.reloaded, None, None
+        if not isinstance(engines, dict):
+            log.error("reload failed, keeping the current bundles: %s", engines)
         else:
             replaced = {id(station.engine): station.engine for station in self.stations}
             for station in self.stations:
@@ -207,9 +224,11 @@ class Daemon:
         watchdog_every = self.notifier.watchdog_interval_s() or 1.0
         next_stats = next_watchdog = time.monotonic()
         while not self.stop_requested.is_set():
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
-                self.reload()
+            if self.reloader is not None and not self.reloader.is_alive():
+                self.finish_reload()
+            if self.reload_requested.is_set() and self.reloader is None:
+                self.reload_requested.clear()  # a SIGHUP during a reload runs another one after it
+                self.start_reload()
             now = time.monotonic()
             self.close_retired(now)
             if now >= next_watchdog:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 
 class SystemdNotifier:
@@ -58,7 +59,8 @@ class SystemdNotifier:
         self.notify("STOPPING=1")
 
     def reloading(self) -> None:
-        self.notify("RELOADING=1")
+        # systemd wants the CLOCK_MONOTONIC time of the reload with it (sd_notify(3)).
+        self.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
     def extend_timeout(self, seconds: float) -> None:
         self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")

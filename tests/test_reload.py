@@ -83,3 +83,58 @@ def test_sighup_swaps_in_a_recalibrated_bundle_without_reconnecting(small_bundle
     assert statuses.count(b"online") == 1 and statuses[-1] == b"offline", statuses
     assert "reloaded bundles: " + second.bundle_id in output
     assert "reload failed, keeping the current bundles" in output and "flows.onnx" in output
+
+
+SLOW_RELOAD_LAUNCHER = """
+import sys, time
+from edge import daemon
+real = daemon.load_engines
+calls = []
+def slow_after_the_first(*args, **kwargs):
+    calls.append(1)
+    if len(calls) > 1:
+        time.sleep(8)  # a TensorRT plan build for the new bundle takes minutes
+    return real(*args, **kwargs)
+daemon.load_engines = slow_after_the_first
+from edge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_slow_reload_keeps_the_watchdog_fed_and_parts_inspected(small_bundle, broker, tmp_path):
+    """While a new bundle loads (8 s here; minutes for a TensorRT build) systemd's watchdog keeps
+    being fed and the old bundle keeps inspecting; then the new one takes over."""
+    from tests.scenarios import NotifyListener
+
+    bundle, _ = small_bundle
+    live = tmp_path / "bundles" / "line"
+    first = _recalibrated(bundle, live, bundle.manifest.thresholds.image)
+    video = tmp_path / "line.avi"
+    parts_video(video, 40, bundle.manifest.input_size)
+    subscriber = Subscriber(broker.port)
+    listener = NotifyListener()
+    camera = f"  - station: line\n    source: {{type: file, path: {video}, loop: true, fps: 10}}\n"
+    config = write_config(tmp_path / "config.yaml", live, broker.port, camera, publish="{results: true, heatmaps: none, stats_interval_s: 1}")
+    process = start_daemon(config, env=listener.env(2.0), launcher=SLOW_RELOAD_LAUNCHER)
+    try:
+        _wait(lambda: len(_results(subscriber)) >= 5, 60, "the first results")
+        second = _recalibrated(bundle, live, -1e9)
+        process.send_signal(signal.SIGHUP)
+        _wait(lambda: any(m.startswith("RELOADING=1") for _, m in listener.messages), 10, "RELOADING=1")
+        reloading_at = max(listener.times("RELOADING=1"))
+        results_before = len(_results(subscriber))
+        _wait(lambda: any(r["bundle_id"] == second.bundle_id for r in _results(subscriber)), 60, "results from the new bundle")
+        ready_again = [t for t in listener.times("READY=1") if t > reloading_at]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = finish(process)
+        listener.close()
+    assert ready_again, "READY=1 was not sent after the reload"
+    pings = [t for t in listener.times("WATCHDOG=1") if reloading_at < t < ready_again[0]]
+    assert ready_again[0] - reloading_at >= 7, "the reload was not slowed: the test proves nothing"
+    assert len(pings) >= 3, f"{len(pings)} watchdog pings during an 8 s reload: systemd would have killed the daemon"
+    monotonic = [m for _, m in listener.messages if m.startswith("MONOTONIC_USEC=")]
+    assert monotonic and int(monotonic[0].split("=")[1]) > 0, "RELOADING=1 came without MONOTONIC_USEC"
+    during = [r for r in _results(subscriber)[results_before:] if r["bundle_id"] == first.bundle_id]
+    assert len(during) >= 20, f"only {len(during)} parts inspected by the old bundle during an 8 s reload"
+    assert "Traceback" not in output
