@@ -16,6 +16,7 @@ import numpy as np
 
 from edge.audit import AuditLog
 from edge.config import Config
+from edge.frame_numbers import FrameNumbers
 from edge.outbox import Outbox
 from edge.publisher import StationPublisher
 from edge.sdnotify import SystemdNotifier
@@ -161,7 +162,8 @@ class Daemon:
             outbox = Outbox(state / "outbox" / camera.station, make_room=audit.free_space)
             stats = StationStats(engine.bundle.manifest.thresholds.good_score_quantiles)
             publisher = StationPublisher(self.config.mqtt, camera.station, outbox)
-            station = Station(camera, engine, publisher, audit, stats, self.config.publish, self.config.queue_size)
+            frame_numbers = FrameNumbers(state / "frame_numbers" / camera.station)
+            station = Station(camera, engine, publisher, audit, stats, self.config.publish, self.config.queue_size, frame_numbers)
             publisher.on_trigger = station.on_trigger
             self.publishers.append(publisher)
             self.stations.append(station)

@@ -22,6 +22,7 @@ import numpy as np
 from edge.capture import EndOfStream, Frame, NoFrameYet, SourceUnavailable, open_source
 from edge.config import CameraConfig, PublishConfig
 from edge.decision import Verdict, decide
+from edge.frame_numbers import FrameNumbers
 from engines.overlay import colour_bar, label, overlay
 from engines.preprocess import FrameError
 
@@ -142,7 +143,7 @@ def parse_trigger(payload: bytes) -> str | None:
 
 
 class Station:
-    def __init__(self, camera: CameraConfig, engine, publisher, audit, stats, publish: PublishConfig, queue_size: int):
+    def __init__(self, camera: CameraConfig, engine, publisher, audit, stats, publish: PublishConfig, queue_size: int, frame_numbers: FrameNumbers):
         self.camera = camera
         self.engine = engine  # StationEngine; replaced whole on reload
         self.workers = len(engine.inspectors)
@@ -169,7 +170,7 @@ class Station:
         self.camera_state = "starting"
         self.triggers: collections.deque[tuple[str, float]] = collections.deque(maxlen=1000)
         self.trigger_lock = threading.Lock()
-        self.next_frame_id = 0
+        self.frame_numbers = frame_numbers  # a free-run part id is its frame number: never reused
         self.threads = [
             threading.Thread(target=self._capture_loop, name=f"capture-{camera.station}", daemon=True),
             *(threading.Thread(target=self._inference_loop, args=(i,), name=f"inference-{camera.station}-{i}", daemon=True) for i in range(self.workers)),
@@ -284,12 +285,12 @@ class Station:
             self.frames.done(ticket)  # after put, as a worker does
 
     def _read(self) -> Frame:
-        frame_id = self.next_frame_id
+        frame_id = self.frame_numbers.current()
         if self.camera.source.type == "folder":
             frame = self.source.read(frame_id, stop=self.stop_capture)
         else:
             frame = self.source.read(frame_id)
-        self.next_frame_id += 1
+        self.frame_numbers.advance()  # only a frame that came uses a number
         return frame
 
     def _part_id_for(self, frame: Frame) -> str | None:
