@@ -262,6 +262,7 @@ class Daemon:
                 audit_write_errors=station.audit.errors,
                 audit_files_dropped=station.audit.dropped_files,
                 rejects_not_saved=publisher.counters.rejects_not_saved,
+                results_dropped=publisher.counters.results_dropped,
                 disk_full=station.audit.recently_full(),
                 broker_error=publisher.counters.last_error or None,
             )

@@ -255,6 +255,9 @@ class StationPublisher:
     def publish_result(self, payload: dict) -> None:
         if not self.connected.is_set():
             self.counters.results_dropped += 1
+            dropped = self.counters.results_dropped
+            if dropped in (1, 10) or dropped % 1000 == 0:  # said, not flooded, during a long outage
+                log.warning("%s: broker away, result of part %s not published (%d so far; rejects wait in the outbox)", self.topics.base, payload.get("part_id"), dropped)
             return
         self.client.publish(self.topics.result, json.dumps(payload), qos=1)
 

@@ -162,7 +162,8 @@ def test_a_part_in_flight_is_not_read_again_when_its_folder_blinks(tmp_path):
 
 def test_new_rejects_do_not_overtake_older_ones_while_the_outbox_is_flushed(small_bundle, tmp_path):
     """The broker comes back to thousands of stored rejects. While the daemon sends them, the line
-    keeps rejecting parts: those new rejects must reach the PLC after every older one."""
+    keeps rejecting parts: those new rejects must reach the PLC after every older one. Results
+    (not kept while the broker is away) are logged and counted as dropped."""
     import numpy as np
 
     from tests.mqtt_helpers import Broker
@@ -185,7 +186,7 @@ def test_new_rejects_do_not_overtake_older_ones_while_the_outbox_is_flushed(smal
         writer.write(noise.integers(0, 256, (64, 64, 3), dtype=np.uint8))  # every frame a reject
     writer.release()
     camera = f"  - station: line\n    source: {{type: file, path: {video}, fps: 40}}\n"
-    config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera, publish="{results: false, heatmaps: none, stats_interval_s: 1}")
+    config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera, publish="{results: true, heatmaps: none, stats_interval_s: 1}")
     process = start_daemon(config)
     try:
         time.sleep(8)  # the station inspects (and stores rejects) before the broker is back
@@ -197,7 +198,7 @@ def test_new_rejects_do_not_overtake_older_ones_while_the_outbox_is_flushed(smal
     finally:
         broker.stop()
     part_ids = [json.loads(m.payload)["part_id"] for m in plc.on("reject")]
-    plc.close()
+    plc.close()  # on() still answers from what was received
     old = [p for p in part_ids if p.startswith("old-")]
     new = [int(p) for p in part_ids if not p.startswith("old-")]
     assert len(old) == stored and len(new) >= 500, f"{len(old)} stored and {len(new)} new rejects arrived\n{output[-2000:]}"
@@ -206,3 +207,7 @@ def test_new_rejects_do_not_overtake_older_ones_while_the_outbox_is_flushed(smal
         f"a new reject overtook stored ones: {[p for p in part_ids[first_new:] if p.startswith('old-')][:5]} arrived after part {part_ids[first_new]}"
     )
     assert new == sorted(new), "new rejects arrived out of capture order"
+    # Results are not kept while the broker is away; that is said and counted, not silent.
+    stats = [json.loads(m.payload) for m in plc.on("stats")]
+    assert stats and max(s["results_dropped"] for s in stats) > 0, "results dropped during the outage are not counted on stats"
+    assert "not published" in output, "results dropped during the outage are not logged"
