@@ -137,6 +137,14 @@ def select_plans(bundle: Bundle, target: EngineTarget, directory: Path) -> dict[
     return chosen
 
 
+def plans_directory(bundle: Bundle, fallback_root: Path | None = None) -> Path | None:
+    """Where plans for this bundle already are, looking where the daemon looks, in its order."""
+    candidates = [bundle.path / "engines"]
+    if fallback_root is not None:
+        candidates.append(Path(fallback_root) / "engines" / bundle.bundle_id)
+    return next((d for d in candidates if (d / PLAN_MANIFEST).is_file()), None)
+
+
 def engines_directory(bundle: Bundle, fallback_root: Path | None = None) -> Path:
     """`<bundle>/engines`; where the bundle is read-only to the service user and holds no plans,
     `<fallback_root>/engines/<bundle id>` (the service's StateDirectory) instead."""

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -18,12 +22,14 @@ from engines.tensorrt_plans import (
     PlanRecord,
     PlansMissing,
     plan_name,
+    read_plan_manifest,
     select_plans,
     source_graphs,
     write_plan_manifest,
 )
 from engines.bundle import sha256_file
 
+ROOT = Path(__file__).resolve().parents[1]
 TARGET = EngineTarget("10.3.0", (8, 7), "fp16")
 
 
@@ -96,9 +102,22 @@ def test_renamed_or_modified_plan_is_refused(small_bundle, tmp_path):
 def test_manifest_records_round_trip(small_bundle, tmp_path):
     bundle, _ = small_bundle
     records = _fake_plans(bundle, tmp_path)
-    data = json.loads((tmp_path / "manifest.json").read_text())
-    assert {p["plan"] for p in data["plans"]} == set(records)
-    assert all(p["onnx_sha256"] == bundle.manifest.files[p["onnx"]] for p in data["plans"])
+    assert read_plan_manifest(tmp_path) == records
+
+
+def test_check_finds_plans_the_daemon_built_under_its_state_dir(small_bundle, tmp_path):
+    """A read-only bundle: the daemon keeps its plans under state_dir; `edge-engines check` must
+    look there too, or it reports plans missing that the daemon uses."""
+    bundle, _ = small_bundle
+    state = tmp_path / "state"
+    records = _fake_plans(bundle, state / "engines" / bundle.bundle_id)
+    found = subprocess.run(
+        [sys.executable, "-m", "engines.cli", "check", str(bundle.path), "--state-dir", str(state)],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert str(state / "engines" / bundle.bundle_id) in found.stdout, found.stdout + found.stderr
+    assert all(name in found.stdout for name in records), found.stdout
+    assert "Traceback" not in found.stderr
 
 
 def _value_types(model: onnx.ModelProto) -> dict[str, int]:
