@@ -107,6 +107,11 @@ class Subscriber:
             time.sleep(0.05)
         return self.on(suffix)
 
+    def reached(self, suffix: str, count: int, timeout: float = 60.0) -> bool:
+        """Whether `count` messages on `suffix` arrived within `timeout` (wait_for's list is true
+        with a single message, so `assert wait_for(...)` would not check the count)."""
+        return len(self.wait_for(suffix, count, timeout)) >= count
+
     def publish(self, topic: str, payload) -> None:
         self.client.publish(topic, payload, qos=1).wait_for_publish(5)
 

@@ -69,3 +69,12 @@ def test_scores_do_not_depend_on_batch_composition(small_bundle, scored):
     inspector = Inspector(bundle, open_backend("onnxruntime", bundle))
     alone = [inspector.inspect_batch(scored.images[i : i + 1])[1][0] for i in (0, 40, 90)]
     assert np.allclose(alone, scored.scores[[0, 40, 90]], atol=1e-4)
+    # Next to parts that are nothing like them (noise, a blank frame), the scores stay the same:
+    # no normalisation over the batch, as the paper's test-set maximum would be.
+    rng = np.random.default_rng(3)
+    strangers = np.concatenate([rng.integers(0, 256, (3, *scored.images.shape[1:]), dtype=np.uint8), np.zeros((1, *scored.images.shape[1:]), np.uint8)])
+    mixed = np.concatenate([scored.images[[0, 40, 90]], strangers])
+    maps, scores = inspector.inspect_batch(mixed)
+    assert np.allclose(scores[:3], alone, atol=1e-4)
+    assert np.abs(maps[:3] - scored.maps[[0, 40, 90]]).max() < 1e-3
+    assert scores[3:].min() > max(alone), "noise should score above real parts, or this test shows nothing"

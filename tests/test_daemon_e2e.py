@@ -143,7 +143,7 @@ def test_triggered_run_answers_every_trigger(small_bundle, broker, tmp_path):
     subscriber = Subscriber(broker.port)
     camera = f"  - station: trig\n    mode: triggered\n    source: {{type: file, path: {video}, loop: true, fps: 30}}\n"
     process = start_daemon(write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera))
-    assert subscriber.wait_for("status", 1, timeout=30)
+    assert subscriber.reached("status", 1, timeout=30)
     time.sleep(0.5)
     sent = ["A-1", "A-2", '{"part_id": "A-3"}', '"A-4"', "{not json"]
     for payload in sent:
@@ -166,7 +166,7 @@ def test_a_trigger_that_gets_no_frame_is_rejected(small_bundle, broker, tmp_path
     subscriber = Subscriber(broker.port)
     camera = f"  - station: trig\n    mode: triggered\n    trigger_timeout_s: 0.5\n    source: {{type: folder, path: {inbox}}}\n"
     process = start_daemon(write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera))
-    assert subscriber.wait_for("status", 1, timeout=30)
+    assert subscriber.reached("status", 1, timeout=30)
     subscriber.publish("edge/trig/trigger", "B-1")
     rejects = subscriber.wait_for("reject", 1, timeout=20)
     results = subscriber.wait_for("result", 1, timeout=5)

@@ -39,7 +39,7 @@ def test_full_disk_drops_old_audit_records_never_a_reject(small_bundle, tmp_path
 def test_a_part_whose_answer_the_full_disk_refused_stays_in_the_folder(small_bundle, broker, tmp_path):
     """Folder source with done_dir: a file leaves the folder only once its answer is on disk. With
     the state directory full, the reject still reaches the PLC (from memory) but the file stays, so
-    a restart inspects it again; once there is room, parts move as usual."""
+    the restart inspects it again; once there is room, parts move as usual."""
     bundle, _ = small_bundle
     state = tmp_path / "state"
     state.mkdir()
@@ -64,24 +64,40 @@ def test_a_part_whose_answer_the_full_disk_refused_stays_in_the_folder(small_bun
         camera = f"  - station: drop\n    source: {{type: folder, path: {inbox}, done_dir: {done}, poll_interval_s: 0.1}}\n"
         process = start_daemon(write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera))
         try:
-            assert subscriber.wait_for("result", 2, timeout=60), "the two parts were not answered"
-            assert subscriber.wait_for("reject", 1, timeout=10), "the reject refused by the full disk never reached the PLC"
+            assert subscriber.reached("result", 2, timeout=60), "the two parts were not answered"
+            assert subscriber.reached("reject", 1, timeout=10), "the reject refused by the full disk never reached the PLC"
             assert sorted(p.name for p in inbox.iterdir()) == ["BAD-1.png", "GOOD-1.png"], "a part whose answer is not on disk left the folder"
             assert not done.exists() or list(done.iterdir()) == []
             (state / "ballast").unlink()
             cv2.imwrite(str(inbox / "GOOD-2.png"), cv2.imread(str(good[1])))
-            assert subscriber.wait_for("result", 3, timeout=30), "a part dropped after the disk had room was not answered"
+            assert subscriber.reached("result", 3, timeout=30), "a part dropped after the disk had room was not answered"
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and not (done / "GOOD-2.png").exists():
                 time.sleep(0.05)
         finally:
             process.send_signal(signal.SIGTERM)
             output = finish(process, timeout=60)
+        first_run = [json.loads(m.payload) for m in subscriber.on("result")]
+        moved_in_first_run = sorted(p.name for p in done.iterdir())
+        left_in_first_run = sorted(p.name for p in inbox.iterdir())
+
+        # The restart the kept files are for: with room on the disk they are answered and move.
+        restarted = start_daemon(write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera))
+        try:
+            subscriber.reached("result", 5, timeout=60)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(inbox.iterdir()):
+                time.sleep(0.05)
+        finally:
+            restarted.send_signal(signal.SIGTERM)
+            finish(restarted, timeout=60)
     finally:
         subprocess.run(["umount", "-l", str(state)], capture_output=True)
-    answers = [json.loads(m.payload) for m in subscriber.on("result")]
-    assert [a["part_id"] for a in answers] == ["BAD-1", "GOOD-1", "GOOD-2"], "a kept part was inspected twice in one run"
-    assert answers[0]["verdict"] == "reject" and answers[1]["verdict"] == "pass"
-    assert [p.name for p in done.iterdir()] == ["GOOD-2.png"], "once the disk had room, the answered part should have moved"
-    assert sorted(p.name for p in inbox.iterdir()) == ["BAD-1.png", "GOOD-1.png"]
+    assert [a["part_id"] for a in first_run] == ["BAD-1", "GOOD-1", "GOOD-2"], "a kept part was inspected twice in one run"
+    assert first_run[0]["verdict"] == "reject" and first_run[1]["verdict"] == "pass"
+    assert moved_in_first_run == ["GOOD-2.png"], "once the disk had room, the answered part should have moved"
+    assert left_in_first_run == ["BAD-1.png", "GOOD-1.png"]
     assert "BAD-1" in output and "stays in the folder" in output, output[-3000:]
+    second_run = [json.loads(m.payload) for m in subscriber.on("result")][len(first_run):]
+    assert sorted(a["part_id"] for a in second_run) == ["BAD-1", "GOOD-1"], "after the restart the kept parts were not inspected again"
+    assert sorted(p.name for p in done.iterdir()) == ["BAD-1.png", "GOOD-1.png", "GOOD-2.png"] and not any(inbox.iterdir())

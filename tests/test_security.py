@@ -147,7 +147,7 @@ def test_wrong_credentials_are_refused_reported_and_not_retried_in_a_tight_loop(
     attempts = _connection_attempts(secure_broker)
     elapsed = time.monotonic() - started
     assert expected in output, output
-    # Backoff from 1 s doubling to 2 s: attempts at about 0, 1, 3, 5, 7, 9 s; a tight loop would
-    # make hundreds.
-    assert 2 <= attempts <= 7, f"{attempts} connection attempts in {elapsed:.0f} s"
+    # Backoff from 1 s doubling to 2 s: about 6 attempts in 10 s. A tight loop would make
+    # hundreds; the bound leaves room for a slow machine either way.
+    assert 2 <= attempts <= 20, f"{attempts} connection attempts in {elapsed:.0f} s"
     assert "not-the-password" not in output and DAEMON_PASSWORD not in output
