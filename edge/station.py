@@ -24,7 +24,7 @@ from edge.config import CameraConfig, PublishConfig
 from edge.decision import Verdict, decide
 from edge.frame_numbers import FrameNumbers
 from engines.overlay import colour_bar, label, overlay
-from engines.preprocess import FrameError
+from engines.preprocess import FrameError, to_model_input
 
 log = logging.getLogger("edge.station")
 LIVE_SOURCES = ("v4l2", "stream", "gstreamer")
@@ -534,14 +534,26 @@ def part_payload(
     return payload
 
 
+HEATMAP_LONG_SIDE = 512  # pixels: enough to see a defect, small enough for a JPEG per reject
+
+
 def render_heatmap(part: InspectedPart, roi: tuple[int, int, int, int] | None, quality: int) -> bytes:
-    """JPEG of the model input with the anomaly map over it, the defect boxes, the verdict and a
-    colour bar scaled to the threshold (so the same colour means the same thing on every part)."""
+    """JPEG of what the camera saw (the ROI, in its own aspect and colour, at most 512 px a side)
+    with the anomaly map over it, the defect boxes, the verdict and a colour bar scaled to the
+    threshold (so the same colour means the same thing on every part)."""
     threshold = part.verdict.threshold
-    picture = overlay(part.model_input, part.anomaly_map, 0.0, 1.5 * threshold)
-    x0, y0 = (roi[0], roi[1]) if roi else (0, 0)
-    sx = picture.shape[1] / (roi[2] if roi else part.frame.image.shape[1])
-    sy = picture.shape[0] / (roi[3] if roi else part.frame.image.shape[0])
+    image = part.frame.image
+    x0, y0, width, height = roi if roi else (0, 0, image.shape[1], image.shape[0])
+    view = image[y0 : y0 + height, x0 : x0 + width]
+    scale = min(1.0, HEATMAP_LONG_SIDE / max(width, height))
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    try:
+        view_rgb = to_model_input(view, size, "rgb")  # any depth or channel count -> uint8 RGB
+    except FrameError:
+        view_rgb = part.model_input
+    anomaly_map = cv2.resize(part.anomaly_map, (view_rgb.shape[1], view_rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+    picture = overlay(view_rgb, anomaly_map, 0.0, 1.5 * threshold)
+    sx, sy = picture.shape[1] / width, picture.shape[0] / height
     for r in part.verdict.regions:
         p0 = (int((r.x - x0) * sx), int((r.y - y0) * sy))
         p1 = (int((r.x - x0 + r.width) * sx), int((r.y - y0 + r.height) * sy))
