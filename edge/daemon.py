@@ -37,6 +37,9 @@ OUTBOX_GRACE_S = 10.0
 # A replaced engine may still be running the batch it was handed just before a reload; it is
 # closed (GPU memory freed) only once that batch has surely finished.
 RETIRE_AFTER_S = 10.0
+# At a stop during a reload, how long to wait for the loading bundles so they can be closed;
+# 20 + 5 + 10 + 5 s stays inside TimeoutStopSec=45.
+RELOAD_JOIN_S = 5.0
 FIRST_CONNECT_WAIT_S = 5.0
 
 
@@ -304,5 +307,18 @@ class Daemon:
         for engine in {id(station.engine): station.engine for station in self.stations}.values():
             engine.close()
         self.close_retired(float("inf"))
+        self._close_unfinished_reload()
         self.notifier.close()
         return 0 if drained else 1
+
+    def _close_unfinished_reload(self) -> None:
+        """A stop during a reload: engines it has loaded are closed, not left to interpreter exit
+        (which may tear down TensorRT while it is still inside native code)."""
+        if self.reloader is None:
+            return
+        self.reloader.join(RELOAD_JOIN_S)
+        if self.reloader.is_alive():
+            log.warning("a bundle reload was still loading at stop; abandoned")
+        elif isinstance(self.reloaded, dict):
+            for engine in self.reloaded.values():
+                engine.close()

@@ -53,7 +53,7 @@ class FrameNumbers:
             self.next += 1
 
     def _save(self, value: int) -> None:
-        temporary = self.path.with_suffix(".tmp")
+        temporary = self.path.with_name(self.path.name + ".tmp")  # not with_suffix: "cam.1" and "cam.2" would share it
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(temporary, "w") as handle:

@@ -73,10 +73,14 @@ class Outbox:
     def done(self, sequence: int) -> None:
         (self.directory / f"{sequence:012d}.json").unlink(missing_ok=True)
 
-    def pending(self) -> list[PendingMessage]:
-        """Undelivered messages, oldest first; an unreadable file is skipped, not fatal."""
+    def pending(self, after: int = 0) -> list[PendingMessage]:
+        """Undelivered messages with a sequence above `after`, oldest first; only those files are
+        read (a flush re-lists often, and a long outage leaves many). An unreadable file is
+        skipped, not fatal."""
         out = []
         for path in sorted(self.directory.glob("*.json")):
+            if not path.stem.isdigit() or int(path.stem) <= after:
+                continue
             try:
                 data = json.loads(path.read_text())
                 out.append(PendingMessage(int(data["sequence"]), str(data["topic"]), dict(data["payload"])))

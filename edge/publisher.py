@@ -7,6 +7,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -15,6 +16,10 @@ from edge.config import MqttConfig
 from edge.outbox import NotSaved, Outbox, PendingMessage
 
 log = logging.getLogger("edge.publisher")
+
+# After a reconnect paho re-sends, by itself, the rejects it held when the connection dropped;
+# the flush waits (at most this long) for the broker to have them before it sends newer ones.
+HELD_RESEND_WAIT_S = 30.0
 
 
 @dataclass
@@ -77,6 +82,8 @@ class StationPublisher:
         # straight out. Before, it would overtake older rejects still waiting on disk.
         self.live = threading.Event()
         self.send_lock = threading.Lock()  # orders the flush's last look at the outbox against a new reject
+        self.connection = 0  # counts connections: a flush stops when its connection is gone
+        self.results_dropped_this_outage = 0
         client_id = f"{config.client_id or 'edge-inspect-' + socket.gethostname()}-{station}"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
         self.client.will_set(self.topics.status, "offline", qos=1, retain=True)
@@ -134,12 +141,18 @@ class StationPublisher:
         if reason_code.is_failure:
             self._connection_failed(f"broker refused the connection: {reason_code}; check mqtt.username and the password file")
             return
+        with self.lock:
+            self.connection += 1
+            connection = self.connection
+        self.results_dropped_this_outage = 0
         self.connected.set()
         self.counters.last_error = ""
         log.info("%s: connected to %s:%d", self.topics.base, self.config.host, self.config.port)
         client.publish(self.topics.status, "online", qos=1, retain=True)
         client.subscribe(self.topics.trigger, qos=1)
-        self._flush_outbox()
+        # Not here on paho's network thread: paho re-sends what it held only after this callback
+        # returns, and acknowledgements are read on this thread.
+        threading.Thread(target=self._flush_outbox, args=(connection,), name=f"flush-{self.topics.base}", daemon=True).start()
 
     def _on_connect_fail(self, client, userdata) -> None:
         self._connection_failed(f"could not connect to the broker at {self.config.host}:{self.config.port} (unreachable, or the TLS handshake failed: check mqtt.tls)")
@@ -165,27 +178,29 @@ class StationPublisher:
 
     # -- publishing ---------------------------------------------------------------------------
     def _send_durable(self, message: PendingMessage) -> bool:
-        """Hand a reject to paho (once); False if paho refused it (not connected)."""
+        """Hand a reject to paho (once); False if the connection is gone. Paho keeps a message
+        published without a connection and sends it after the reconnect, so it counts as handed."""
         with self.lock:
             if message.sequence in self.in_flight:
                 return True
         info = self.client.publish(message.topic, json.dumps(message.payload), qos=1)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             return False
         with self.lock:
             self.in_flight[message.sequence] = info
         self.counters.rejects_published += 1
-        return True
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def reap(self) -> None:
         """Delete acknowledged rejects from the outbox."""
         with self.lock:
             done = [sequence for sequence, info in self.in_flight.items() if info.is_published()]
             for sequence in done:
+                # The file goes before the in-flight entry, under the lock: a flush listing the
+                # outbox meanwhile must not take an acknowledged reject for one never handed over.
+                self.outbox.done(sequence)
                 del self.in_flight[sequence]
                 self.unsaved.pop(sequence, None)
-        for sequence in done:
-            self.outbox.done(sequence)
         self.counters.rejects_acknowledged += len(done)
 
     def undelivered(self) -> int:
@@ -207,21 +222,34 @@ class StationPublisher:
                 lost += 1
         return lost
 
-    def _waiting(self) -> list[PendingMessage]:
-        """Rejects on disk or in memory that paho does not have yet, oldest first."""
+    def _waiting(self, after: int) -> list[PendingMessage]:
+        """Rejects on disk or in memory, above sequence `after`, that paho does not have yet,
+        oldest first."""
         with self.lock:
-            in_memory = list(self.unsaved.values())
+            in_memory = [m for m in self.unsaved.values() if m.sequence > after]
             handed = set(self.in_flight)
-        return sorted((m for m in [*self.outbox.pending(), *in_memory] if m.sequence not in handed), key=lambda m: m.sequence)
+        return sorted((m for m in [*self.outbox.pending(after), *in_memory] if m.sequence not in handed), key=lambda m: m.sequence)
 
-    def _flush_outbox(self) -> None:
-        """Send what waited on disk (or in memory, on a full disk), oldest first, marked late;
-        then let new rejects go straight out. Rejects saved while the flush runs are sent by it,
-        in their turn, so none overtakes an older one."""
-        first = True
-        while self.connected.is_set():
+    def _flush_outbox(self, connection: int) -> None:
+        """After a connect: first what paho held when the last connection dropped (it re-sends
+        those itself), then what waited on disk or in memory, oldest first and marked late; then
+        new rejects may go straight out. Rejects saved while the flush runs are sent by it, in
+        their turn, so none overtakes an older one."""
+
+        def still_connected() -> bool:
+            return self.connected.is_set() and self.connection == connection
+
+        deadline = time.monotonic() + HELD_RESEND_WAIT_S
+        while still_connected() and time.monotonic() < deadline:
+            self.reap()
+            with self.lock:
+                if not self.in_flight:
+                    break
+            time.sleep(0.05)
+        sent_up_to, first = 0, True
+        while still_connected():
             with self.send_lock:
-                waiting = self._waiting()
+                waiting = self._waiting(after=sent_up_to)
                 if not waiting:
                     self.live.set()
                     return
@@ -231,6 +259,7 @@ class StationPublisher:
                     self.counters.rejects_late += 1
                 if not self._send_durable(message):
                     return  # the connection is gone; the next one flushes again
+                sent_up_to = message.sequence
             first = False
 
     def publish_reject(self, payload: dict) -> bool:
@@ -255,9 +284,13 @@ class StationPublisher:
     def publish_result(self, payload: dict) -> None:
         if not self.connected.is_set():
             self.counters.results_dropped += 1
-            dropped = self.counters.results_dropped
-            if dropped in (1, 10) or dropped % 1000 == 0:  # said, not flooded, during a long outage
-                log.warning("%s: broker away, result of part %s not published (%d so far; rejects wait in the outbox)", self.topics.base, payload.get("part_id"), dropped)
+            self.results_dropped_this_outage += 1
+            dropped = self.results_dropped_this_outage
+            if dropped in (1, 10) or dropped % 1000 == 0:  # said at every outage, not flooded in a long one
+                log.warning(
+                    "%s: broker away, result of part %s not published (%d in this outage, %d in all; rejects wait in the outbox)",
+                    self.topics.base, payload.get("part_id"), dropped, self.counters.results_dropped,
+                )
             return
         self.client.publish(self.topics.result, json.dumps(payload), qos=1)
 
