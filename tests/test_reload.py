@@ -40,15 +40,22 @@ def _wait(condition, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_sighup_swaps_in_a_recalibrated_bundle_without_reconnecting(small_bundle, broker, tmp_path):
-    bundle, _ = small_bundle
+def _line(bundle, broker, tmp_path, fps: int):
+    """A copy of the bundle where edge-calibrate --force would replace it, a looping video of
+    parts at `fps`, a subscriber and the config; returns (live path, first bundle, subscriber, config)."""
     live = tmp_path / "bundles" / "line"
     first = _recalibrated(bundle, live, bundle.manifest.thresholds.image)
     video = tmp_path / "line.avi"
     parts_video(video, 40, bundle.manifest.input_size)
     subscriber = Subscriber(broker.port)
-    camera = f"  - station: line\n    source: {{type: file, path: {video}, loop: true, fps: 20}}\n"
+    camera = f"  - station: line\n    source: {{type: file, path: {video}, loop: true, fps: {fps}}}\n"
     config = write_config(tmp_path / "config.yaml", live, broker.port, camera, publish="{results: true, heatmaps: none, stats_interval_s: 1}")
+    return live, first, subscriber, config
+
+
+def test_sighup_swaps_in_a_recalibrated_bundle_without_reconnecting(small_bundle, broker, tmp_path):
+    bundle, _ = small_bundle
+    live, first, subscriber, config = _line(bundle, broker, tmp_path, fps=20)
     process = start_daemon(config)
     try:
         _wait(lambda: len(_results(subscriber)) >= 10, 60, "the first results")
@@ -107,14 +114,8 @@ def test_a_slow_reload_keeps_the_watchdog_fed_and_parts_inspected(small_bundle, 
     from tests.scenarios import NotifyListener
 
     bundle, _ = small_bundle
-    live = tmp_path / "bundles" / "line"
-    first = _recalibrated(bundle, live, bundle.manifest.thresholds.image)
-    video = tmp_path / "line.avi"
-    parts_video(video, 40, bundle.manifest.input_size)
-    subscriber = Subscriber(broker.port)
+    live, first, subscriber, config = _line(bundle, broker, tmp_path, fps=10)
     listener = NotifyListener()
-    camera = f"  - station: line\n    source: {{type: file, path: {video}, loop: true, fps: 10}}\n"
-    config = write_config(tmp_path / "config.yaml", live, broker.port, camera, publish="{results: true, heatmaps: none, stats_interval_s: 1}")
     process = start_daemon(config, env=listener.env(2.0), launcher=SLOW_RELOAD_LAUNCHER)
     try:
         _wait(lambda: len(_results(subscriber)) >= 5, 60, "the first results")
