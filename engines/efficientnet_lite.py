@@ -44,8 +44,14 @@ _COEFFS = {
     "lite2": (1.1, 1.2),
 }
 
-# 1-based stage numbers whose last block feeds CFLOW: strides 8, 16, 32.
-_TAP_STAGES = (3, 5, 7)
+# 1-based stage numbers whose last block feeds CFLOW, at strides 8, 16 and 32. Stride 16 is the
+# end of stage 4 (80 channels in Lite0), not stage 5 (112; timm's feature tap and this project's
+# first default): on the three shared categories it gave the same or better image AUROC, pixel
+# AUROC and PRO on metal_plate and tire (tire PRO 0.923 -> 0.936) and traded 0.006 image AUROC
+# for 0.007 pixel AUROC on magnetic_tile (bench/README.md). Bundles record their tap channels,
+# and tap_stages_for() finds the stages again from them.
+DEFAULT_TAP_STAGES = (3, 4, 7)
+_STAGES_BY_STRIDE = {8: (3,), 16: (4, 5), 32: (6, 7)}
 _TAP_STRIDES = (8, 16, 32)
 
 _STEM_CHANNELS = 32
@@ -167,11 +173,14 @@ class EfficientNetLite(nn.Module):
 
     tap_strides: tuple[int, ...] = _TAP_STRIDES
 
-    def __init__(self, variant: str) -> None:
+    def __init__(self, variant: str, tap_stages: tuple[int, ...] = DEFAULT_TAP_STAGES) -> None:
         super().__init__()
         if variant not in _COEFFS:
             raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {sorted(_COEFFS)}")
+        if len(tap_stages) != len(_TAP_STRIDES) or any(st not in _STAGES_BY_STRIDE[stride] for st, stride in zip(tap_stages, _TAP_STRIDES)):
+            raise ValueError(f"tap stages {tap_stages} do not give strides {_TAP_STRIDES}; choose from {_STAGES_BY_STRIDE}")
         self.variant = variant
+        self.tap_stages = tuple(tap_stages)
 
         self._conv_stem = _SameConv2d(3, _STEM_CHANNELS, 3, stride=2)
         self._bn0 = _bn(_STEM_CHANNELS)
@@ -186,11 +195,10 @@ class EfficientNetLite(nn.Module):
             stage_ends.append(len(blocks) - 1)
             stage_out.append(cout)
 
-        self.tap_indices: tuple[int, ...] = tuple(stage_ends[st - 1] for st in _TAP_STAGES)
-        self.tap_channels: tuple[int, ...] = tuple(stage_out[st - 1] for st in _TAP_STAGES)
-        # Blocks past the deepest tap would be dead compute. With taps at the end of the
-        # last stage that is none, but keep the cut so changing _TAP_STAGES stays correct
-        # (and strict loading then needs the surplus keys filtered, see _encoder_state).
+        self.tap_indices: tuple[int, ...] = tuple(stage_ends[st - 1] for st in self.tap_stages)
+        self.tap_channels: tuple[int, ...] = tuple(stage_out[st - 1] for st in self.tap_stages)
+        # Blocks past the deepest tap would be dead compute: with stage 6 as the stride-32 tap
+        # the last stage is cut (and strict loading needs its keys filtered, see _encoder_state).
         self._blocks = nn.ModuleList(blocks[: self.tap_indices[-1] + 1])
         self._arch_blocks = len(blocks)
 
@@ -239,13 +247,30 @@ def _encoder_state(sd: dict[str, torch.Tensor], model: EfficientNetLite) -> dict
     return kept
 
 
-def load_pretrained(variant: str) -> tuple[EfficientNetLite, PretrainedWeights]:
+def stage_channels(variant: str) -> list[int]:
+    return [cout for _, _, _, _, _, cout in _stage_plan(variant)]
+
+
+def tap_stages_for(variant: str, tap_channels: tuple[int, ...]) -> tuple[int, ...]:
+    """The tap stages that give `tap_channels` (what a bundle records); stage widths differ
+    wherever a stride offers two stages, so the channels name the stages."""
+    widths = stage_channels(variant)
+    stages = []
+    for channels, stride in zip(tap_channels, _TAP_STRIDES):
+        match = [st for st in _STAGES_BY_STRIDE[stride] if widths[st - 1] == channels]
+        if len(match) != 1:
+            raise ValueError(f"no EfficientNet-{variant} stage gives {channels} channels at stride {stride}")
+        stages.append(match[0])
+    return tuple(stages)
+
+
+def load_pretrained(variant: str, tap_stages: tuple[int, ...] = DEFAULT_TAP_STAGES) -> tuple[EfficientNetLite, PretrainedWeights]:
     """Build the encoder with ImageNet weights, frozen and in eval mode.
 
     The sha256 is returned so calibration artefacts can record exactly which
     backbone weights their flows were fitted on.
     """
-    model = EfficientNetLite(variant)
+    model = EfficientNetLite(variant, tap_stages)
     path = _weights_path(variant)
     sd = torch.load(path, map_location="cpu", weights_only=True)
     # strict: any drift between our block layout and the checkpoint must fail loudly,
@@ -257,4 +282,4 @@ def load_pretrained(variant: str) -> tuple[EfficientNetLite, PretrainedWeights]:
     return model, PretrainedWeights(path=path, sha256=sha256_file(path))
 
 
-__all__ = ["EfficientNetLite", "PretrainedWeights", "load_pretrained"]
+__all__ = ["DEFAULT_TAP_STAGES", "EfficientNetLite", "PretrainedWeights", "load_pretrained", "tap_stages_for"]

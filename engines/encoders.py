@@ -42,13 +42,18 @@ TORCHVISION_ENCODERS = ("resnet18", "wide_resnet50_2")
 ENCODER_NAMES = LITE_ENCODERS + TORCHVISION_ENCODERS
 
 
-def load_encoder(name: str, weights_path: str | None = None) -> tuple[nn.Module, EncoderInfo]:
-    """Build a frozen, eval-mode encoder by name. Raises EncoderError with a remedy."""
+def load_encoder(name: str, weights_path: str | None = None, tap_channels: tuple[int, ...] | None = None) -> tuple[nn.Module, EncoderInfo]:
+    """Build a frozen, eval-mode encoder by name. `tap_channels`: rebuild the taps a bundle
+    recorded (None: this version's default). Raises EncoderError with a remedy."""
     if name in LITE_ENCODERS:
-        return _load_lite(name, weights_path)
-    if name in TORCHVISION_ENCODERS:
-        return _load_torchvision_resnet(name, weights_path)
-    raise EncoderError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODER_NAMES)}")
+        module, info = _load_lite(name, weights_path, tap_channels)
+    elif name in TORCHVISION_ENCODERS:
+        module, info = _load_torchvision_resnet(name, weights_path)
+    else:
+        raise EncoderError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODER_NAMES)}")
+    if tap_channels is not None and tuple(tap_channels) != info.tap_channels:
+        raise EncoderError(f"{name} gives feature channels {info.tap_channels}, the bundle records {tuple(tap_channels)}; re-calibrate")
+    return module, info
 
 
 def _freeze(module: nn.Module) -> nn.Module:
@@ -58,15 +63,21 @@ def _freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def _load_lite(name: str, weights_path: str | None) -> tuple[nn.Module, EncoderInfo]:
+def _load_lite(name: str, weights_path: str | None, tap_channels: tuple[int, ...] | None) -> tuple[nn.Module, EncoderInfo]:
     from engines import efficientnet_lite
 
     variant = name.split("-")[1]
+    stages = efficientnet_lite.DEFAULT_TAP_STAGES
+    if tap_channels is not None:
+        try:
+            stages = efficientnet_lite.tap_stages_for(variant, tuple(tap_channels))
+        except ValueError as error:
+            raise EncoderError(f"{error}; the bundle was not made for {name}: re-calibrate") from None
     if weights_path is None:
-        model, weights = efficientnet_lite.load_pretrained(variant)
+        model, weights = efficientnet_lite.load_pretrained(variant, stages)
         path, sha = weights.path, weights.sha256
     else:
-        model = efficientnet_lite.EfficientNetLite(variant)
+        model = efficientnet_lite.EfficientNetLite(variant, stages)
         state = _load_state_dict(weights_path)
         state = {k: v for k, v in state.items() if k.startswith(("_conv_stem", "_bn0", "_blocks."))}
         model.load_state_dict(state, strict=True)

@@ -16,7 +16,7 @@ def test_bundle_records_the_calibration(small_bundle):
     assert m.encoder.name == "efficientnet-lite0"
     assert m.encoder.weights_sha256.startswith("57934424")
     assert tuple(m.input_size) == SMALL_SIZE
-    assert m.encoder.tap_channels == (40, 112, 320)
+    assert m.encoder.tap_channels == (40, 80, 320)  # stride 16 from stage 4 (engines/efficientnet_lite.py)
     assert m.flow.coupling_blocks == 8 and m.flow.condition_channels == 128 and m.flow.clamp == 1.9
     assert m.thresholds.good_parts == report.holdout_images == 11
     assert m.thresholds.pixel <= m.thresholds.image

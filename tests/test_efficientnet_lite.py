@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.efficientnet_lite import EfficientNetLite, PretrainedWeights, load_pretrained
+from engines.efficientnet_lite import EfficientNetLite, PretrainedWeights, load_pretrained, tap_stages_for
 from tests.conftest import METAL_PLATE
 
 VARIANTS = ("lite0", "lite1", "lite2")
@@ -94,23 +94,48 @@ def test_taps_match_reference(ours, size_hw):
 
 def test_tap_indices_follow_stage_repeats():
     # Lite1 and Lite2 share depth rounding: ceil(1.1*r) == ceil(1.2*r) for r in {2,3,4}.
-    assert EfficientNetLite("lite0").tap_indices == (4, 10, 15)
-    assert EfficientNetLite("lite1").tap_indices == (6, 14, 20)
-    assert EfficientNetLite("lite2").tap_indices == (6, 14, 20)
-    assert EfficientNetLite("lite1").tap_channels == (40, 112, 320)
-    assert EfficientNetLite("lite2").tap_channels == (48, 120, 352)
+    assert EfficientNetLite("lite0").tap_indices == (4, 7, 15)
+    assert EfficientNetLite("lite1").tap_indices == (6, 10, 20)
+    assert EfficientNetLite("lite2").tap_indices == (6, 10, 20)
+    assert EfficientNetLite("lite1").tap_channels == (40, 80, 320)
+    assert EfficientNetLite("lite2").tap_channels == (48, 88, 352)
+    # The first default, stage 5 at stride 16, which bundles calibrated before still use.
+    assert EfficientNetLite("lite0", (3, 5, 7)).tap_indices == (4, 10, 15)
+    assert EfficientNetLite("lite2", (3, 5, 7)).tap_channels == (48, 120, 352)
+
+
+def test_recorded_tap_channels_name_the_stages_again():
+    assert tap_stages_for("lite0", (40, 80, 320)) == (3, 4, 7)
+    assert tap_stages_for("lite0", (40, 112, 320)) == (3, 5, 7)
+    assert tap_stages_for("lite2", (48, 120, 208)) == (3, 5, 6)
+    with pytest.raises(ValueError, match="99 channels at stride 16"):
+        tap_stages_for("lite0", (40, 99, 320))
+    with pytest.raises(ValueError, match="strides"):
+        EfficientNetLite("lite0", (3, 6, 7))  # stage 6 is at stride 32
+
+
+def test_an_encoder_with_the_first_default_taps_loads_with_its_weights():
+    from engines.encoders import EncoderError, load_encoder
+
+    module, info = load_encoder("efficientnet-lite0", tap_channels=(40, 112, 320))
+    assert info.tap_channels == (40, 112, 320)
+    with torch.no_grad():
+        taps = module(_real_image((256, 256)))
+    assert [t.shape[1] for t in taps] == [40, 112, 320]
+    with pytest.raises(EncoderError, match="re-calibrate"):
+        load_encoder("efficientnet-lite0", tap_channels=(40, 99, 320))
 
 
 def test_lite0_channels_strides_and_non_square_input():
     model, _ = load_pretrained("lite0")
-    assert model.tap_channels == (40, 112, 320)
+    assert model.tap_channels == (40, 80, 320)
     assert model.tap_strides == (8, 16, 32)
 
     with torch.no_grad():
         square = model(_real_image((256, 256)))
         wide = model(_real_image((224, 320)))
-    assert [tuple(t.shape) for t in square] == [(1, 40, 32, 32), (1, 112, 16, 16), (1, 320, 8, 8)]
-    assert [tuple(t.shape) for t in wide] == [(1, 40, 28, 40), (1, 112, 14, 20), (1, 320, 7, 10)]
+    assert [tuple(t.shape) for t in square] == [(1, 40, 32, 32), (1, 80, 16, 16), (1, 320, 8, 8)]
+    assert [tuple(t.shape) for t in wide] == [(1, 40, 28, 40), (1, 80, 14, 20), (1, 320, 7, 10)]
     assert all(torch.isfinite(t).all() for t in square + wide)
 
 

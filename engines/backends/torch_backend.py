@@ -13,11 +13,14 @@ def build_torch_model(bundle: Bundle):
     import torch
 
     from engines.cflow import CflowDecoders, PreprocessedEncoder, feature_shapes
-    from engines.encoders import load_encoder
+    from engines.encoders import EncoderError, load_encoder
     from engines.flow import FlowConfig
 
     manifest = bundle.manifest
-    encoder, info = load_encoder(manifest.encoder.name)
+    try:
+        encoder, info = load_encoder(manifest.encoder.name, tap_channels=manifest.encoder.tap_channels)
+    except EncoderError as error:
+        raise BackendError(f"{bundle.path}: {error}") from None
     if info.weights_sha256 != manifest.encoder.weights_sha256:
         raise BackendError(
             f"encoder weights {info.weights_path} (sha256 {info.weights_sha256[:12]}) differ from the ones "
