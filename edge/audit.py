@@ -136,6 +136,25 @@ class AuditLog:
                     self.fd = -1
 
 
+def last_frame_id(path: Path, tail_bytes: int = 65536) -> int | None:
+    """The frame number of the newest record in the current audit file that has one (read from
+    its tail only: the file may hold 50 MB)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - tail_bytes))
+            lines = handle.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            frame_id = json.loads(line).get("frame_id")
+        except (ValueError, AttributeError):
+            continue  # a torn or partial first line
+        if isinstance(frame_id, int):
+            return frame_id
+    return None
+
+
 def read_audit(path: Path) -> list[dict]:
     """Every complete record, oldest first, across rotated files."""
     path = Path(path)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.audit import AuditLog
+from edge.audit import AuditLog, last_frame_id
 from edge.config import Config
 from edge.frame_numbers import FrameNumbers
 from edge.outbox import Outbox
@@ -132,6 +132,15 @@ def load_engines(config: Config, plan: InferencePlan, notifier: SystemdNotifier 
     return engines
 
 
+def first_unused_frame_number(audit: AuditLog, outbox: Outbox) -> int:
+    """One past the highest frame number this station's audit log and outbox still hold: where
+    numbering starts for a station that has state from before frame numbers were kept."""
+    # The newest record is in the current file, or in the last rotated one if it just rotated.
+    newest = [last_frame_id(p) for p in (audit.path, audit.path.with_name(audit.path.name + ".1"))]
+    used = newest + [m.payload.get("frame_id") for m in outbox.pending()]
+    return max((f for f in used if isinstance(f, int)), default=-1) + 1
+
+
 class Daemon:
     def __init__(self, config: Config, notifier: SystemdNotifier | None = None):
         self.config = config
@@ -165,7 +174,7 @@ class Daemon:
             outbox = Outbox(state / "outbox" / camera.station, make_room=audit.free_space)
             stats = StationStats(engine.bundle.manifest.thresholds.good_score_quantiles)
             publisher = StationPublisher(self.config.mqtt, camera.station, outbox)
-            frame_numbers = FrameNumbers(state / "frame_numbers" / camera.station)
+            frame_numbers = FrameNumbers(state / "frame_numbers" / camera.station, first_if_new=lambda a=audit, o=outbox: first_unused_frame_number(a, o))
             station = Station(camera, engine, publisher, audit, stats, self.config.publish, self.config.queue_size, frame_numbers)
             publisher.on_trigger = station.on_trigger
             self.publishers.append(publisher)

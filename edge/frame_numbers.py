@@ -19,18 +19,21 @@ BLOCK = 100_000  # frames per write; at 100 fps, one write every 17 minutes
 
 
 class FrameNumbers:
-    def __init__(self, path: Path, block: int = BLOCK):
+    def __init__(self, path: Path, block: int = BLOCK, first_if_new=lambda: 0):
+        """`first_if_new()`: where a station without a reservation file starts (called only then);
+        the daemon passes one past the highest frame number its audit log and outbox still hold,
+        so the first start after an upgrade does not reuse the last run's ids either."""
         self.path = Path(path)
         self.block = block
         self.lock = threading.Lock()
-        self.next = self._read_reserved()
+        self.next = self._read_reserved() if self.path.exists() else first_if_new()
         self.reserved_until = self.next
 
     def _read_reserved(self) -> int:
         try:
             text = self.path.read_text().strip()
         except FileNotFoundError:
-            return 0  # a new station
+            return 0  # removed since the check: counted as a new station
         except OSError as error:
             log.warning("%s: cannot read the reserved frame numbers (%s); counting from 0, so part ids may repeat those of an earlier run", self.path, error.strerror or error)
             return 0

@@ -56,3 +56,30 @@ def test_a_restarted_daemon_gives_new_parts_new_ids(small_bundle, broker, tmp_pa
     assert runs[0] == [str(i) for i in range(12)], "a new station counts its parts from 0"
     assert len(runs[1]) == 12 and not set(runs[0]) & set(runs[1]), f"the restart reused part ids: {runs[1]}"
     assert [int(p) for p in runs[1]] == sorted(int(p) for p in runs[1])
+
+
+def test_a_station_upgraded_with_old_state_starts_past_the_ids_it_still_holds(tmp_path):
+    """State from before frame numbers were kept: the audit log and the outbox name frame
+    numbers of the last run; the first start counts on from the highest of them."""
+    from edge.audit import AuditLog
+    from edge.daemon import first_unused_frame_number
+    from edge.outbox import Outbox
+
+    audit = AuditLog(tmp_path / "audit" / "line.jsonl", max_bytes=10**6, backups=2)
+    for frame_id in (39, 40, 41):
+        audit.append({"part_id": str(frame_id), "frame_id": frame_id, "verdict": "pass"})
+    audit.close()
+    with open(tmp_path / "audit" / "line.jsonl", "a") as handle:
+        handle.write('{"part_id": "42", "frame_i')  # torn by a power cut
+    outbox = Outbox(tmp_path / "outbox" / "line")
+    outbox.put("edge/line/reject", {"part_id": "57", "frame_id": 57, "verdict": "reject"})  # an older run's late reject
+    outbox.put("edge/line/reject", {"part_id": "B-1", "frame_id": None, "verdict": "no_frame"})
+    audit = AuditLog(tmp_path / "audit" / "line.jsonl", max_bytes=10**6, backups=2)
+    path = tmp_path / "frame_numbers" / "line"
+
+    numbers = FrameNumbers(path, block=10, first_if_new=lambda: first_unused_frame_number(audit, outbox))
+    assert numbers.current() == 58
+    # Once the station has its file, that file alone decides.
+    assert FrameNumbers(path, block=10, first_if_new=lambda: 10**9).current() == 68
+    empty = tmp_path / "empty"
+    assert first_unused_frame_number(AuditLog(empty / "a.jsonl", 10**6, 2), Outbox(empty / "outbox")) == 0
