@@ -86,6 +86,15 @@ class AuditLog:
             self.unsynced = 0
             return True
 
+    def last_frame_id(self) -> int | None:
+        """The frame number of the newest record that has one: in the current file, or in the
+        last rotated one if the current file was just started."""
+        for path in (self.path, self.path.with_name(f"{self.path.name}.1")):
+            frame_id = last_frame_id(path)
+            if frame_id is not None:
+                return frame_id
+        return None
+
     def free_space(self) -> bool:
         """On a full disk, delete the oldest audit file (the oldest records go first); the reject
         outbox calls this too, because an undelivered reject matters more than an old verdict.
@@ -137,8 +146,8 @@ class AuditLog:
 
 
 def last_frame_id(path: Path, tail_bytes: int = 65536) -> int | None:
-    """The frame number of the newest record in the current audit file that has one (read from
-    its tail only: the file may hold 50 MB)."""
+    """The frame number of the newest record in one audit file that has one (read from its tail
+    only: a file may hold 50 MB)."""
     try:
         with open(path, "rb") as handle:
             handle.seek(max(0, handle.seek(0, os.SEEK_END) - tail_bytes))

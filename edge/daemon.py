@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.audit import AuditLog, last_frame_id
+from edge.audit import AuditLog
 from edge.config import Config
 from edge.frame_numbers import FrameNumbers
 from edge.outbox import Outbox
@@ -135,9 +135,7 @@ def load_engines(config: Config, plan: InferencePlan, notifier: SystemdNotifier 
 def first_unused_frame_number(audit: AuditLog, outbox: Outbox) -> int:
     """One past the highest frame number this station's audit log and outbox still hold: where
     numbering starts for a station that has state from before frame numbers were kept."""
-    # The newest record is in the current file, or in the last rotated one if it just rotated.
-    newest = [last_frame_id(p) for p in (audit.path, audit.path.with_name(audit.path.name + ".1"))]
-    used = newest + [m.payload.get("frame_id") for m in outbox.pending()]
+    used = [audit.last_frame_id()] + [m.payload.get("frame_id") for m in outbox.pending()]
     return max((f for f in used if isinstance(f, int)), default=-1) + 1
 
 

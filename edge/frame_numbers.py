@@ -9,9 +9,10 @@ A restart therefore skips ahead (gaps are harmless) and one write serves a block
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
+
+from engines.atomic_file import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +27,14 @@ class FrameNumbers:
         self.path = Path(path)
         self.block = block
         self.lock = threading.Lock()
-        self.next = self._read_reserved() if self.path.exists() else first_if_new()
+        self.next = self._read_reserved(first_if_new)
         self.reserved_until = self.next
 
-    def _read_reserved(self) -> int:
+    def _read_reserved(self, first_if_new) -> int:
         try:
             text = self.path.read_text().strip()
         except FileNotFoundError:
-            return 0  # removed since the check: counted as a new station
+            return first_if_new()
         except OSError as error:
             log.warning("%s: cannot read the reserved frame numbers (%s); counting from 0, so part ids may repeat those of an earlier run", self.path, error.strerror or error)
             return 0
@@ -56,15 +57,9 @@ class FrameNumbers:
             self.next += 1
 
     def _save(self, value: int) -> None:
-        temporary = self.path.with_name(self.path.name + ".tmp")  # not with_suffix: "cam.1" and "cam.2" would share it
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(temporary, "w") as handle:
-                handle.write(f"{value}\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
+            write_atomically(self.path, f"{value}\n".encode())
         except OSError as error:
-            temporary.unlink(missing_ok=True)
             # Inspection goes on; only the ids after the next restart are at risk.
             log.warning("%s: cannot reserve frame numbers (%s); after a restart part ids may repeat", self.path, error.strerror or error)

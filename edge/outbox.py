@@ -4,13 +4,13 @@ acknowledged it (PUBACK)."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from edge.audit import DISK_FULL
+from engines.atomic_file import TEMP_SUFFIX, write_atomically
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Outbox:
         self.make_room = make_room
         self.directory.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
-        for leftover in self.directory.glob("*.tmp"):
+        for leftover in self.directory.glob(f"*{TEMP_SUFFIX}"):
             leftover.unlink(missing_ok=True)  # torn by a power cut before its rename: never acknowledged
         existing = [int(p.stem) for p in self.directory.glob("*.json") if p.stem.isdigit()]
         self.next_sequence = max(existing, default=0) + 1
@@ -58,17 +58,8 @@ class Outbox:
     def save(self, message: PendingMessage) -> None:
         """Write one message durably; also how a message put() could not save is saved later
         (same sequence, so delivery order holds)."""
-        final = self.directory / f"{message.sequence:012d}.json"
-        tmp = final.with_suffix(".tmp")
-        try:
-            with open(tmp, "w") as handle:
-                json.dump({"sequence": message.sequence, "topic": message.topic, "payload": message.payload}, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, final)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
+        record = {"sequence": message.sequence, "topic": message.topic, "payload": message.payload}
+        write_atomically(self.directory / f"{message.sequence:012d}.json", json.dumps(record).encode())
 
     def done(self, sequence: int) -> None:
         (self.directory / f"{sequence:012d}.json").unlink(missing_ok=True)

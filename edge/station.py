@@ -547,10 +547,7 @@ def render_heatmap(part: InspectedPart, roi: tuple[int, int, int, int] | None, q
     view = image[y0 : y0 + height, x0 : x0 + width]
     scale = min(1.0, HEATMAP_LONG_SIDE / max(width, height))
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    try:
-        view_rgb = to_model_input(view, size, "rgb")  # any depth or channel count -> uint8 RGB
-    except FrameError:
-        view_rgb = part.model_input
+    view_rgb = to_model_input(view, size, "rgb")  # the inspection read this view already: it converts
     anomaly_map = cv2.resize(part.anomaly_map, (view_rgb.shape[1], view_rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
     picture = overlay(view_rgb, anomaly_map, 0.0, 1.5 * threshold)
     sx, sy = picture.shape[1] / width, picture.shape[0] / height

@@ -13,12 +13,11 @@ tested where TensorRT and a GPU exist (tests/test_tensorrt.py says why it skips 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from engines.atomic_file import write_atomically
 from engines.backends.base import BackendError
 from engines.bundle import Bundle, sha256_file
 from engines.gpu_probe import probe_gpu
@@ -90,7 +89,7 @@ def build_plans(
         log(f"building {graph} plan for {target.describe()} ({'strongly typed' if strong else 'FP16 flag + layer type constraints'}) from {onnx} ...")
         plan, cache_bytes = _build_one(trt, bundle.file(onnx), cache_bytes, strong, precision, max_batch, workspace_mb)
         name = plan_name(graph, target)
-        _write_atomically(directory / name, plan)
+        write_atomically(directory / name, plan)
         records[name] = PlanRecord(
             graph=graph,
             plan=name,
@@ -107,7 +106,7 @@ def build_plans(
         )
         built[graph] = directory / name
         log(f"  {name} in {time.monotonic() - started:.0f} s")
-    _write_atomically(cache_path, cache_bytes)
+    write_atomically(cache_path, cache_bytes)
     write_plan_manifest(directory, records)
     return built
 
@@ -156,12 +155,3 @@ def _constrain_to_declared_types(trt, network) -> None:
             if dtype in floats:
                 layer.precision = dtype
                 layer.set_output_type(j, dtype)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

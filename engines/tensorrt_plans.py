@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engines.atomic_file import write_atomically
 from engines.backends.base import BackendError
 from engines.bundle import ENCODER_FP16_ONNX, ENCODER_ONNX, FLOWS_FP16_ONNX, FLOWS_ONNX, Bundle, sha256_file
 
@@ -102,12 +102,7 @@ def read_plan_manifest(directory: Path) -> dict[str, PlanRecord]:
 
 def write_plan_manifest(directory: Path, records: dict[str, PlanRecord]) -> None:
     data = {"plans": [asdict(record) for _, record in sorted(records.items())]}
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=directory)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(json.dumps(data, indent=2) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, directory / PLAN_MANIFEST)
+    write_atomically(directory / PLAN_MANIFEST, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def select_plans(bundle: Bundle, target: EngineTarget, directory: Path) -> dict[str, Path]:
