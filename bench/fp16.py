@@ -37,33 +37,46 @@ from calibration.metrics import auroc  # noqa: E402
 from engines.backends import open_backend  # noqa: E402
 from engines.backends.torch_backend import build_torch_model  # noqa: E402
 from engines.bundle import open_bundle  # noqa: E402
-from engines.cflow import FoldedDecoders  # noqa: E402
+from engines.backends import ModelOutput  # noqa: E402
+from engines.cflow import FlowsGraph, FoldedDecoders  # noqa: E402
 from engines.flow import half_reductions  # noqa: E402
 from engines.scoring import anomaly_maps  # noqa: E402
 
 VARIANTS = ("fp32", "fp16", "fp16-red16")
 
 
-def log_likelihoods(bundle, images: np.ndarray, batch: int = 8) -> dict[str, list[np.ndarray]]:
-    out: dict[str, list[list[np.ndarray]]] = {v: [] for v in VARIANTS}
+def model_outputs(bundle, images: np.ndarray, batch: int = 8) -> dict[str, ModelOutput]:
+    out: dict[str, list[ModelOutput]] = {v: [] for v in VARIANTS}
     reference = open_backend("onnxruntime", bundle, threads=torch.get_num_threads())
-    encoder, decoders = build_torch_model(bundle)
+    encoder, decoders, part_appearance = build_torch_model(bundle)
     half_encoder = encoder.with_compute_dtype(torch.float16).eval()
-    half_flows = FoldedDecoders(decoders, torch.float16).eval()
+    half_flows = FlowsGraph(FoldedDecoders(decoders, torch.float16), part_appearance).eval()
+    scales = len(decoders.shapes)
+
+    def run_half(features) -> ModelOutput:
+        return ModelOutput.from_graph_outputs([m.float().numpy() for m in half_flows(*features)], scales)
+
     started = time.monotonic()
     with torch.inference_mode():
         for start in range(0, len(images), batch):
             chunk = images[start : start + batch]
-            out["fp32"].append(reference.log_likelihoods(chunk))
+            out["fp32"].append(reference.infer(chunk))
             features = half_encoder(torch.from_numpy(np.ascontiguousarray(chunk)))
-            out["fp16"].append([m.float().numpy() for m in half_flows(*features)])
+            out["fp16"].append(run_half(features))
             with half_reductions():
-                out["fp16-red16"].append([m.float().numpy() for m in half_flows(*features)])
+                out["fp16-red16"].append(run_half(features))
             done = min(start + batch, len(images))
             print(f"\r  {done}/{len(images)} images, {time.monotonic() - started:.0f} s", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     reference.close()
-    return {v: [np.concatenate([b[s] for b in batches]) for s in range(len(batches[0]))] for v, batches in out.items()}
+    return {variant: concatenate(outputs) for variant, outputs in out.items()}
+
+
+def concatenate(outputs: list[ModelOutput]) -> ModelOutput:
+    scales = len(outputs[0].log_likelihoods)
+    maps = [np.concatenate([o.log_likelihoods[s] for o in outputs]) for s in range(scales)]
+    has_part = outputs[0].part_distances is not None
+    return ModelOutput(maps, np.concatenate([o.part_distances for o in outputs]) if has_part else None)
 
 
 FLOAT16_MAX = 65504.0
@@ -71,7 +84,7 @@ FLOAT16_MAX = 65504.0
 
 def reduction_headroom(bundle, images: np.ndarray, batch: int = 8) -> dict:
     """What the log-likelihood reduction sums, at its largest over every position of every image."""
-    encoder, decoders = build_torch_model(bundle)
+    encoder, decoders, _ = build_torch_model(bundle)
     flows = FoldedDecoders(decoders).eval()
     largest_sum, largest_z = 0.0, 0.0
     with torch.inference_mode():
@@ -84,13 +97,13 @@ def reduction_headroom(bundle, images: np.ndarray, batch: int = 8) -> dict:
     return {"max_sum_z_squared": largest_sum, "max_abs_z": largest_z, "times_float16_max": largest_sum / FLOAT16_MAX}
 
 
-def compare(bundle, lls: dict[str, list[np.ndarray]], labels: np.ndarray) -> dict[str, dict]:
+def compare(bundle, outputs: dict[str, ModelOutput], labels: np.ndarray) -> dict[str, dict]:
     size = tuple(bundle.manifest.input_size)
     threshold = bundle.manifest.thresholds.image
     scored = {}
-    for variant, ll in lls.items():
+    for variant, output in outputs.items():
         with np.errstate(all="ignore"):
-            maps, scores = anomaly_maps(ll, bundle.manifest.scoring, size)
+            maps, scores = anomaly_maps(output.log_likelihoods, bundle.manifest.scoring, size, output.part_distances)
         scored[variant] = (maps, scores)
     ref_maps, ref_scores = scored["fp32"]
     rows = {}
@@ -130,7 +143,7 @@ def main() -> int:
         print(f"{category.name}: {len(category.test)} test images", file=sys.stderr)
         images = load_images([t.path for t in category.test], tuple(bundle.manifest.input_size), bundle.manifest.colour).images
         labels = np.array([t.is_defective for t in category.test])
-        rows = compare(bundle, log_likelihoods(bundle, images), labels)
+        rows = compare(bundle, model_outputs(bundle, images), labels)
         headroom = reduction_headroom(bundle, images)
         results.append({"dataset": category.name, "images": len(images), "threshold": bundle.manifest.thresholds.image, "variants": rows, "reduction": headroom})
     print(f"{'dataset':<22} {'variant':<11} {'imAUROC':>8} {'dAUROC pts':>10} {'same decision':>13} {'non-finite':>10} {'max map diff':>12}")

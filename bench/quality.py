@@ -75,6 +75,7 @@ def run_one(category_dir: Path, settings: CalibrationSettings, work: Path, move=
         "train_s": round(train_s, 1),
         "inference_ms_per_image": round(1000 * result["seconds_per_image"], 2),
         "threshold_method": bundle.manifest.thresholds.method,
+        "image_auroc_of": result.get("image_auroc_of"),
         "per_type": result["per_type"],
     }
     return row, bundle, scored
@@ -131,6 +132,7 @@ def main() -> int:
     parser.add_argument("--robustness", action="store_true")
     parser.add_argument("--augment", type=int, default=0, metavar="COPIES", help="calibrate every bundle with COPIES shifted/rotated copies of each good image")
     parser.add_argument("--feature-pooling", type=int, choices=(1, 3, 5), default=1, metavar="K", help="calibrate every bundle with K x K feature pooling")
+    parser.add_argument("--no-part-appearance", dest="part_appearance", action="store_false", help="calibrate every bundle without the whole-part appearance model")
     parser.add_argument("--score-rules", action="store_true", help="image AUROC of other map-to-score rules (also part of --ablation)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "quality.json")
     parser.add_argument("--reuse-bundles", action="store_true", help="with --keep-bundles: evaluate default bundles already there instead of calibrating again")
@@ -142,6 +144,7 @@ def main() -> int:
         input_size=(args.input_size, args.input_size),
         augment=AugmentConfig(copies=args.augment),
         feature_pooling=args.feature_pooling,
+        part_appearance=args.part_appearance,
     )
     base_label = f"pooled {args.feature_pooling}x{args.feature_pooling}" if args.feature_pooling > 1 else ""
     dirs = [d for d in categories(args.datasets) if not args.only or f"{d.parent.name}/{d.name}" in args.only]
@@ -152,6 +155,10 @@ def main() -> int:
         for category_dir in dirs:
             row, bundle, scored = run_one(category_dir, base, work, label=base_label, reuse=args.reuse_bundles)
             rows.append(row)
+            if row["image_auroc_of"]:
+                parts = row["image_auroc_of"]
+                rows.append({"dataset": row["dataset"], "variant": "score: map maximum only", "image_auroc": parts["map_maximum"]})
+                rows.append({"dataset": row["dataset"], "variant": "score: part appearance", "image_auroc": parts["part_appearance"]})
             if args.ablation:
                 for sub in scale_subsets(bundle, scored):
                     rows.append({"dataset": row["dataset"], **sub})
@@ -171,7 +178,7 @@ def main() -> int:
             print_table(rows)
     print_table(rows)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    report = {"machine": measured_on, "settings": {"encoder": args.encoder, "input_size": args.input_size, "augment_copies": args.augment, "feature_pooling": args.feature_pooling}, "rows": rows}
+    report = {"machine": measured_on, "settings": {"encoder": args.encoder, "input_size": args.input_size, "augment_copies": args.augment, "feature_pooling": args.feature_pooling, "part_appearance": args.part_appearance}, "rows": rows}
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0

@@ -38,10 +38,9 @@ from edge.daemon import InferencePlan, plan_inference, usable_cores  # noqa: E40
 from edge.decision import decide  # noqa: E402
 from edge.station import InspectedPart, render_heatmap  # noqa: E402
 from edge.capture import Frame  # noqa: E402
-from engines.backends import open_backend  # noqa: E402
+from engines.backends import ModelOutput, open_backend  # noqa: E402
 from engines.bundle import open_bundle  # noqa: E402
 from engines.inspector import Inspector  # noqa: E402
-from engines.scoring import anomaly_maps  # noqa: E402
 from tests.mqtt_helpers import Broker, Subscriber  # noqa: E402
 from tests.scenarios import METAL_PLATE, parts_video, percentiles, proc_resources  # noqa: E402
 
@@ -68,7 +67,7 @@ def model_flops(bundle) -> float:
     from engines.backends.torch_backend import build_torch_model
     from engines.cflow import FoldedDecoders
 
-    encoder, decoders = build_torch_model(bundle)
+    encoder, decoders, part_appearance = build_torch_model(bundle)
     total = [0.0]
 
     def count(module, inputs, output):
@@ -83,6 +82,8 @@ def model_flops(bundle) -> float:
     for shape, flow in zip(decoders.shapes, folded.flows):
         for block in flow.blocks:
             total[0] += 2 * shape.positions * (block.in_weight.numel() + block.out_weight.numel())
+    if part_appearance is not None:
+        total[0] += 2 * part_appearance.whitening.numel()
     return total[0]
 
 
@@ -124,8 +125,9 @@ def stage_breakdown(bundle_path: Path, video: Path, frames: int, broker_port: in
             break
         model_input = timed("preprocess", inspector.model_input, image)
         features = timed("encoder", backend.encoder.run, backend.feature_names, {"image": model_input[None]})
-        ll = timed("flows", backend.flows.run, None, dict(zip(backend.flow_inputs, features)))
-        maps, scores = timed("scoring", anomaly_maps, ll, bundle.manifest.scoring, tuple(bundle.manifest.input_size))
+        outputs = timed("flows", backend.flows.run, None, dict(zip(backend.flow_inputs, features)))
+        output = ModelOutput.from_graph_outputs(outputs, len(backend.flow_inputs))
+        maps, scores = timed("scoring", inspector.score, output)
         verdict = timed("decision", decide, maps[0], float(scores[0]), thresholds.image, thresholds.pixel, 16, (0, 0, image.shape[1], image.shape[0]))
         part = InspectedPart(Frame(image, i, time.time()), str(i), verdict, maps[0], model_input, bundle.bundle_id)
         timed("heatmap_jpeg", render_heatmap, part, None, 85)

@@ -14,7 +14,7 @@ import torch
 import engines
 from calibration.augment import augmented_copies
 from calibration.images import ImageFolderError, list_images, load_images
-from calibration.thresholds import choose_thresholds, fit_scoring_constants
+from calibration.thresholds import choose_thresholds, fit_scoring_constants, with_part_score
 from calibration.train import TrainConfig, encode_features, log_likelihoods, train_decoders
 from engines.bundle import (
     ENCODER_FP16_ONNX,
@@ -23,6 +23,7 @@ from engines.bundle import (
     FLOWS_FP16_ONNX,
     FLOWS_ONNX,
     FORMAT_VERSION,
+    PART_APPEARANCE_WEIGHTS,
     Bundle,
     EncoderRecord,
     FlowRecord,
@@ -33,6 +34,7 @@ from engines.cflow import CflowDecoders, PreprocessedEncoder, feature_shapes
 from engines.encoders import load_encoder
 from engines.export import export_encoder, export_flows, export_half_graphs
 from engines.flow import FlowConfig
+from engines.part_appearance import fit_part_appearance, part_statistics
 from engines.scoring import anomaly_maps
 
 MIN_FIT_IMAGES = 10
@@ -58,6 +60,7 @@ class CalibrationSettings:
     target_false_reject_rate: float = 0.01
     target_pixel_false_positive_rate: float = 0.005
     feature_pooling: int = 1  # 1: none (the paper); 3 or 5 for large, faint defects (bench/README.md)
+    part_appearance: bool = True  # also score each part as a whole (engines/part_appearance.py)
     blur_sigma: float = 4.0  # pixels at the input size; 4 gave the best PRO on MPDD metal_plate (0, 2, 4 tried)
     threads: int = 0
 
@@ -70,6 +73,7 @@ class CalibrationReport:
     train_steps: list[int]
     final_nll_per_channel: list[float]
     holdout_false_reject_rate: float
+    part_appearance_shrinkage: float | None = None  # Ledoit-Wolf; None: no part appearance model
     defect_images: int = 0
     defect_miss_rate: float | None = None
 
@@ -89,6 +93,18 @@ def split_good(paths: list[Path], holdout: list[Path] | None, fraction: float, s
             need += f" ({MIN_FIT_IMAGES + MIN_HOLDOUT_IMAGES} in one folder; a few hundred give a reliable threshold)"
         raise ImageFolderError(f"too few good images: {len(fit)} to train and {len(held)} held out; need {need}")
     return fit, held
+
+
+def channels_first(features: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The cached (N, positions, channels) fibers as the (N, channels, positions) maps that the
+    part appearance model pools, as in the graph."""
+    return [f.transpose(1, 2) for f in features]
+
+
+def part_distances(model, features: list[torch.Tensor], batch_size: int = 64) -> np.ndarray:
+    maps = channels_first(features)
+    with torch.inference_mode():
+        return np.concatenate([model([m[start : start + batch_size] for m in maps]).numpy() for start in range(0, len(maps[0]), batch_size)])
 
 
 def calibrate(
@@ -141,9 +157,16 @@ def calibrate(
     seconds["train"] = time.monotonic() - mark
 
     mark = time.monotonic()
+    part_appearance, shrinkage, held_distances = None, None, None
+    if settings.part_appearance:
+        part_appearance, shrinkage = fit_part_appearance(part_statistics(channels_first(fit_features)).numpy())
+        held_distances = part_distances(part_appearance, held_features)
     held_ll = log_likelihoods(decoders, held_features, shapes)
     constants = fit_scoring_constants(held_ll, settings.blur_sigma)
-    held_maps, held_scores = anomaly_maps(held_ll, constants, settings.input_size)
+    if part_appearance is not None:
+        _, held_map_maxima = anomaly_maps(held_ll, constants, settings.input_size)
+        constants = with_part_score(constants, held_map_maxima, held_distances)
+    held_maps, held_scores = anomaly_maps(held_ll, constants, settings.input_size, held_distances)
     thresholds = choose_thresholds(
         held_scores, held_maps, settings.target_false_reject_rate, settings.target_pixel_false_positive_rate
     )
@@ -155,10 +178,12 @@ def calibrate(
         train_steps=training.steps,
         final_nll_per_channel=training.final_nll,
         holdout_false_reject_rate=float(np.mean(held_scores > thresholds.image)),
+        part_appearance_shrinkage=shrinkage,
     )
     if defects is not None:
         defect_features = encode_features(encoder, defects.images, label="encoding defective parts")
-        _, defect_scores = anomaly_maps(log_likelihoods(decoders, defect_features, shapes), constants, settings.input_size)
+        defect_distances = part_distances(part_appearance, defect_features) if part_appearance is not None else None
+        _, defect_scores = anomaly_maps(log_likelihoods(decoders, defect_features, shapes), constants, settings.input_size, defect_distances)
         report.defect_images = len(defect_scores)
         report.defect_miss_rate = float(np.mean(defect_scores <= thresholds.image))
 
@@ -187,9 +212,13 @@ def calibrate(
 
     def write_files(directory: Path) -> None:
         torch.save(decoders.state_dict(), directory / FLOW_WEIGHTS)
+        if part_appearance is not None:
+            torch.save(part_appearance.state_dict(), directory / PART_APPEARANCE_WEIGHTS)
         export_encoder(encoder, settings.input_size, directory / ENCODER_ONNX, len(shapes))
-        export_flows(decoders, directory / FLOWS_ONNX)
-        export_half_graphs(encoder, decoders, settings.input_size, directory / ENCODER_FP16_ONNX, directory / FLOWS_FP16_ONNX)
+        export_flows(decoders, directory / FLOWS_ONNX, part_appearance=part_appearance)
+        export_half_graphs(
+            encoder, decoders, settings.input_size, directory / ENCODER_FP16_ONNX, directory / FLOWS_FP16_ONNX, part_appearance
+        )
 
     mark = time.monotonic()
     bundle = write_bundle(output, manifest, write_files, force=force)

@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="average the features over K x K neighbours (1, 3 or 5; default 1: none). 3 helps large, faint "
         "defects and whole-part detection and costs the outline of small ones: compare bundles with edge-evaluate",
     )
+    parser.add_argument(
+        "--no-part-appearance", dest="part_appearance", action="store_false",
+        help="score parts by the anomaly map alone, without the whole-part appearance model (default: both)",
+    )
     parser.add_argument("--epochs", type=float, default=None, help="passes over the finest scale's fibers (default from the training config)")
     parser.add_argument("--max-steps", type=int, default=None, help="cap on optimiser steps per scale (a quick trial run)")
     parser.add_argument("--augment", type=int, default=0, metavar="COPIES", help="add COPIES shifted/rotated copies of each good image (unfixtured parts)")
@@ -90,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         colour=None if args.colour == "auto" else args.colour,
         flow=FlowConfig(coupling_blocks=args.coupling_blocks),
         feature_pooling=args.feature_pooling,
+        part_appearance=args.part_appearance,
         train=train,
         augment=AugmentConfig(copies=args.augment),
         holdout_fraction=args.holdout_fraction,

@@ -31,6 +31,7 @@ class ScoredCategory:
     reference_maps: np.ndarray  # test-set-max normalised, evaluation only
     reference_scores: np.ndarray
     log_likelihoods: list[np.ndarray]  # per scale (N, h, w), for scoring ablations
+    part_distances: np.ndarray | None  # (N,), None for a bundle without a part appearance model
     seconds_per_image: float
 
 
@@ -46,18 +47,20 @@ def score_category(
         images, masks = move(images, masks)
     inspector = Inspector(bundle, open_backend(backend, bundle, threads=threads))
     progress = Progress(f"inspecting {category.name}", len(images))
-    maps, scores, log_likelihoods = [], [], []
+    maps, scores, outputs = [], [], []
     started = time.monotonic()
     for start in range(0, len(images), batch_size):
-        ll = inspector.backend.log_likelihoods(images[start : start + batch_size])
-        batch_maps, batch_scores = inspector.score(ll)
+        output = inspector.backend.infer(images[start : start + batch_size])
+        batch_maps, batch_scores = inspector.score(output)
         maps.append(batch_maps)
         scores.append(batch_scores)
-        log_likelihoods.append(ll)
+        outputs.append(output)
         progress.update(min(start + batch_size, len(images)))
     elapsed = time.monotonic() - started
     inspector.backend.close()
-    per_scale = [np.concatenate([ll[s] for ll in log_likelihoods]) for s in range(len(log_likelihoods[0]))]
+    per_scale = [np.concatenate([o.log_likelihoods[s] for o in outputs]) for s in range(len(outputs[0].log_likelihoods))]
+    has_part = outputs[0].part_distances is not None
+    part_distances = np.concatenate([o.part_distances for o in outputs]) if has_part else None
     reference_maps, reference_scores = test_set_max_maps(per_scale, size)
     return ScoredCategory(
         category=category,
@@ -69,6 +72,7 @@ def score_category(
         reference_maps=reference_maps,
         reference_scores=reference_scores,
         log_likelihoods=per_scale,
+        part_distances=part_distances,
         seconds_per_image=elapsed / len(images),
     )
 
@@ -100,6 +104,12 @@ def evaluate_scored(bundle: Bundle, scored: ScoredCategory) -> dict:
         "reference_test_set_max": category_metrics(scored.reference_maps, scored.reference_scores, scored.masks, scored.labels, None),
         "per_type": {},
     }
+    if scored.part_distances is not None:
+        # What each half of the image score separates on its own.
+        result["image_auroc_of"] = {
+            "map_maximum": auroc(scored.maps.reshape(len(scored.maps), -1).max(axis=1), scored.labels),
+            "part_appearance": auroc(scored.part_distances, scored.labels),
+        }
     types = np.array([t.defect_type for t in scored.category.test])
     for defect in scored.category.defect_types:
         keep = good | (types == defect)

@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, m in result["per_type"].items():
         print(format_row(f"  {name}", m))
     print(format_row("test-set-max ref", result["reference_test_set_max"]))
+    parts = result.get("image_auroc_of")
+    if parts:
+        print(f"image AUROC of the map's maximum alone {parts['map_maximum']:.3f}, of the part appearance alone {parts['part_appearance']:.3f}")
     print(f"wrote {json_path} and {png_path}")
     return EXIT_OK
 

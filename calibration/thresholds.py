@@ -1,6 +1,7 @@
 """Scoring constants and decision thresholds from held-out good parts only."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,6 +17,19 @@ def fit_scoring_constants(log_likelihoods: list[np.ndarray], blur_sigma: float) 
     every position (the maximum itself moves with a single odd position; q99 and the maximum
     scored the same on MPDD metal_plate)."""
     return ScoringConstants(tuple(float(np.percentile(ll.astype(np.float64), 99)) for ll in log_likelihoods), blur_sigma)
+
+
+def with_part_score(constants: ScoringConstants, map_maxima: np.ndarray, part_distances: np.ndarray) -> ScoringConstants:
+    """Put the part appearance distance on the anomaly map's scale: the affine map that gives
+    held-out good parts' distances the mean and standard deviation of their map maxima. A
+    part then scores high when it is as far out among good parts in either measure, and the
+    score keeps the map's unit (nats) wherever the map decides."""
+    maxima = np.asarray(map_maxima, dtype=np.float64)
+    distances = np.asarray(part_distances, dtype=np.float64)
+    spread = float(distances.std())
+    scale = float(maxima.std()) / spread if spread > 0 else 0.0
+    offset = float(maxima.mean()) - scale * float(distances.mean())
+    return dataclasses.replace(constants, part_score=(scale, offset))
 
 
 def gumbel_quantile(scores: np.ndarray, probability: float) -> float:

@@ -20,12 +20,19 @@ class DefectRegion:
         return {"bbox": [self.x, self.y, self.width, self.height], "area": self.area, "peak": round(self.peak, 4)}
 
 
+# Why a part was rejected: its anomaly map rises above the image threshold somewhere, or the map
+# stays below and the whole-part appearance score (engines/part_appearance.py) lifted the score.
+CAUSE_REGION = "defect region"
+CAUSE_WHOLE_PART = "whole part"
+
+
 @dataclass(frozen=True)
 class Verdict:
     reject: bool
     score: float
     threshold: float
     regions: tuple[DefectRegion, ...]
+    cause: str | None = None  # CAUSE_REGION or CAUSE_WHOLE_PART for a reject; None for a pass
 
 
 def decide(
@@ -37,6 +44,9 @@ def decide(
     frame_box: tuple[int, int, int, int],
 ) -> Verdict:
     """Reject when the score exceeds the image threshold (strictly, as calibrated).
+
+    A reject whose map stays at or below the image threshold everywhere was decided by the
+    whole-part appearance score; it may have no regions at all.
 
     Regions are the 8-connected components of the map above the pixel threshold, at least
     min_region_area frame pixels large, mapped from map coordinates into the frame's
@@ -65,4 +75,5 @@ def decide(
             )
         )
     regions.sort(key=lambda r: -r.peak)
-    return Verdict(True, float(score), float(image_threshold), tuple(regions))
+    cause = CAUSE_REGION if float(anomaly_map.max()) > image_threshold else CAUSE_WHOLE_PART
+    return Verdict(True, float(score), float(image_threshold), tuple(regions), cause)

@@ -497,7 +497,7 @@ class Station:
         v = part.verdict
         payload = part_payload(
             self.camera.station, part.part_id, part.frame, "reject" if v.reject else "pass",
-            round(v.score, 5), round(v.threshold, 5), part.bundle_id, [r.to_json() for r in v.regions],
+            round(v.score, 5), round(v.threshold, 5), part.bundle_id, [r.to_json() for r in v.regions], v.cause,
         )
         saved = self._send(payload, v.reject)
         policy = self.publish_config.heatmaps
@@ -514,7 +514,7 @@ class Station:
 
 def part_payload(
     station: str, part_id: str, frame: Frame | None, verdict: str, score: float | None, threshold: float | None,
-    bundle_id: str, regions: list[dict],
+    bundle_id: str, regions: list[dict], cause: str | None = None,
 ) -> dict:
     """The reject/result message of one part (DESIGN.md's MQTT contract); `frame` is None for a
     trigger that got no frame."""
@@ -528,6 +528,7 @@ def part_payload(
         "threshold": threshold,
         "bundle_id": bundle_id,
         "regions": regions,
+        "cause": cause,  # a reject's: "defect region" or "whole part" (edge/decision.py)
     }
     if frame is not None and frame.source_name:
         payload["file"] = frame.source_name

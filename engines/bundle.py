@@ -23,6 +23,10 @@ FLOWS_ONNX = "flows.onnx"
 ENCODER_FP16_ONNX = "encoder_fp16.onnx"
 FLOWS_FP16_ONNX = "flows_fp16.onnx"
 FLOW_WEIGHTS = "flows.pt"
+# The whole-part appearance model's Gaussian (engines/part_appearance.py); bundles before it have none.
+PART_APPEARANCE_WEIGHTS = "part_appearance.pt"
+# The flows graph's last output when the bundle has a part appearance model.
+PART_DISTANCE = "part_distance"
 
 
 class BundleError(RuntimeError):
@@ -113,6 +117,9 @@ class Bundle:
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+    def has(self, name: str) -> bool:
+        return name in self.manifest.files
 
 
 def sha256_file(path: Path) -> str:

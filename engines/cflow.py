@@ -141,6 +141,22 @@ class FoldedDecoders(nn.Module):
         return tuple(flow(feature) for flow, feature in zip(self.flows, features))
 
 
+class FlowsGraph(nn.Module):
+    """What the flows graph computes: per-scale log-likelihood maps and, where the bundle has
+    a whole-part appearance model, each part's distance from the good parts (B,) float32."""
+
+    def __init__(self, folded: FoldedDecoders, part_appearance: nn.Module | None = None):
+        super().__init__()
+        self.folded = folded
+        self.part_appearance = part_appearance
+
+    def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        maps = self.folded(*features)
+        if self.part_appearance is None:
+            return maps
+        return (*maps, self.part_appearance(features))
+
+
 class PreprocessedEncoder(nn.Module):
     """The encoder with its input normalisation inside the graph: uint8 RGB NHWC in, so the
     caller only resizes (one OpenCV call) and every backend sees identical arithmetic.

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import torch
 
-from engines.cflow import CflowDecoders, FoldedDecoders, PreprocessedEncoder
+from engines.bundle import PART_DISTANCE
+from engines.cflow import CflowDecoders, FlowsGraph, FoldedDecoders, PreprocessedEncoder
+from engines.part_appearance import PartAppearance
 
 OPSET = 17
 
@@ -26,22 +28,30 @@ def export_encoder(encoder: PreprocessedEncoder, input_size: tuple[int, int], pa
     _export(encoder, (example,), path, ["image"], outputs, {name: {0: "batch"} for name in ["image", *outputs]})
 
 
-def export_flows(decoders: CflowDecoders, path: Path, compute_dtype: torch.dtype = torch.float32) -> None:
-    """Feature maps -> float32 log-likelihood per channel at every position, per scale."""
-    folded = FoldedDecoders(decoders, compute_dtype).eval()
+def export_flows(
+    decoders: CflowDecoders, path: Path, compute_dtype: torch.dtype = torch.float32, part_appearance: PartAppearance | None = None
+) -> None:
+    """Feature maps -> float32 log-likelihood per channel at every position, per scale, and
+    with a part appearance model, the part's distance from the good parts (float32 too)."""
+    graph = FlowsGraph(FoldedDecoders(decoders, compute_dtype), part_appearance).eval()
     examples = tuple(torch.zeros((1, s.channels, s.height, s.width), dtype=compute_dtype) for s in decoders.shapes)
     inputs, outputs = feature_names(len(examples)), log_likelihood_names(len(examples))
-    _export(folded, examples, path, inputs, outputs, {name: {0: "batch"} for name in [*inputs, *outputs]})
+    if part_appearance is not None:
+        outputs.append(PART_DISTANCE)
+    _export(graph, examples, path, inputs, outputs, {name: {0: "batch"} for name in [*inputs, *outputs]})
 
 
-def export_half_graphs(encoder: PreprocessedEncoder, decoders: CflowDecoders, input_size: tuple[int, int], encoder_path: Path, flows_path: Path) -> None:
+def export_half_graphs(
+    encoder: PreprocessedEncoder, decoders: CflowDecoders, input_size: tuple[int, int], encoder_path: Path, flows_path: Path,
+    part_appearance: PartAppearance | None = None,
+) -> None:
     """The mixed-precision pair a GPU engine is built from: convolutions and couplings in
-    float16 with explicit casts, the input normalisation and every log-likelihood reduction in
-    float32. Strongly typed TensorRT builds exactly these types; the weakly typed build
-    constrains each layer to the type declared here. The features between the two graphs are
+    float16 with explicit casts, the input normalisation, every log-likelihood reduction and
+    the part appearance model in float32. Strongly typed TensorRT builds exactly these types;
+    the weakly typed build constrains each layer to the type declared here. The features between the two graphs are
     float16, so they stay half on the device."""
     export_encoder(encoder.with_compute_dtype(torch.float16).eval(), input_size, encoder_path, len(decoders.shapes))
-    export_flows(decoders, flows_path, torch.float16)
+    export_flows(decoders, flows_path, torch.float16, part_appearance)
 
 
 def _export(module, args, path: Path, input_names, output_names, dynamic_axes) -> None:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.backends import InferenceBackend
-from engines.bundle import Bundle
+from engines.backends import InferenceBackend, ModelOutput
+from engines.bundle import Bundle, BundleError
 from engines.preprocess import to_model_input
 from engines.scoring import anomaly_maps
 
@@ -30,10 +30,15 @@ class Inspector:
 
     def inspect_batch(self, model_inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 RGB (B, H, W, 3) -> maps (B, H, W), scores (B,)."""
-        return self.score(self.backend.log_likelihoods(model_inputs))
+        return self.score(self.backend.infer(model_inputs))
 
-    def score(self, log_likelihoods: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        return anomaly_maps(log_likelihoods, self.bundle.manifest.scoring, self.input_size)
+    def score(self, output: ModelOutput) -> tuple[np.ndarray, np.ndarray]:
+        scoring = self.bundle.manifest.scoring
+        if scoring.part_score is not None and output.part_distances is None:
+            # The threshold was calibrated on scores that include the part score; without it
+            # every part would be judged on less than it was calibrated for.
+            raise BundleError(f"{self.bundle.path}: the manifest scores part appearance but the flows graph has no part_distance output; re-calibrate")
+        return anomaly_maps(output.log_likelihoods, scoring, self.input_size, output.part_distances)
 
     def inspect(self, frame: np.ndarray) -> Inspection:
         maps, scores = self.inspect_batch(self.model_input(frame)[None])

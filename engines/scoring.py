@@ -34,16 +34,33 @@ class ScoringConstants:
 
     log_likelihood_reference: tuple[float, ...]
     blur_sigma: float = 4.0
+    # (scale, offset): the part appearance distance d on the anomaly map's scale, scale * d +
+    # offset, fitted so held-out good parts' distances have the mean and spread of their map
+    # maxima. The image score is the larger of the map's maximum and that. None: no part model.
+    part_score: tuple[float, float] | None = None
 
     def to_json(self) -> dict:
-        return {"log_likelihood_reference": list(self.log_likelihood_reference), "blur_sigma": self.blur_sigma}
+        data = {"log_likelihood_reference": list(self.log_likelihood_reference), "blur_sigma": self.blur_sigma}
+        if self.part_score is not None:
+            data["part_score"] = {"scale": self.part_score[0], "offset": self.part_score[1]}
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "ScoringConstants":
-        return cls(tuple(float(v) for v in data["log_likelihood_reference"]), float(data["blur_sigma"]))
+        part = data.get("part_score")
+        return cls(
+            tuple(float(v) for v in data["log_likelihood_reference"]),
+            float(data["blur_sigma"]),
+            (float(part["scale"]), float(part["offset"])) if part is not None else None,
+        )
 
     def subset(self, scales: tuple[int, ...]) -> "ScoringConstants":
+        """The constants of some scales alone, without the part score (it pools every scale)."""
         return ScoringConstants(tuple(self.log_likelihood_reference[i] for i in scales), self.blur_sigma)
+
+    def part_scores(self, part_distances: np.ndarray) -> np.ndarray:
+        scale, offset = self.part_score
+        return scale * np.asarray(part_distances, dtype=np.float64) + offset
 
 
 def relative_likelihoods(log_likelihoods: list[np.ndarray], constants: ScoringConstants) -> list[np.ndarray]:
@@ -54,9 +71,13 @@ def relative_likelihoods(log_likelihoods: list[np.ndarray], constants: ScoringCo
 
 
 def anomaly_maps(
-    log_likelihoods: list[np.ndarray], constants: ScoringConstants, output_size: tuple[int, int]
+    log_likelihoods: list[np.ndarray], constants: ScoringConstants, output_size: tuple[int, int],
+    part_distances: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(B, h_s, w_s) log-likelihood per channel at each scale -> maps (B, H, W) float32, scores (B,)."""
+    """(B, h_s, w_s) log-likelihood per channel at each scale -> maps (B, H, W) float32, scores (B,).
+
+    The score is the map's maximum, or where the constants have a part score and the part
+    distances are given, the larger of that and the part score."""
     height, width = output_size
     scales = relative_likelihoods(log_likelihoods, constants)
     batch = scales[0].shape[0]
@@ -70,4 +91,6 @@ def anomaly_maps(
             likelihood = cv2.GaussianBlur(likelihood, (0, 0), constants.blur_sigma, borderType=cv2.BORDER_REFLECT)
         maps[b] = -np.log(np.maximum(likelihood, np.exp(_LOWEST_LOG_RATIO)))
     scores = maps.reshape(batch, -1).max(axis=1)
+    if constants.part_score is not None and part_distances is not None:
+        scores = np.maximum(scores, constants.part_scores(part_distances).astype(np.float32))
     return maps, scores

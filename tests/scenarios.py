@@ -31,12 +31,12 @@ from tests.test_daemon_e2e import finish, offline_scores, start_daemon, write_co
 HANGING_ENGINE_LAUNCHER = """
 import os, sys, threading
 from engines.backends import onnxruntime_backend
-real = onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods
+real = onnxruntime_backend.OnnxRuntimeBackend.infer
 def hanging(self, images):
     if os.path.exists(os.environ["EDGE_TEST_HANG"]):
         threading.Event().wait()
     return real(self, images)
-onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods = hanging
+onnxruntime_backend.OnnxRuntimeBackend.infer = hanging
 from edge.cli import main
 sys.exit(main(sys.argv[1:]))
 """

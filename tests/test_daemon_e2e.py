@@ -87,10 +87,12 @@ def test_video_file_gives_one_result_per_part_and_the_offline_rejects(small_bund
     for i, score in enumerate(scores):
         assert by_part[str(i)]["score"] == pytest.approx(float(score), abs=1e-3)
         assert by_part[str(i)]["bundle_id"] == bundle.bundle_id
+    assert all(p["cause"] is None for p in payloads if p["verdict"] == "pass")
     for message in subscriber.on("reject"):
         payload = json.loads(message.payload)
-        assert payload["late"] is False and payload["regions"], payload
-        assert set(payload["regions"][0]) == {"bbox", "area", "peak"}
+        assert payload["late"] is False and payload["cause"] in ("defect region", "whole part"), payload
+        if payload["cause"] == "defect region":
+            assert payload["regions"] and set(payload["regions"][0]) == {"bbox", "area", "peak"}, payload
     heatmaps = subscriber.wait_for("heatmap", len(expected), timeout=10)
     assert len(heatmaps) == len(expected)
     for message in heatmaps:

@@ -129,7 +129,8 @@ def _value_types(model: onnx.ModelProto) -> dict[str, int]:
 
 def test_half_graphs_reduce_in_float32(small_bundle):
     """The mixed-precision graphs: half features between encoder and flows, float32
-    log-likelihoods out, and every ReduceSum of the flows fed float32."""
+    log-likelihoods and part distance out, every ReduceSum of the flows fed float32, the
+    couplings' matmuls half and the part appearance's one matmul float32."""
     bundle, _ = small_bundle
     encoder = onnx.load(str(bundle.file("encoder_fp16.onnx")))
     flows = onnx.load(str(bundle.file("flows_fp16.onnx")))
@@ -143,7 +144,10 @@ def test_half_graphs_reduce_in_float32(small_bundle):
     assert reductions, "the flows graph has no ReduceSum: the log-likelihood reduction moved"
     assert all(types[n.input[0]] == single for n in reductions), "a reduction runs in half precision"
     matmuls = [n for n in flows.graph.node if n.op_type == "MatMul"]
-    assert matmuls and all(types[n.input[0]] == half for n in matmuls), "a coupling matmul runs in float32"
+    single_matmuls = [n for n in matmuls if types[n.input[0]] == single]
+    assert [o.name for o in flows.graph.output][-1] == "part_distance"
+    assert len(single_matmuls) == 1, "a coupling matmul runs in float32, or the part distance's does not"
+    assert len(matmuls) - 1 == 2 * 8 * 3, "every coupling's two matmuls run in half precision"
 
 
 def test_torch_half_path_matches_float32(small_bundle):
@@ -158,11 +162,16 @@ def test_torch_half_path_matches_float32(small_bundle):
     category = open_category(require(METAL_PLATE))
     items = [i for i in category.test if i.defect_type != "good"][:2] + [i for i in category.test if i.defect_type == "good"][:2]
     images = np.stack([to_model_input(cv2.imread(str(i.path)), tuple(bundle.manifest.input_size), bundle.manifest.colour) for i in items])
-    single = TorchBackend(bundle, device="cpu").log_likelihoods(images)
-    half = TorchBackend(bundle, device="cpu", precision="fp16").log_likelihoods(images)
-    for a, b in zip(single, half):
+    single = TorchBackend(bundle, device="cpu").infer(images)
+    half = TorchBackend(bundle, device="cpu", precision="fp16").infer(images)
+    assert half.part_distances is not None, "the half graph lost the part appearance distance"
+    for a, b in zip(_every_output(single), _every_output(half)):
         assert np.isfinite(b).all()
         assert np.abs(a - b).max() < 0.05 * (np.abs(a).max() + 1), "half precision drifted from float32"
+
+
+def _every_output(output) -> list[np.ndarray]:
+    return [*output.log_likelihoods, *([output.part_distances] if output.part_distances is not None else [])]
 
 
 def test_auto_backend_without_gpu_is_onnxruntime_and_tensorrt_says_why(small_bundle):
@@ -203,13 +212,14 @@ def test_tensorrt_build_run_and_refuse_stale(small_bundle, tmp_path):
     bundle = open_bundle(copy)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (3, *bundle.manifest.input_size, 3), dtype=np.uint8)
-    reference = open_backend("onnxruntime", bundle).log_likelihoods(images)
+    reference = open_backend("onnxruntime", bundle).infer(images)
     gpu = TensorRTBackend(bundle)  # builds the plans at first use
     try:
-        maps = gpu.log_likelihoods(images)
+        output = gpu.infer(images)
     finally:
         gpu.close()
-    for a, b in zip(reference, maps):
+    assert (output.part_distances is None) == (reference.part_distances is None)
+    for a, b in zip(_every_output(reference), _every_output(output)):
         assert np.isfinite(b).all() and np.abs(a - b).max() < 0.05 * (np.abs(a).max() + 1)
     manifest = json.loads((copy / "engines" / "manifest.json").read_text())
     manifest["plans"][0]["onnx_sha256"] = "0" * 64

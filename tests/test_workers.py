@@ -59,7 +59,7 @@ def test_a_cgroup_cpu_quota_caps_the_cores(cpu_max, expected):
 FAULTY_ENGINE_LAUNCHER = """
 import os, sys, time
 from engines.backends import onnxruntime_backend
-real = onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods
+real = onnxruntime_backend.OnnxRuntimeBackend.infer
 def faulty(self, images):
     if (images == 128).all():
         time.sleep(1.5)
@@ -72,7 +72,7 @@ def faulty(self, images):
         with open(os.environ["COMPLETED_LOG"], "a") as log:
             log.write("slow " if (images == 128).all() else "other ")
     return result
-onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods = faulty
+onnxruntime_backend.OnnxRuntimeBackend.infer = faulty
 from edge.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -131,7 +131,7 @@ import os, sys, time
 from edge import daemon
 from engines.backends import onnxruntime_backend
 daemon.DRAIN_TIMEOUT_S = 3.0
-real = onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods
+real = onnxruntime_backend.OnnxRuntimeBackend.infer
 def hanging(self, images):
     if (images == 32).all():
         time.sleep(600)  # an engine that never comes back
@@ -139,7 +139,7 @@ def hanging(self, images):
     with open(os.environ["INSPECTED_LOG"], "a") as log:
         log.write("x")  # the test waits for the parts that do finish
     return result
-onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods = hanging
+onnxruntime_backend.OnnxRuntimeBackend.infer = hanging
 from edge.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -195,11 +195,11 @@ def test_a_stop_whose_drain_times_out_rejects_every_part_left(small_bundle, brok
 SLOW_ENGINE_LAUNCHER = """
 import sys, time
 from engines.backends import onnxruntime_backend
-real = onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods
+real = onnxruntime_backend.OnnxRuntimeBackend.infer
 def slow(self, images):
     time.sleep(1.0)  # slower than the PLC's triggers
     return real(self, images)
-onnxruntime_backend.OnnxRuntimeBackend.log_likelihoods = slow
+onnxruntime_backend.OnnxRuntimeBackend.infer = slow
 from edge.cli import main
 sys.exit(main(sys.argv[1:]))
 """

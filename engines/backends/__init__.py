@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from engines.backends.base import BackendError, InferenceBackend
+from engines.backends.base import BackendError, InferenceBackend, ModelOutput
 from engines.bundle import Bundle
 
 BACKEND_NAMES = ("auto", "onnxruntime", "torch", "tensorrt")
@@ -54,4 +54,4 @@ def _auto_choice() -> str:
     return "tensorrt"
 
 
-__all__ = ["BACKEND_NAMES", "BackendError", "InferenceBackend", "open_backend", "resolve_backend_name"]
+__all__ = ["BACKEND_NAMES", "BackendError", "InferenceBackend", "ModelOutput", "open_backend", "resolve_backend_name"]

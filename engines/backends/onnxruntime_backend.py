@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engines.backends.base import BackendError
+from engines.backends.base import BackendError, ModelOutput
 from engines.bundle import ENCODER_ONNX, FLOWS_ONNX, Bundle
 
 
@@ -32,9 +32,10 @@ class OnnxRuntimeBackend:
         self.feature_names = [o.name for o in self.encoder.get_outputs()]
         self.flow_inputs = [i.name for i in self.flows.get_inputs()]
 
-    def log_likelihoods(self, images: np.ndarray) -> list[np.ndarray]:
+    def infer(self, images: np.ndarray) -> ModelOutput:
         features = self.encoder.run(self.feature_names, {"image": np.ascontiguousarray(images, dtype=np.uint8)})
-        return self.flows.run(None, dict(zip(self.flow_inputs, features)))
+        outputs = self.flows.run(None, dict(zip(self.flow_inputs, features)))
+        return ModelOutput.from_graph_outputs(outputs, len(self.flow_inputs))
 
     def close(self) -> None:
         self.encoder = self.flows = None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from engines.backends.base import BackendError
-from engines.bundle import FLOW_WEIGHTS, Bundle
+from engines.backends.base import BackendError, ModelOutput
+from engines.bundle import FLOW_WEIGHTS, PART_APPEARANCE_WEIGHTS, Bundle
 
 
 def build_torch_model(bundle: Bundle):
-    """Return (PreprocessedEncoder, CflowDecoders) as calibrated, in eval mode on the CPU."""
+    """Return (PreprocessedEncoder, CflowDecoders, PartAppearance or None) as calibrated, in
+    eval mode on the CPU."""
     import torch
 
     from engines.cflow import CflowDecoders, PreprocessedEncoder, feature_shapes
@@ -33,7 +34,13 @@ def build_torch_model(bundle: Bundle):
     decoders.load_state_dict(state, strict=True)
     encoder_record = manifest.encoder
     preprocessed = PreprocessedEncoder(encoder, encoder_record.mean, encoder_record.std, encoder_record.feature_pooling)
-    return preprocessed.eval(), decoders.eval()
+    part_appearance = None
+    if bundle.has(PART_APPEARANCE_WEIGHTS):
+        from engines.part_appearance import PartAppearance
+
+        part_state = torch.load(bundle.file(PART_APPEARANCE_WEIGHTS), map_location="cpu", weights_only=True)
+        part_appearance = PartAppearance(part_state["mean"], part_state["whitening"]).eval()
+    return preprocessed.eval(), decoders.eval(), part_appearance
 
 
 class TorchBackend:
@@ -47,7 +54,7 @@ class TorchBackend:
             import torch
         except ImportError:
             raise BackendError("backend 'torch' needs torch: pip install 'edge-inspect[cpu]'") from None
-        from engines.cflow import FoldedDecoders
+        from engines.cflow import FlowsGraph, FoldedDecoders
 
         if threads:
             torch.set_num_threads(threads)
@@ -57,17 +64,18 @@ class TorchBackend:
         self.device = torch.device(device)
         self.precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
         dtype = torch.float16 if self.precision == "fp16" else torch.float32
-        encoder, decoders = build_torch_model(bundle)
+        encoder, decoders, part_appearance = build_torch_model(bundle)
         if dtype != torch.float32:
             encoder = encoder.with_compute_dtype(dtype)
         self.encoder = encoder.to(self.device).eval()
-        self.flows = FoldedDecoders(decoders, dtype).to(self.device).eval()
+        self.flows = FlowsGraph(FoldedDecoders(decoders, dtype), part_appearance).to(self.device).eval()
+        self.scales = len(decoders.shapes)
 
-    def log_likelihoods(self, images: np.ndarray) -> list[np.ndarray]:
+    def infer(self, images: np.ndarray) -> ModelOutput:
         with self.torch.inference_mode():
             batch = self.torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).to(self.device)
-            maps = self.flows(*self.encoder(batch))
-            return [m.float().cpu().numpy() for m in maps]
+            outputs = self.flows(*self.encoder(batch))
+            return ModelOutput.from_graph_outputs([o.float().cpu().numpy() for o in outputs], self.scales)
 
     def close(self) -> None:
         self.encoder = self.flows = None
