@@ -21,7 +21,7 @@ import numpy as np
 
 from edge.capture import EndOfStream, Frame, NoFrameYet, SourceUnavailable, open_source
 from edge.config import CameraConfig, PublishConfig
-from edge.decision import Verdict, decide
+from edge.decision import CAUSE_WHOLE_PART, Verdict, decide
 from edge.frame_numbers import FrameNumbers
 from engines.overlay import colour_bar, label, overlay
 from engines.preprocess import FrameError, to_model_input
@@ -557,6 +557,8 @@ def render_heatmap(part: InspectedPart, roi: tuple[int, int, int, int] | None, q
         p1 = (int((r.x - x0 + r.width) * sx), int((r.y - y0 + r.height) * sy))
         cv2.rectangle(picture, p0, p1, (255, 255, 255), 1)
     verdict = "REJECT" if part.verdict.reject else "pass"
+    if part.verdict.cause == CAUSE_WHOLE_PART:
+        verdict += " (whole part)"  # the map may show nothing: say where the decision came from
     picture = label(picture, [f"{part.part_id} {verdict}", f"score {part.verdict.score:.2f} / {threshold:.2f}"])
     picture = np.hstack([picture, colour_bar(picture.shape[0], 0.0, 1.5 * threshold)])
     ok, jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, quality])
