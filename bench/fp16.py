@@ -34,10 +34,9 @@ from bench.quality import DEFAULT_DATASETS, categories, machine  # noqa: E402
 from calibration.datasets import open_category  # noqa: E402
 from calibration.images import load_images  # noqa: E402
 from calibration.metrics import auroc  # noqa: E402
-from engines.backends import open_backend  # noqa: E402
+from engines.backends import ModelOutput, open_backend  # noqa: E402
 from engines.backends.torch_backend import build_torch_model  # noqa: E402
 from engines.bundle import open_bundle  # noqa: E402
-from engines.backends import ModelOutput  # noqa: E402
 from engines.cflow import FlowsGraph, FoldedDecoders  # noqa: E402
 from engines.flow import half_reductions  # noqa: E402
 from engines.scoring import anomaly_maps  # noqa: E402

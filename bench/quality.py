@@ -90,7 +90,8 @@ def scale_subsets(bundle, scored) -> list[dict]:
         sub = constants.subset(subset)
         maps, scores = anomaly_maps([scored.log_likelihoods[i] for i in subset], sub, tuple(bundle.manifest.input_size))
         m = category_metrics(maps, scores, scored.masks, scored.labels, None)
-        rows.append({"variant": "scales " + "+".join(str(8 * 2**i) for i in subset), **{k: m.get(k) for k in ("image_auroc", "pixel_auroc", "pro")}})
+        # Map only: the part score pools every scale, so it has no place in a subset.
+        rows.append({"variant": "scales " + "+".join(str(8 * 2**i) for i in subset) + ", map only", **{k: m.get(k) for k in ("image_auroc", "pixel_auroc", "pro")}})
     return rows
 
 

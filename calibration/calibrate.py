@@ -74,6 +74,7 @@ class CalibrationReport:
     final_nll_per_channel: list[float]
     holdout_false_reject_rate: float
     part_appearance_shrinkage: float | None = None  # Ledoit-Wolf; None: no part appearance model
+    part_appearance_statistics: int = 0
     defect_images: int = 0
     defect_miss_rate: float | None = None
 
@@ -179,6 +180,7 @@ def calibrate(
         final_nll_per_channel=training.final_nll,
         holdout_false_reject_rate=float(np.mean(held_scores > thresholds.image)),
         part_appearance_shrinkage=shrinkage,
+        part_appearance_statistics=part_appearance.dimensions if part_appearance is not None else 0,
     )
     if defects is not None:
         defect_features = encode_features(encoder, defects.images, label="encoding defective parts")

@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"wrote {bundle.path} (bundle {bundle.bundle_id}) in {report.seconds['total']:.0f}s")
     log(f"image threshold {t.image:.3f} ({t.method}); region threshold {t.pixel:.3f}")
     log(f"held-out false-reject rate {report.holdout_false_reject_rate:.3f} on {report.holdout_images} good parts")
+    if report.part_appearance_shrinkage is not None:
+        log(f"whole-part appearance model: Gaussian over {report.part_appearance_statistics} statistics, Ledoit-Wolf shrinkage {report.part_appearance_shrinkage:.3f}")
     if report.defect_miss_rate is not None:
         log(f"miss rate {report.defect_miss_rate:.3f} on {report.defect_images} defective parts")
     if args.json:

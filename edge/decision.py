@@ -1,6 +1,7 @@
 """Anomaly map and score to a verdict with defect regions, against the calibrated thresholds."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -24,6 +25,9 @@ class DefectRegion:
 # stays below and the whole-part appearance score (engines/part_appearance.py) lifted the score.
 CAUSE_REGION = "defect region"
 CAUSE_WHOLE_PART = "whole part"
+# A score that is not a number (a non-finite feature, a broken engine): nobody can say the part
+# is good, so it must not pass.
+CAUSE_NOT_FINITE = "score not finite"
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,8 @@ def decide(
     min_region_area: int,
     frame_box: tuple[int, int, int, int],
 ) -> Verdict:
-    """Reject when the score exceeds the image threshold (strictly, as calibrated).
+    """Reject when the score exceeds the image threshold (strictly, as calibrated), or is not
+    a finite number.
 
     A reject whose map stays at or below the image threshold everywhere was decided by the
     whole-part appearance score; it may have no regions at all.
@@ -52,6 +57,8 @@ def decide(
     min_region_area frame pixels large, mapped from map coordinates into the frame's
     (x, y, width, height) box: the inspected region of interest.
     """
+    if not math.isfinite(score):
+        return Verdict(True, float(score), float(image_threshold), (), CAUSE_NOT_FINITE)
     reject = bool(score > image_threshold)
     if not reject:
         return Verdict(False, float(score), float(image_threshold), ())

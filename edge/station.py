@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -497,7 +498,8 @@ class Station:
         v = part.verdict
         payload = part_payload(
             self.camera.station, part.part_id, part.frame, "reject" if v.reject else "pass",
-            round(v.score, 5), round(v.threshold, 5), part.bundle_id, [r.to_json() for r in v.regions], v.cause,
+            round(v.score, 5) if math.isfinite(v.score) else None, round(v.threshold, 5), part.bundle_id,
+            [r.to_json() for r in v.regions], v.cause,
         )
         saved = self._send(payload, v.reject)
         policy = self.publish_config.heatmaps

@@ -15,7 +15,11 @@ from pathlib import Path
 
 from engines.scoring import ScoringConstants
 
-FORMAT_VERSION = 1
+# 2: the image score may include the whole-part appearance score (scoring.part_score and a
+# part_distance output of the flows graph). A daemon that reads only version 1 would ignore it
+# and judge parts against a threshold calibrated for more than it computes, so it must refuse.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 ENCODER_ONNX = "encoder.onnx"
 FLOWS_ONNX = "flows.onnx"
@@ -192,9 +196,10 @@ def open_bundle(path: str | os.PathLike) -> Bundle:
     except json.JSONDecodeError as error:
         raise BundleError(f"{manifest_path}: not valid JSON ({error}); re-run edge-calibrate") from None
     version = data.get("format_version") if isinstance(data, dict) else None
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMAT_VERSIONS:
         raise BundleError(
-            f"{manifest_path}: bundle format version {version!r}, this software reads version {FORMAT_VERSION}; "
+            f"{manifest_path}: bundle format version {version!r}, this software reads versions "
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}; "
             "re-calibrate with this version's edge-calibrate"
         )
     try:

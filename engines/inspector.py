@@ -37,7 +37,10 @@ class Inspector:
         if scoring.part_score is not None and output.part_distances is None:
             # The threshold was calibrated on scores that include the part score; without it
             # every part would be judged on less than it was calibrated for.
-            raise BundleError(f"{self.bundle.path}: the manifest scores part appearance but the flows graph has no part_distance output; re-calibrate")
+            raise BundleError(
+                f"{self.bundle.path}: the manifest scores part appearance but the backend gave no part distance "
+                "(no part_distance output in the flows graph, or no part_appearance.pt for the torch backend); re-calibrate"
+            )
         return anomaly_maps(output.log_likelihoods, scoring, self.input_size, output.part_distances)
 
     def inspect(self, frame: np.ndarray) -> Inspection:

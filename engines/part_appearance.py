@@ -27,7 +27,10 @@ def part_statistics(features: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> 
         flat = feature.float().flatten(2)  # float32 even from a half encoder: sums of 1024 terms
         mean = flat.mean(dim=2)
         means.append(mean)
-        deviations.append(torch.sqrt(torch.clamp((flat * flat).mean(dim=2) - mean * mean, min=0.0)))
+        # Two passes: E[x^2] - E[x]^2 cancels in float32 where a channel's mean is large against
+        # its spread, and each backend sums in its own order.
+        centred = flat - mean.unsqueeze(2)
+        deviations.append(torch.sqrt((centred * centred).mean(dim=2)))
     return torch.cat(means + deviations, dim=1)
 
 
@@ -61,9 +64,10 @@ def ledoit_wolf_shrinkage(centred: np.ndarray) -> float:
     samples, dims = centred.shape
     covariance = centred.T @ centred / samples
     target = np.trace(covariance) / dims
-    distance = ((covariance - target * np.eye(dims)) ** 2).sum() / dims
-    squared = centred * centred
-    spread = ((squared.T @ squared) / samples - covariance**2).sum() / (dims * samples)
+    # ||S - target I||^2 without building the identity (a wide encoder has thousands of statistics).
+    distance = ((covariance**2).sum() - 2.0 * target * np.trace(covariance) + dims * target**2) / dims
+    # sum over parts of ||x x^T - S||^2, from each part's squared norm.
+    spread = (((centred * centred).sum(axis=1) ** 2).sum() / samples - (covariance**2).sum()) / (dims * samples)
     if distance <= 0:
         return 1.0
     return float(min(spread, distance) / distance)
@@ -77,11 +81,14 @@ def fit_part_appearance(statistics: np.ndarray) -> tuple[PartAppearance, float]:
     shrinkage = ledoit_wolf_shrinkage(centred)
     covariance = centred.T @ centred / len(data)
     dims = covariance.shape[0]
-    covariance = (1.0 - shrinkage) * covariance + shrinkage * (np.trace(covariance) / dims) * np.eye(dims)
+    target = np.trace(covariance) / dims
+    covariance *= 1.0 - shrinkage
+    covariance[np.diag_indices(dims)] += shrinkage * target
     # Symmetric eigendecomposition rather than Cholesky: a covariance from fewer parts than
-    # dimensions is singular before shrinkage, and this stays exact for it after.
+    # dimensions is singular before shrinkage, and this stays exact for it after. The floor keeps
+    # the distance finite even for statistics that never vary (a blank test pattern).
     values, vectors = np.linalg.eigh(covariance)
-    values = np.maximum(values, values.max() * 1e-12)
+    values = np.maximum(values, max(float(values.max()) * 1e-12, 1e-12))
     whitening = vectors / np.sqrt(values)
     model = PartAppearance(torch.from_numpy(mean), torch.from_numpy(whitening))
     return model.eval(), shrinkage

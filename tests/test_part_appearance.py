@@ -1,5 +1,6 @@
 """The whole-part appearance model: its statistics, its distance, and what it adds on real parts."""
 import dataclasses
+import json
 
 import cv2
 import numpy as np
@@ -88,7 +89,7 @@ def test_a_bundle_without_part_model_scores_by_the_map(tmp_path):
     from calibration.calibrate import CalibrationSettings, calibrate
     from calibration.train import TrainConfig
     from engines.backends import ModelOutput, open_backend
-    from engines.bundle import Bundle, BundleError
+    from engines.bundle import Bundle, BundleError, open_bundle
     from engines.inspector import Inspector
     from tests.conftest import METAL_PLATE, SMALL_SIZE, require
 
@@ -105,6 +106,14 @@ def test_a_bundle_without_part_model_scores_by_the_map(tmp_path):
     np.testing.assert_allclose(scores, maps.reshape(2, -1).max(axis=1))
     # A manifest that scores part appearance needs the distance from its graph; without it the
     # calibrated threshold would not mean what it says.
+    # Bundles written before the part model (format version 1) open and score the same way.
+    manifest_path = bundle.path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["format_version"] = 1
+    manifest_path.write_text(json.dumps(manifest))
+    old = open_bundle(bundle.path)
+    _, old_scores = Inspector(old, open_backend("onnxruntime", old)).inspect_batch(images)
+    np.testing.assert_allclose(old_scores, scores, atol=1e-4)
     scoring = dataclasses.replace(bundle.manifest.scoring, part_score=(1.0, 0.0))
     claims_part = Bundle(bundle.path, dataclasses.replace(bundle.manifest, scoring=scoring), "edited")
     with pytest.raises(BundleError, match="part_distance"):
@@ -124,3 +133,6 @@ def test_a_reject_says_whether_a_region_or_the_whole_part_decided():
     assert region.reject and region.cause == CAUSE_REGION
     assert (region.regions[0].x, region.regions[0].y, region.regions[0].width) == (16, 16, 16)
     assert decide(faint, 0.5, 2.0, 1.0, 1, box).cause is None
+    # A part whose score is not a number was not judged; it must not pass.
+    broken = decide(faint, float("nan"), 2.0, 1.0, 1, box)
+    assert broken.reject and broken.cause == "score not finite"
