@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 import engines
-from calibration.augment import augmented_copies
+from calibration.augment import augmented_copies, nuisance_copies
 from calibration.images import ImageFolderError, list_images, load_images
+from calibration.progress import Progress
 from calibration.thresholds import choose_thresholds, fit_scoring_constants, with_part_score
 from calibration.train import TrainConfig, encode_features, log_likelihoods, train_decoders
 from engines.bundle import (
@@ -102,6 +103,18 @@ def channels_first(features: list[torch.Tensor]) -> list[torch.Tensor]:
     return [f.transpose(1, 2) for f in features]
 
 
+@torch.inference_mode()
+def encode_part_statistics(encoder: PreprocessedEncoder, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """The whole-part statistics of images that only that model needs (their feature maps are
+    not kept)."""
+    progress = Progress("encoding part-model copies", len(images))
+    out = []
+    for start in range(0, len(images), batch_size):
+        out.append(part_statistics(encoder(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])))).numpy())
+        progress.update(min(start + batch_size, len(images)))
+    return np.concatenate(out)
+
+
 def part_distances(model, features: list[torch.Tensor], batch_size: int = 64) -> np.ndarray:
     maps = channels_first(features)
     with torch.inference_mode():
@@ -160,8 +173,14 @@ def calibrate(
     mark = time.monotonic()
     part_appearance, shrinkage, held_distances = None, None, None
     if settings.part_appearance:
-        part_appearance, shrinkage = fit_part_appearance(part_statistics(channels_first(fit_features)).numpy())
+        statistics = [
+            part_statistics(channels_first(fit_features)).numpy(),
+            encode_part_statistics(encoder, nuisance_copies(fit.images, settings.train.seed)),
+        ]
+        part_appearance, shrinkage = fit_part_appearance(np.concatenate(statistics))
         held_distances = part_distances(part_appearance, held_features)
+        seconds["part_model"] = time.monotonic() - mark
+        mark = time.monotonic()
     held_ll = log_likelihoods(decoders, held_features, shapes)
     constants = fit_scoring_constants(held_ll, settings.blur_sigma)
     if part_appearance is not None:
