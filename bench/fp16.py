@@ -68,14 +68,7 @@ def model_outputs(bundle, images: np.ndarray, batch: int = 8) -> dict[str, Model
             print(f"\r  {done}/{len(images)} images, {time.monotonic() - started:.0f} s", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     reference.close()
-    return {variant: concatenate(outputs) for variant, outputs in out.items()}
-
-
-def concatenate(outputs: list[ModelOutput]) -> ModelOutput:
-    scales = len(outputs[0].log_likelihoods)
-    maps = [np.concatenate([o.log_likelihoods[s] for o in outputs]) for s in range(scales)]
-    has_part = outputs[0].part_distances is not None
-    return ModelOutput(maps, np.concatenate([o.part_distances for o in outputs]) if has_part else None)
+    return {variant: ModelOutput.concatenate(outputs) for variant, outputs in out.items()}
 
 
 FLOAT16_MAX = 65504.0

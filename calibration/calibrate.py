@@ -36,7 +36,7 @@ from engines.encoders import load_encoder
 from engines.export import export_encoder, export_flows, export_half_graphs
 from engines.flow import FlowConfig
 from engines.part_appearance import fit_part_appearance, part_statistics
-from engines.scoring import anomaly_maps
+from engines.scoring import anomaly_maps, image_scores
 
 MIN_FIT_IMAGES = 10
 MIN_HOLDOUT_IMAGES = 5
@@ -183,10 +183,10 @@ def calibrate(
         mark = time.monotonic()
     held_ll = log_likelihoods(decoders, held_features, shapes)
     constants = fit_scoring_constants(held_ll, settings.blur_sigma)
+    held_maps, held_map_maxima = anomaly_maps(held_ll, constants, settings.input_size)
     if part_appearance is not None:
-        _, held_map_maxima = anomaly_maps(held_ll, constants, settings.input_size)
         constants = with_part_score(constants, held_map_maxima, held_distances)
-    held_maps, held_scores = anomaly_maps(held_ll, constants, settings.input_size, held_distances)
+    held_scores = image_scores(held_map_maxima, constants, held_distances)
     thresholds = choose_thresholds(
         held_scores, held_maps, settings.target_false_reject_rate, settings.target_pixel_false_positive_rate
     )

@@ -14,7 +14,7 @@ from calibration.images import load_images
 from calibration.metrics import auroc, pixel_auroc, pro_auc, rates_at_threshold
 from calibration.progress import Progress
 from calibration.reference_scoring import test_set_max_maps
-from engines.backends import open_backend
+from engines.backends import ModelOutput, open_backend
 from engines.bundle import Bundle
 from engines.inspector import Inspector
 from engines.overlay import label, overlay
@@ -58,9 +58,8 @@ def score_category(
         progress.update(min(start + batch_size, len(images)))
     elapsed = time.monotonic() - started
     inspector.backend.close()
-    per_scale = [np.concatenate([o.log_likelihoods[s] for o in outputs]) for s in range(len(outputs[0].log_likelihoods))]
-    has_part = outputs[0].part_distances is not None
-    part_distances = np.concatenate([o.part_distances for o in outputs]) if has_part else None
+    output = ModelOutput.concatenate(outputs)
+    per_scale = output.log_likelihoods
     reference_maps, reference_scores = test_set_max_maps(per_scale, size)
     return ScoredCategory(
         category=category,
@@ -72,7 +71,7 @@ def score_category(
         reference_maps=reference_maps,
         reference_scores=reference_scores,
         log_likelihoods=per_scale,
-        part_distances=part_distances,
+        part_distances=output.part_distances,
         seconds_per_image=elapsed / len(images),
     )
 

@@ -36,7 +36,7 @@ class Verdict:
     score: float
     threshold: float
     regions: tuple[DefectRegion, ...]
-    cause: str | None = None  # CAUSE_REGION or CAUSE_WHOLE_PART for a reject; None for a pass
+    cause: str | None = None  # a reject's: one of the CAUSE_ constants above; None for a pass
 
 
 def decide(

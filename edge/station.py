@@ -530,7 +530,7 @@ def part_payload(
         "threshold": threshold,
         "bundle_id": bundle_id,
         "regions": regions,
-        "cause": cause,  # a reject's: "defect region" or "whole part" (edge/decision.py)
+        "cause": cause,  # a reject's, edge/decision.py's CAUSE_ constants; None for a pass
     }
     if frame is not None and frame.source_name:
         payload["file"] = frame.source_name

@@ -48,8 +48,8 @@ def export_half_graphs(
     """The mixed-precision pair a GPU engine is built from: convolutions and couplings in
     float16 with explicit casts, the input normalisation, every log-likelihood reduction and
     the part appearance model in float32. Strongly typed TensorRT builds exactly these types;
-    the weakly typed build constrains each layer to the type declared here. The features between the two graphs are
-    float16, so they stay half on the device."""
+    the weakly typed build constrains each layer to the type declared here. The features
+    between the two graphs are float16, so they stay half on the device."""
     export_encoder(encoder.with_compute_dtype(torch.float16).eval(), input_size, encoder_path, len(decoders.shapes))
     export_flows(decoders, flows_path, torch.float16, part_appearance)
 

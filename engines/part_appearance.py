@@ -58,11 +58,15 @@ class PartAppearance(nn.Module):
         return torch.sqrt((whitened * whitened).sum(dim=1))
 
 
-def ledoit_wolf_shrinkage(centred: np.ndarray) -> float:
+def sample_covariance(centred: np.ndarray) -> np.ndarray:
+    return centred.T @ centred / len(centred)
+
+
+def ledoit_wolf_shrinkage(centred: np.ndarray, covariance: np.ndarray) -> float:
     """The covariance shrinkage towards a scaled identity that minimises the expected squared
-    error (Ledoit and Wolf, 2004); chosen from the data alone, no tuning on defects."""
+    error (Ledoit and Wolf, 2004); chosen from the data alone, no tuning on defects.
+    `covariance` is sample_covariance(centred), passed in because the caller needs it too."""
     samples, dims = centred.shape
-    covariance = centred.T @ centred / samples
     target = np.trace(covariance) / dims
     # ||S - target I||^2 without building the identity (a wide encoder has thousands of statistics).
     distance = ((covariance**2).sum() - 2.0 * target * np.trace(covariance) + dims * target**2) / dims
@@ -78,8 +82,8 @@ def fit_part_appearance(statistics: np.ndarray) -> tuple[PartAppearance, float]:
     data = np.asarray(statistics, dtype=np.float64)
     mean = data.mean(axis=0)
     centred = data - mean
-    shrinkage = ledoit_wolf_shrinkage(centred)
-    covariance = centred.T @ centred / len(data)
+    covariance = sample_covariance(centred)
+    shrinkage = ledoit_wolf_shrinkage(centred, covariance)
     dims = covariance.shape[0]
     target = np.trace(covariance) / dims
     covariance *= 1.0 - shrinkage

@@ -90,7 +90,12 @@ def anomaly_maps(
         if constants.blur_sigma > 0:
             likelihood = cv2.GaussianBlur(likelihood, (0, 0), constants.blur_sigma, borderType=cv2.BORDER_REFLECT)
         maps[b] = -np.log(np.maximum(likelihood, np.exp(_LOWEST_LOG_RATIO)))
-    scores = maps.reshape(batch, -1).max(axis=1)
-    if constants.part_score is not None and part_distances is not None:
-        scores = np.maximum(scores, constants.part_scores(part_distances).astype(np.float32))
-    return maps, scores
+    return maps, image_scores(maps.reshape(batch, -1).max(axis=1), constants, part_distances)
+
+
+def image_scores(map_maxima: np.ndarray, constants: ScoringConstants, part_distances: np.ndarray | None = None) -> np.ndarray:
+    """The image score: the map's maximum, or the larger of it and the part score where the
+    constants have one and the part distances are given."""
+    if constants.part_score is None or part_distances is None:
+        return map_maxima
+    return np.maximum(map_maxima, constants.part_scores(part_distances).astype(map_maxima.dtype))

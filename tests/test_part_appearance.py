@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.part_appearance import fit_part_appearance, ledoit_wolf_shrinkage, part_statistics
+from engines.part_appearance import fit_part_appearance, ledoit_wolf_shrinkage, part_statistics, sample_covariance
 from engines.scoring import ScoringConstants, anomaly_maps
 
 
@@ -42,8 +42,13 @@ def test_shrinkage_follows_the_data():
     rng = np.random.default_rng(2)
     isotropic = rng.normal(size=(200, 40))
     correlated = rng.normal(size=(2000, 3)) @ rng.normal(size=(3, 40)) + 0.01 * rng.normal(size=(2000, 40))
-    assert ledoit_wolf_shrinkage(isotropic - isotropic.mean(0)) > 0.8  # nothing to learn beyond the identity
-    assert ledoit_wolf_shrinkage(correlated - correlated.mean(0)) < 0.05  # plenty of parts, strong structure
+
+    def shrinkage(data):
+        centred = data - data.mean(0)
+        return ledoit_wolf_shrinkage(centred, sample_covariance(centred))
+
+    assert shrinkage(isotropic) > 0.8  # nothing to learn beyond the identity
+    assert shrinkage(correlated) < 0.05  # plenty of parts, strong structure
 
 
 def test_image_score_is_the_larger_of_map_and_part_score():

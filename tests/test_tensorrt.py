@@ -147,7 +147,8 @@ def test_half_graphs_reduce_in_float32(small_bundle):
     single_matmuls = [n for n in matmuls if types[n.input[0]] == single]
     assert [o.name for o in flows.graph.output][-1] == "part_distance"
     assert len(single_matmuls) == 1, "a coupling matmul runs in float32, or the part distance's does not"
-    assert len(matmuls) - 1 == 2 * 8 * 3, "every coupling's two matmuls run in half precision"
+    couplings = bundle.manifest.flow.coupling_blocks * len(bundle.manifest.encoder.tap_channels)
+    assert len(matmuls) - 1 == 2 * couplings, "every coupling's two matmuls run in half precision"
 
 
 def test_torch_half_path_matches_float32(small_bundle):

@@ -24,6 +24,14 @@ class ModelOutput:
         distance where the graph has one."""
         return cls(list(outputs[:scales]), outputs[scales] if len(outputs) > scales else None)
 
+    @classmethod
+    def concatenate(cls, batches: list["ModelOutput"]) -> "ModelOutput":
+        """Batches run one after another, as one output."""
+        scales = len(batches[0].log_likelihoods)
+        maps = [np.concatenate([b.log_likelihoods[s] for b in batches]) for s in range(scales)]
+        has_part = batches[0].part_distances is not None
+        return cls(maps, np.concatenate([b.part_distances for b in batches]) if has_part else None)
+
 
 class InferenceBackend(Protocol):
     name: str
