@@ -11,6 +11,7 @@ This is a benchmark, not a test: it takes tens of minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -28,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from calibration.augment import move_parts  # noqa: E402
 from calibration.calibrate import AugmentConfig, CalibrationSettings, calibrate  # noqa: E402
+from calibration.cli import parse_strides  # noqa: E402
 from calibration.datasets import open_category  # noqa: E402
 from calibration.evaluate import category_metrics, evaluate_scored, score_category  # noqa: E402
 from calibration.metrics import auroc  # noqa: E402
@@ -86,12 +88,15 @@ def scale_subsets(bundle, scored) -> list[dict]:
     model trained with only those scales."""
     rows = []
     constants = bundle.manifest.scoring
-    for subset in ((0,), (1,), (2,), (0, 1), (0, 1, 2)):
-        sub = constants.subset(subset)
-        maps, scores = anomaly_maps([scored.log_likelihoods[i] for i in subset], sub, tuple(bundle.manifest.input_size))
-        m = category_metrics(maps, scores, scored.masks, scored.labels, None)
-        # Map only: the part score pools every scale, so it has no place in a subset.
-        rows.append({"variant": "scales " + "+".join(str(8 * 2**i) for i in subset) + ", map only", **{k: m.get(k) for k in ("image_auroc", "pixel_auroc", "pro")}})
+    strides = bundle.manifest.encoder.tap_strides
+    for size in range(1, len(strides) + 1):
+        for subset in itertools.combinations(range(len(strides)), size):
+            sub = constants.subset(subset)
+            maps, scores = anomaly_maps([scored.log_likelihoods[i] for i in subset], sub, tuple(bundle.manifest.input_size))
+            m = category_metrics(maps, scores, scored.masks, scored.labels, None)
+            # Map only: the part score pools every scale, so it has no place in a subset.
+            name = "+".join(str(strides[i]) for i in subset)
+            rows.append({"variant": f"scales {name}, map only", **{k: m.get(k) for k in ("image_auroc", "pixel_auroc", "pro")}})
     return rows
 
 
@@ -129,6 +134,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="categories to run, e.g. mpdd/metal_plate")
     parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--input-size", type=int, default=256)
+    parser.add_argument("--strides", type=parse_strides, default=(8, 16, 32), help="feature scales to model, e.g. 8,16 (edge-calibrate's option)")
     parser.add_argument("--ablation", action="store_true")
     parser.add_argument("--robustness", action="store_true")
     parser.add_argument("--augment", type=int, default=0, metavar="COPIES", help="calibrate every bundle with COPIES shifted/rotated copies of each good image")
@@ -143,11 +149,14 @@ def main() -> int:
     base = CalibrationSettings(
         encoder=args.encoder,
         input_size=(args.input_size, args.input_size),
+        tap_strides=args.strides,
         augment=AugmentConfig(copies=args.augment),
         feature_pooling=args.feature_pooling,
         part_appearance=args.part_appearance,
     )
-    base_label = f"pooled {args.feature_pooling}x{args.feature_pooling}" if args.feature_pooling > 1 else ""
+    labels = [f"pooled {args.feature_pooling}x{args.feature_pooling}"] if args.feature_pooling > 1 else []
+    labels += [f"strides {'+'.join(map(str, args.strides))}"] if args.strides != (8, 16, 32) else []
+    base_label = ", ".join(labels)
     dirs = [d for d in categories(args.datasets) if not args.only or f"{d.parent.name}/{d.name}" in args.only]
     measured_on = machine()  # the commit as the run starts; edits made while it runs are not in it
     rows: list[dict] = []
@@ -179,7 +188,7 @@ def main() -> int:
             print_table(rows)
     print_table(rows)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    report = {"machine": measured_on, "settings": {"encoder": args.encoder, "input_size": args.input_size, "augment_copies": args.augment, "feature_pooling": args.feature_pooling, "part_appearance": args.part_appearance}, "rows": rows}
+    report = {"machine": measured_on, "settings": {"encoder": args.encoder, "input_size": args.input_size, "augment_copies": args.augment, "feature_pooling": args.feature_pooling, "part_appearance": args.part_appearance, "strides": list(args.strides)}, "rows": rows}
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0

@@ -25,6 +25,18 @@ def parse_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def parse_strides(text: str) -> tuple[int, ...]:
+    """'8,16,32' or a subset such as '8,16': the feature scales CFLOW-AD models."""
+    from engines.encoders import EncoderError, check_tap_strides
+
+    try:
+        return check_tap_strides(tuple(int(p) for p in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"strides {text!r}: expected numbers separated by commas, e.g. 8,16") from None
+    except EncoderError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def fraction(text: str) -> float:
     value = float(text)
     if not 0.0 < value < 1.0:
@@ -48,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--encoder", choices=ENCODER_NAMES, default="efficientnet-lite0")
     parser.add_argument("--input-size", type=parse_size, default=(256, 256), help="N or HEIGHTxWIDTH, multiples of 32 (default 256)")
     parser.add_argument("--colour", choices=("auto", "rgb", "gray"), default="auto", help="auto: gray when every good image is gray")
+    parser.add_argument(
+        "--strides", type=parse_strides, default=(8, 16, 32), metavar="S,S",
+        help="feature scales to model (default 8,16,32). 8,16 suits small, sharp defects and runs a shorter "
+        "encoder; large, faint ones need 32: compare bundles with edge-evaluate",
+    )
     parser.add_argument("--coupling-blocks", type=int, default=8)
     parser.add_argument(
         "--feature-pooling", type=int, choices=(1, 3, 5), default=1, metavar="K",
@@ -91,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = CalibrationSettings(
         encoder=args.encoder,
         input_size=args.input_size,
+        tap_strides=args.strides,
         colour=None if args.colour == "auto" else args.colour,
         flow=FlowConfig(coupling_blocks=args.coupling_blocks),
         feature_pooling=args.feature_pooling,

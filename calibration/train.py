@@ -26,14 +26,17 @@ class TrainConfig:
     seed: int = 0
     min_steps_per_scale: int = 600  # the deep scales have few fibers but the widest flows
     max_steps_per_scale: int = 4000
-    # Fixed step counts per scale (stride 8, 16, 32) replace the epochs rule when given. Tuned on
-    # the three shared categories: the stride-32 flow overfits its few fibers within ~200 steps
-    # and then loses image AUROC, while strides 8 and 16 keep gaining up to ~1600.
+    # Fixed step counts for the scales at strides 8, 16 and 32 replace the epochs rule when given.
+    # Tuned on the three shared categories: the stride-32 flow overfits its few fibers within
+    # ~200 steps and then loses image AUROC, while strides 8 and 16 keep gaining up to ~1600.
     steps_per_scale: tuple[int, ...] | None = (1600, 1600, 200)
 
-    def steps_for(self, fibers_per_scale: list[int]) -> list[int]:
-        if self.steps_per_scale is not None and len(self.steps_per_scale) == len(fibers_per_scale):
-            return [max(1, min(self.max_steps_per_scale, s)) for s in self.steps_per_scale]
+    def steps_for(self, fibers_per_scale: list[int], strides: tuple[int, ...] = (8, 16, 32)) -> list[int]:
+        """Optimiser steps for each modelled scale; `strides` names them (a station may model
+        only some), so the stride-32 flow keeps its own count whichever scales come before."""
+        if self.steps_per_scale is not None and set(strides) <= {8, 16, 32}:
+            counts = dict(zip((8, 16, 32), self.steps_per_scale))
+            return [max(1, min(self.max_steps_per_scale, counts[s])) for s in strides]
         return [
             max(self.min_steps_per_scale, min(self.max_steps_per_scale, math.ceil(self.epochs * n / self.fiber_batch)))
             for n in fibers_per_scale
@@ -66,14 +69,16 @@ def fit_input_statistics(decoders: CflowDecoders, features: list[torch.Tensor]) 
         flow.set_input_statistics(flat.mean(0), flat.std(0))
 
 
-def train_decoders(decoders: CflowDecoders, features: list[torch.Tensor], config: TrainConfig) -> TrainReport:
-    """Train every scale's flow by maximum likelihood; returns how it went."""
+def train_decoders(
+    decoders: CflowDecoders, features: list[torch.Tensor], config: TrainConfig, strides: tuple[int, ...] = (8, 16, 32)
+) -> TrainReport:
+    """Train every scale's flow (at `strides`) by maximum likelihood; returns how it went."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     fit_input_statistics(decoders, features)
     decoders.train()
     report = TrainReport()
-    steps = config.steps_for([f.shape[0] * f.shape[1] for f in features])
+    steps = config.steps_for([f.shape[0] * f.shape[1] for f in features], strides)
     report.steps = steps
     optimisers = [
         torch.optim.Adam(flow.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay) for flow in decoders.flows

@@ -52,7 +52,13 @@ _COEFFS = {
 # and tap_stages_for() finds the stages again from them.
 DEFAULT_TAP_STAGES = (3, 4, 7)
 _STAGES_BY_STRIDE = {8: (3,), 16: (4, 5), 32: (6, 7)}
+_STRIDE_OF_STAGE = {stage: stride for stride, stages in _STAGES_BY_STRIDE.items() for stage in stages}
 _TAP_STRIDES = (8, 16, 32)
+
+
+def default_tap_stages(strides: tuple[int, ...] = _TAP_STRIDES) -> tuple[int, ...]:
+    """The default stage for each of `strides` (a station may model fewer scales)."""
+    return tuple(stage for stage in DEFAULT_TAP_STAGES if _STRIDE_OF_STAGE[stage] in strides)
 
 _STEM_CHANNELS = 32
 
@@ -169,18 +175,19 @@ class _MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite backbone returning CFLOW taps at strides 8, 16 and 32."""
-
-    tap_strides: tuple[int, ...] = _TAP_STRIDES
+    """EfficientNet-Lite backbone returning CFLOW taps at strides 8, 16 and 32 (or a subset:
+    the blocks past the deepest tap are not built)."""
 
     def __init__(self, variant: str, tap_stages: tuple[int, ...] = DEFAULT_TAP_STAGES) -> None:
         super().__init__()
         if variant not in _COEFFS:
             raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {sorted(_COEFFS)}")
-        if len(tap_stages) != len(_TAP_STRIDES) or any(st not in _STAGES_BY_STRIDE[stride] for st, stride in zip(tap_stages, _TAP_STRIDES)):
-            raise ValueError(f"tap stages {tap_stages} do not give strides {_TAP_STRIDES}; choose from {_STAGES_BY_STRIDE}")
+        strides = [_STRIDE_OF_STAGE.get(st) for st in tap_stages]
+        if not tap_stages or None in strides or strides != sorted(set(strides)):
+            raise ValueError(f"tap stages {tap_stages}: need one stage per stride, strides increasing; choose from {_STAGES_BY_STRIDE}")
         self.variant = variant
         self.tap_stages = tuple(tap_stages)
+        self.tap_strides: tuple[int, ...] = tuple(strides)
 
         self._conv_stem = _SameConv2d(3, _STEM_CHANNELS, 3, stride=2)
         self._bn0 = _bn(_STEM_CHANNELS)
@@ -251,12 +258,16 @@ def stage_channels(variant: str) -> list[int]:
     return [cout for _, _, _, _, _, cout in _stage_plan(variant)]
 
 
-def tap_stages_for(variant: str, tap_channels: tuple[int, ...]) -> tuple[int, ...]:
-    """The tap stages that give `tap_channels` (what a bundle records); stage widths differ
-    wherever a stride offers two stages, so the channels name the stages."""
+def tap_stages_for(variant: str, tap_channels: tuple[int, ...], tap_strides: tuple[int, ...] = _TAP_STRIDES) -> tuple[int, ...]:
+    """The tap stages that give `tap_channels` at `tap_strides` (what a bundle records); stage
+    widths differ wherever a stride offers two stages, so the channels name the stages."""
+    if len(tap_channels) != len(tap_strides):
+        raise ValueError(f"{len(tap_channels)} tap channel counts for {len(tap_strides)} strides")
     widths = stage_channels(variant)
     stages = []
-    for channels, stride in zip(tap_channels, _TAP_STRIDES):
+    for channels, stride in zip(tap_channels, tap_strides):
+        if stride not in _STAGES_BY_STRIDE:
+            raise ValueError(f"no EfficientNet-{variant} stage ends at stride {stride}")
         match = [st for st in _STAGES_BY_STRIDE[stride] if widths[st - 1] == channels]
         if len(match) != 1:
             raise ValueError(f"no EfficientNet-{variant} stage gives {channels} channels at stride {stride}")
@@ -282,4 +293,4 @@ def load_pretrained(variant: str, tap_stages: tuple[int, ...] = DEFAULT_TAP_STAG
     return model, PretrainedWeights(path=path, sha256=sha256_file(path))
 
 
-__all__ = ["DEFAULT_TAP_STAGES", "EfficientNetLite", "PretrainedWeights", "load_pretrained", "tap_stages_for"]
+__all__ = ["DEFAULT_TAP_STAGES", "EfficientNetLite", "default_tap_stages", "PretrainedWeights", "load_pretrained", "tap_stages_for"]

@@ -1,7 +1,7 @@
 """Registry of frozen ImageNet encoders that CFLOW-AD can sit on.
 
-Each entry yields a module mapping a normalised float NCHW RGB batch to three feature maps at
-strides 8, 16 and 32, plus what the bundle must record to reproduce it (weights' sha256,
+Each entry yields a module mapping a normalised float NCHW RGB batch to feature maps at strides
+8, 16 and 32 (or a subset of them, a station setting), plus what the bundle must record to reproduce it (weights' sha256,
 channel counts, input normalisation in pixel units).
 """
 from __future__ import annotations
@@ -40,15 +40,28 @@ _IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 LITE_ENCODERS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 TORCHVISION_ENCODERS = ("resnet18", "wide_resnet50_2")
 ENCODER_NAMES = LITE_ENCODERS + TORCHVISION_ENCODERS
+TAP_STRIDES = (8, 16, 32)
 
 
-def load_encoder(name: str, weights_path: str | None = None, tap_channels: tuple[int, ...] | None = None) -> tuple[nn.Module, EncoderInfo]:
-    """Build a frozen, eval-mode encoder by name. `tap_channels`: rebuild the taps a bundle
-    recorded (None: this version's default). Raises EncoderError with a remedy."""
+def check_tap_strides(strides: tuple[int, ...]) -> tuple[int, ...]:
+    """The scales CFLOW-AD models: a non-empty, increasing subset of 8, 16 and 32."""
+    strides = tuple(int(s) for s in strides)
+    if not strides or any(s not in TAP_STRIDES for s in strides) or list(strides) != sorted(set(strides)):
+        raise EncoderError(f"feature strides {','.join(map(str, strides)) or '(none)'}: choose an increasing subset of 8,16,32, e.g. 8,16")
+    return strides
+
+
+def load_encoder(
+    name: str, weights_path: str | None = None, tap_channels: tuple[int, ...] | None = None, tap_strides: tuple[int, ...] = TAP_STRIDES
+) -> tuple[nn.Module, EncoderInfo]:
+    """Build a frozen, eval-mode encoder by name, giving feature maps at `tap_strides`.
+    `tap_channels`: rebuild the taps a bundle recorded (None: this version's default). Raises
+    EncoderError with a remedy."""
+    tap_strides = check_tap_strides(tap_strides)
     if name in LITE_ENCODERS:
-        module, info = _load_lite(name, weights_path, tap_channels)
+        module, info = _load_lite(name, weights_path, tap_channels, tap_strides)
     elif name in TORCHVISION_ENCODERS:
-        module, info = _load_torchvision_resnet(name, weights_path)
+        module, info = _load_torchvision_resnet(name, weights_path, tap_strides)
     else:
         raise EncoderError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODER_NAMES)}")
     if tap_channels is not None and tuple(tap_channels) != info.tap_channels:
@@ -63,14 +76,16 @@ def _freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def _load_lite(name: str, weights_path: str | None, tap_channels: tuple[int, ...] | None) -> tuple[nn.Module, EncoderInfo]:
+def _load_lite(
+    name: str, weights_path: str | None, tap_channels: tuple[int, ...] | None, tap_strides: tuple[int, ...]
+) -> tuple[nn.Module, EncoderInfo]:
     from engines import efficientnet_lite
 
     variant = name.split("-")[1]
-    stages = efficientnet_lite.DEFAULT_TAP_STAGES
+    stages = efficientnet_lite.default_tap_stages(tap_strides)
     if tap_channels is not None:
         try:
-            stages = efficientnet_lite.tap_stages_for(variant, tuple(tap_channels))
+            stages = efficientnet_lite.tap_stages_for(variant, tuple(tap_channels), tap_strides)
         except ValueError as error:
             raise EncoderError(f"{error}; the bundle was not made for {name}: re-calibrate") from None
     if weights_path is None:
@@ -99,18 +114,27 @@ def _load_state_dict(path: str | os.PathLike) -> dict:
 
 
 class _ResNetTaps(nn.Module):
-    def __init__(self, resnet: nn.Module):
+    """layer2, layer3 and layer4 end at strides 8, 16 and 32; layers past the deepest tap are
+    left out."""
+
+    def __init__(self, resnet: nn.Module, tap_strides: tuple[int, ...]):
         super().__init__()
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1)
-        self.layer2, self.layer3, self.layer4 = resnet.layer2, resnet.layer3, resnet.layer4
+        layers = [resnet.layer2, resnet.layer3, resnet.layer4]
+        self.layers = nn.ModuleList(layers[: TAP_STRIDES.index(tap_strides[-1]) + 1])
+        self.taps = tuple(TAP_STRIDES.index(s) for s in tap_strides)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        s8 = self.layer2(self.stem(x))
-        s16 = self.layer3(s8)
-        return [s8, s16, self.layer4(s16)]
+        x = self.stem(x)
+        taps = []
+        for index, layer in enumerate(self.layers):
+            x = layer(x)
+            if index in self.taps:
+                taps.append(x)
+        return taps
 
 
-def _load_torchvision_resnet(name: str, weights_path: str | None) -> tuple[nn.Module, EncoderInfo]:
+def _load_torchvision_resnet(name: str, weights_path: str | None, tap_strides: tuple[int, ...]) -> tuple[nn.Module, EncoderInfo]:
     try:
         import torchvision.models as models
     except Exception as error:  # a CUDA-only torchvision wheel fails with various errors
@@ -131,5 +155,6 @@ def _load_torchvision_resnet(name: str, weights_path: str | None) -> tuple[nn.Mo
     model = builder(weights=None)
     model.load_state_dict(_load_state_dict(weights_path), strict=True)
     channels = {"resnet18": (128, 256, 512), "wide_resnet50_2": (512, 1024, 2048)}[name]
-    info = EncoderInfo(name, channels, (8, 16, 32), _IMAGENET_MEAN, _IMAGENET_STD, sha256_file(weights_path), str(weights_path))
-    return _freeze(_ResNetTaps(model)), info
+    channels = tuple(channels[TAP_STRIDES.index(s)] for s in tap_strides)
+    info = EncoderInfo(name, channels, tap_strides, _IMAGENET_MEAN, _IMAGENET_STD, sha256_file(weights_path), str(weights_path))
+    return _freeze(_ResNetTaps(model, tap_strides)), info

@@ -119,3 +119,48 @@ def test_feature_pooling_is_in_the_bundle_and_its_encoder_graph(good_folder, tmp
     onnx_maps, _ = Inspector(bundle, open_backend("onnxruntime", bundle)).inspect_batch(images)
     torch_maps, _ = Inspector(bundle, open_backend("torch", bundle)).inspect_batch(images)
     assert np.abs(onnx_maps - torch_maps).max() < 1e-2
+
+
+def test_strides_model_fewer_scales_with_a_shorter_encoder(good_folder, tmp_path):
+    """--strides 8,16: the bundle records two scales, its encoder graph stops after stage 4 and
+    gives exactly the full encoder's first two feature maps, and every backend scores with it."""
+    import cv2
+    import numpy as np
+    import onnx
+    import onnxruntime
+    import torch
+
+    from engines.backends import open_backend
+    from engines.bundle import ENCODER_ONNX, open_bundle
+    from engines.cflow import PreprocessedEncoder
+    from engines.encoders import load_encoder
+    from engines.inspector import Inspector
+
+    refused = run("calibration.cli", str(good_folder), "-o", str(tmp_path / "bad"), "--strides", "16,8")
+    assert refused.returncode == 2 and "8,16,32" in refused.stderr and "Traceback" not in refused.stderr
+    out = tmp_path / "fine"
+    args = ["calibration.cli", str(good_folder), "-o", str(out), "--input-size", "64", "--max-steps", "5", "--threads", "2", "--strides", "8,16", "--json"]
+    result = run(*args)
+    assert result.returncode == 0, result.stderr
+    assert '"part_appearance_statistics": 240' in result.stdout  # mean and deviation of 40 + 80 channels
+    bundle = open_bundle(out)
+    assert bundle.manifest.encoder.tap_strides == (8, 16) and bundle.manifest.encoder.tap_channels == (40, 80)
+    assert len(bundle.manifest.scoring.log_likelihood_reference) == 2
+
+    short, _ = load_encoder("efficientnet-lite0", tap_strides=(8, 16))
+    full, info = load_encoder("efficientnet-lite0")
+    assert len(short._blocks) < len(full._blocks)
+    graph = onnx.load(str(bundle.file(ENCODER_ONNX)))
+    assert len(graph.graph.output) == 2
+    images = np.stack([cv2.resize(cv2.imread(str(p))[:, :, ::-1], (64, 64)) for p in sorted(good_folder.iterdir())[:3]])
+    session = onnxruntime.InferenceSession(str(bundle.file(ENCODER_ONNX)), providers=["CPUExecutionProvider"])
+    features = session.run(None, {session.get_inputs()[0].name: images})
+    with torch.no_grad():
+        reference = PreprocessedEncoder(full, info.mean, info.std).eval()(torch.from_numpy(images))
+    for graph_map, full_map in zip(features, reference[:2]):
+        assert np.abs(graph_map - full_map.numpy()).max() < 1e-3
+
+    onnx_maps, onnx_scores = Inspector(bundle, open_backend("onnxruntime", bundle)).inspect_batch(images)
+    torch_maps, torch_scores = Inspector(bundle, open_backend("torch", bundle)).inspect_batch(images)
+    assert onnx_maps.shape == (3, 64, 64) and np.isfinite(onnx_scores).all()
+    assert np.abs(onnx_maps - torch_maps).max() < 1e-2

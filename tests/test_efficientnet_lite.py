@@ -112,6 +112,19 @@ def test_recorded_tap_channels_name_the_stages_again():
         tap_stages_for("lite0", (40, 99, 320))
     with pytest.raises(ValueError, match="strides"):
         EfficientNetLite("lite0", (3, 6, 7))  # stage 6 is at stride 32
+    # A station that models fewer scales records fewer taps, named by their strides.
+    assert tap_stages_for("lite0", (80, 320), (16, 32)) == (4, 7)
+    assert EfficientNetLite("lite0", (3, 4)).tap_strides == (8, 16)
+
+
+def test_each_scale_keeps_its_own_step_count_whichever_scales_are_modelled():
+    from calibration.train import TrainConfig
+
+    config = TrainConfig()
+    assert config.steps_for([1, 1, 1]) == [1600, 1600, 200]
+    # Without stride 8, the stride-32 flow must still stop at its 200 steps (it overfits after).
+    assert config.steps_for([1, 1], (16, 32)) == [1600, 200]
+    assert config.steps_for([1, 1], (8, 16)) == [1600, 1600]
 
 
 def test_an_encoder_with_the_first_default_taps_loads_with_its_weights():

@@ -19,7 +19,9 @@ def build_torch_model(bundle: Bundle):
 
     manifest = bundle.manifest
     try:
-        encoder, info = load_encoder(manifest.encoder.name, tap_channels=manifest.encoder.tap_channels)
+        encoder, info = load_encoder(
+            manifest.encoder.name, tap_channels=manifest.encoder.tap_channels, tap_strides=manifest.encoder.tap_strides
+        )
     except EncoderError as error:
         raise BackendError(f"{bundle.path}: {error}") from None
     if info.weights_sha256 != manifest.encoder.weights_sha256:
