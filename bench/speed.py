@@ -94,7 +94,7 @@ def make_bundle(encoder: str, size: int, work: Path, steps: int = 30) -> Path:
     from calibration.train import TrainConfig
 
     out = work / f"{encoder}-{size}"
-    settings = CalibrationSettings(encoder=encoder, input_size=(size, size), train=TrainConfig(steps_per_scale=(steps, steps, steps)))
+    settings = CalibrationSettings(encoder=encoder, input_size=(size, size), train=TrainConfig(steps_per_scale=(steps, steps, steps, steps)))
     calibrate(METAL_PLATE / "train" / "good", out, settings, force=True, log=lambda message: None)
     return out
 

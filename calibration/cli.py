@@ -26,7 +26,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def parse_strides(text: str) -> tuple[int, ...]:
-    """'8,16,32' or a subset such as '8,16': the feature scales CFLOW-AD models."""
+    """'8,16,32', a subset such as '8,16', or '4,8,16,32': the feature scales CFLOW-AD models."""
     from engines.encoders import EncoderError, check_tap_strides
 
     try:
@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--colour", choices=("auto", "rgb", "gray"), default="auto", help="auto: gray when every good image is gray")
     parser.add_argument(
         "--strides", type=parse_strides, default=(8, 16, 32), metavar="S,S",
-        help="feature scales to model (default 8,16,32). 8,16 suits small, sharp defects and runs a shorter "
-        "encoder; large, faint ones need 32: compare bundles with edge-evaluate",
+        help="feature scales to model (default 8,16,32). Adding 4 sharpens the outlines of small defects; "
+        "8,16 suits small, sharp defects and runs a shorter encoder; large, faint ones need 32 and lose with 4: "
+        "compare bundles with edge-evaluate",
     )
     parser.add_argument("--coupling-blocks", type=int, default=8)
     parser.add_argument(

@@ -51,14 +51,17 @@ _COEFFS = {
 # for 0.007 pixel AUROC on magnetic_tile (bench/README.md). Bundles record their tap channels,
 # and tap_stages_for() finds the stages again from them.
 DEFAULT_TAP_STAGES = (3, 4, 7)
-_STAGES_BY_STRIDE = {8: (3,), 16: (4, 5), 32: (6, 7)}
+# Stride 4 (stage 2) is an option for fine outlines, not a default (bench/README.md).
+_STAGES_BY_STRIDE = {4: (2,), 8: (3,), 16: (4, 5), 32: (6, 7)}
 _STRIDE_OF_STAGE = {stage: stride for stride, stages in _STAGES_BY_STRIDE.items() for stage in stages}
 _TAP_STRIDES = (8, 16, 32)
+_STRIDE_4_STAGE = 2
 
 
 def default_tap_stages(strides: tuple[int, ...] = _TAP_STRIDES) -> tuple[int, ...]:
-    """The default stage for each of `strides` (a station may model fewer scales)."""
-    return tuple(stage for stage in DEFAULT_TAP_STAGES if _STRIDE_OF_STAGE[stage] in strides)
+    """The default stage for each of `strides` (a station may model fewer scales, or add 4)."""
+    stages = ((_STRIDE_4_STAGE,) if 4 in strides else ()) + DEFAULT_TAP_STAGES
+    return tuple(stage for stage in stages if _STRIDE_OF_STAGE[stage] in strides)
 
 _STEM_CHANNELS = 32
 
@@ -175,8 +178,8 @@ class _MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite backbone returning CFLOW taps at strides 8, 16 and 32 (or a subset:
-    the blocks past the deepest tap are not built)."""
+    """EfficientNet-Lite backbone returning CFLOW taps at strides 8, 16 and 32 (or a subset, or
+    with stride 4 too; the blocks past the deepest tap are not built)."""
 
     def __init__(self, variant: str, tap_stages: tuple[int, ...] = DEFAULT_TAP_STAGES) -> None:
         super().__init__()

@@ -40,14 +40,15 @@ _IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 LITE_ENCODERS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 TORCHVISION_ENCODERS = ("resnet18", "wide_resnet50_2")
 ENCODER_NAMES = LITE_ENCODERS + TORCHVISION_ENCODERS
-TAP_STRIDES = (8, 16, 32)
+TAP_STRIDES = (8, 16, 32)  # the paper's scales, the default
+OPTIONAL_STRIDES = (4, 8, 16, 32)  # what a station may choose from
 
 
 def check_tap_strides(strides: tuple[int, ...]) -> tuple[int, ...]:
-    """The scales CFLOW-AD models: a non-empty, increasing subset of 8, 16 and 32."""
+    """The scales CFLOW-AD models: a non-empty, increasing subset of 4, 8, 16 and 32."""
     strides = tuple(int(s) for s in strides)
-    if not strides or any(s not in TAP_STRIDES for s in strides) or list(strides) != sorted(set(strides)):
-        raise EncoderError(f"feature strides {','.join(map(str, strides)) or '(none)'}: choose an increasing subset of 8,16,32, e.g. 8,16")
+    if not strides or any(s not in OPTIONAL_STRIDES for s in strides) or list(strides) != sorted(set(strides)):
+        raise EncoderError(f"feature strides {','.join(map(str, strides)) or '(none)'}: choose an increasing subset of 4,8,16,32, e.g. 8,16")
     return strides
 
 
@@ -114,15 +115,15 @@ def _load_state_dict(path: str | os.PathLike) -> dict:
 
 
 class _ResNetTaps(nn.Module):
-    """layer2, layer3 and layer4 end at strides 8, 16 and 32; layers past the deepest tap are
-    left out."""
+    """layer1 to layer4 end at strides 4, 8, 16 and 32; layers past the deepest tap are left
+    out."""
 
     def __init__(self, resnet: nn.Module, tap_strides: tuple[int, ...]):
         super().__init__()
-        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1)
-        layers = [resnet.layer2, resnet.layer3, resnet.layer4]
-        self.layers = nn.ModuleList(layers[: TAP_STRIDES.index(tap_strides[-1]) + 1])
-        self.taps = tuple(TAP_STRIDES.index(s) for s in tap_strides)
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        layers = [resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4]
+        self.layers = nn.ModuleList(layers[: OPTIONAL_STRIDES.index(tap_strides[-1]) + 1])
+        self.taps = tuple(OPTIONAL_STRIDES.index(s) for s in tap_strides)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
@@ -154,7 +155,7 @@ def _load_torchvision_resnet(name: str, weights_path: str | None, tap_strides: t
         weights_path = str(cached)
     model = builder(weights=None)
     model.load_state_dict(_load_state_dict(weights_path), strict=True)
-    channels = {"resnet18": (128, 256, 512), "wide_resnet50_2": (512, 1024, 2048)}[name]
-    channels = tuple(channels[TAP_STRIDES.index(s)] for s in tap_strides)
+    channels = {"resnet18": (64, 128, 256, 512), "wide_resnet50_2": (256, 512, 1024, 2048)}[name]
+    channels = tuple(channels[OPTIONAL_STRIDES.index(s)] for s in tap_strides)
     info = EncoderInfo(name, channels, tap_strides, _IMAGENET_MEAN, _IMAGENET_STD, sha256_file(weights_path), str(weights_path))
     return _freeze(_ResNetTaps(model, tap_strides)), info

@@ -164,3 +164,26 @@ def test_strides_model_fewer_scales_with_a_shorter_encoder(good_folder, tmp_path
     torch_maps, torch_scores = Inspector(bundle, open_backend("torch", bundle)).inspect_batch(images)
     assert onnx_maps.shape == (3, 64, 64) and np.isfinite(onnx_scores).all()
     assert np.abs(onnx_maps - torch_maps).max() < 1e-2
+
+
+def test_four_scales_calibrate_and_every_backend_agrees(good_folder, tmp_path):
+    """--strides 4,8,16,32: a fourth, finer flow; both graphs and the torch model agree."""
+    import cv2
+    import numpy as np
+
+    from engines.backends import open_backend
+    from engines.bundle import open_bundle
+    from engines.inspector import Inspector
+
+    out = tmp_path / "four"
+    args = ["calibration.cli", str(good_folder), "-o", str(out), "--input-size", "64", "--max-steps", "5", "--threads", "2", "--strides", "4,8,16,32"]
+    result = run(*args)
+    assert result.returncode == 0, result.stderr
+    bundle = open_bundle(out)
+    assert bundle.manifest.encoder.tap_strides == (4, 8, 16, 32) and bundle.manifest.encoder.tap_channels == (24, 40, 80, 320)
+    images = np.stack([cv2.resize(cv2.imread(str(p))[:, :, ::-1], (64, 64)) for p in sorted(good_folder.iterdir())[:3]])
+    output = open_backend("onnxruntime", bundle).infer(images)
+    assert [ll.shape[1:] for ll in output.log_likelihoods] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    onnx_maps, _ = Inspector(bundle, open_backend("onnxruntime", bundle)).inspect_batch(images)
+    torch_maps, _ = Inspector(bundle, open_backend("torch", bundle)).inspect_batch(images)
+    assert np.abs(onnx_maps - torch_maps).max() < 1e-2

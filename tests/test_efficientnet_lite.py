@@ -125,6 +125,22 @@ def test_each_scale_keeps_its_own_step_count_whichever_scales_are_modelled():
     # Without stride 8, the stride-32 flow must still stop at its 200 steps (it overfits after).
     assert config.steps_for([1, 1], (16, 32)) == [1600, 200]
     assert config.steps_for([1, 1], (8, 16)) == [1600, 1600]
+    assert config.steps_for([1, 1, 1, 1], (4, 8, 16, 32)) == [1600, 1600, 1600, 200]
+
+
+def test_stride_4_adds_stage_2_and_leaves_the_other_taps_as_they_are():
+    from engines.encoders import load_encoder
+
+    assert tap_stages_for("lite0", (24, 40, 80, 320), (4, 8, 16, 32)) == (2, 3, 4, 7)
+    fine, info = load_encoder("efficientnet-lite0", tap_strides=(4, 8, 16, 32))
+    plain, _ = load_encoder("efficientnet-lite0")
+    assert info.tap_channels == (24, 40, 80, 320) and info.tap_strides == (4, 8, 16, 32)
+    image = _real_image((256, 256))
+    with torch.no_grad():
+        taps, reference = fine(image), plain(image)
+    assert [t.shape[-1] for t in taps] == [64, 32, 16, 8]
+    for tap, expected in zip(taps[1:], reference):
+        assert torch.equal(tap, expected)
 
 
 def test_an_encoder_with_the_first_default_taps_loads_with_its_weights():
