@@ -6,7 +6,9 @@ parts from the few defective parts they have. This script plays that engineer on
 category: it draws `--samples` defective test images at random as the station's samples, picks
 the candidate with the highest image AUROC between the held-out good parts and those samples
 (the default wins ties), and measures the pick and the default on the rest of the test set,
-which the choice never saw. Repeated over `--draws` random draws.
+which the choice never saw. Repeated over `--draws` random draws. With `--marked` the engineer
+has also marked the samples' defect regions, and the choice maximises the mean of image AUROC,
+pixel AUROC and PRO on them instead (outlines count too).
 
 Needs the candidate bundles calibrated first, into one folder, e.g.:
     python bench/quality.py --keep-bundles runs/bundles
@@ -63,8 +65,20 @@ def candidate_scores(bundle, category, category_dir: Path) -> list[dict]:
     if bundle.manifest.scoring.part_score is not None:
         out.append({"part": False, "held": held_map_only, "test": map_only})
     for candidate in out:
-        candidate.update(maps=scored.maps, masks=scored.masks, labels=scored.labels)
+        candidate.update(maps=scored.maps, masks=scored.masks, labels=scored.labels, held_maps=held_maps)
     return out
+
+
+def choice_score(candidate: dict, samples: np.ndarray, marked: bool) -> float:
+    """How well a candidate separates the held-out good parts from the station's samples."""
+    scores = np.concatenate([candidate["held"], candidate["test"][samples]])
+    truth = np.r_[np.zeros(len(candidate["held"]), bool), np.ones(len(samples), bool)]
+    image = auroc(scores, truth)
+    if not marked:
+        return image
+    maps = np.concatenate([candidate["held_maps"], candidate["maps"][samples]])
+    masks = np.concatenate([np.zeros_like(candidate["held_maps"], dtype=bool), candidate["masks"][samples]])
+    return float(np.mean([image, pixel_auroc(maps, masks), pro_auc(maps, masks, fpr_limit=0.3)]))
 
 
 def metrics_on(candidate: dict, keep: np.ndarray) -> dict:
@@ -82,8 +96,10 @@ def main() -> int:
     parser.add_argument("--bundles", type=Path, default=ROOT / "runs" / "bundles")
     parser.add_argument("--samples", type=int, default=10, help="defective parts the station has (default 10)")
     parser.add_argument("--draws", type=int, default=5)
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "station_choice.json")
+    parser.add_argument("--marked", action="store_true", help="the samples' defect regions are marked: choose by image and pixel metrics")
+    parser.add_argument("--output", type=Path, default=None, help="default bench/results/station_choice[_marked].json")
     args = parser.parse_args()
+    output = args.output or ROOT / "bench" / "results" / f"station_choice{'_marked' if args.marked else ''}.json"
 
     measured_on = machine()
     rows = []
@@ -107,20 +123,16 @@ def main() -> int:
             samples = rng.choice(defective, size=min(args.samples, len(defective) // 2), replace=False)
             keep = np.ones(len(labels), bool)
             keep[samples] = False
-            choice_auroc = {}
-            for name, c in candidates.items():
-                scores = np.concatenate([c["held"], c["test"][samples]])
-                truth = np.r_[np.zeros(len(c["held"]), bool), np.ones(len(samples), bool)]
-                choice_auroc[name] = auroc(scores, truth)
-            best = max(choice_auroc.values())
-            chosen = next(name for name in candidates if choice_auroc[name] == best)  # default first: it wins ties
+            choice = {name: choice_score(c, samples, args.marked) for name, c in candidates.items()}
+            best = max(choice.values())
+            chosen = next(name for name in candidates if choice[name] == best)  # default first: it wins ties
             row = {
                 "dataset": category.name,
                 "draw": draw,
                 "samples": len(samples),
                 "held_out_good": len(candidates["default"]["held"]),
                 "chosen": chosen,
-                "choice_auroc": choice_auroc,
+                "choice_score": choice,
                 "chosen_on_rest": metrics_on(candidates[chosen], keep),
                 "default_on_rest": metrics_on(candidates["default"], keep),
             }
@@ -144,10 +156,10 @@ def main() -> int:
             f"{s['chosen_mean']['pro']:.3f}, default {s['default_mean']['image_auroc']:.3f} / {s['default_mean']['pixel_auroc']:.3f} / "
             f"{s['default_mean']['pro']:.3f}; picks {s['chosen']}"
         )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    report = {"machine": measured_on, "settings": {"samples": args.samples, "draws": args.draws, "bundles": BUNDLE_LABELS}, "summary": summary, "rows": rows}
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    settings = {"samples": args.samples, "draws": args.draws, "marked": args.marked, "bundles": BUNDLE_LABELS}
+    output.write_text(json.dumps({"machine": measured_on, "settings": settings, "summary": summary, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {output}")
     return 0
 
 
