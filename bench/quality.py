@@ -34,6 +34,7 @@ from calibration.datasets import open_category  # noqa: E402
 from calibration.evaluate import category_metrics, evaluate_scored, score_category  # noqa: E402
 from calibration.metrics import auroc  # noqa: E402
 from engines.bundle import open_bundle  # noqa: E402
+from engines.encoders import TAP_STRIDES  # noqa: E402
 from engines.flow import FlowConfig  # noqa: E402
 from engines.scoring import anomaly_maps  # noqa: E402
 
@@ -134,7 +135,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="categories to run, e.g. mpdd/metal_plate")
     parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--input-size", type=int, default=256)
-    parser.add_argument("--strides", type=parse_strides, default=(8, 16, 32), help="feature scales to model, e.g. 8,16 (edge-calibrate's option)")
+    parser.add_argument("--strides", type=parse_strides, default=TAP_STRIDES, help="feature scales to model, e.g. 8,16 (edge-calibrate's option)")
     parser.add_argument("--ablation", action="store_true")
     parser.add_argument("--robustness", action="store_true")
     parser.add_argument("--augment", type=int, default=0, metavar="COPIES", help="calibrate every bundle with COPIES shifted/rotated copies of each good image")
@@ -155,7 +156,7 @@ def main() -> int:
         part_appearance=args.part_appearance,
     )
     labels = [f"pooled {args.feature_pooling}x{args.feature_pooling}"] if args.feature_pooling > 1 else []
-    labels += [f"strides {'+'.join(map(str, args.strides))}"] if args.strides != (8, 16, 32) else []
+    labels += [f"strides {'+'.join(map(str, args.strides))}"] if args.strides != TAP_STRIDES else []
     base_label = ", ".join(labels)
     dirs = [d for d in categories(args.datasets) if not args.only or f"{d.parent.name}/{d.name}" in args.only]
     measured_on = machine()  # the commit as the run starts; edits made while it runs are not in it

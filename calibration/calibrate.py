@@ -32,7 +32,7 @@ from engines.bundle import (
     write_bundle,
 )
 from engines.cflow import CflowDecoders, PreprocessedEncoder, feature_shapes
-from engines.encoders import load_encoder
+from engines.encoders import TAP_STRIDES, load_encoder
 from engines.export import export_encoder, export_flows, export_half_graphs
 from engines.flow import FlowConfig
 from engines.part_appearance import fit_part_appearance, part_statistics
@@ -53,10 +53,10 @@ class AugmentConfig:
 class CalibrationSettings:
     encoder: str = "efficientnet-lite0"
     input_size: tuple[int, int] = (256, 256)
-    # The feature scales modelled. All three by default; 8,16 suits a station whose defects are
-    # small (mvtec3d/tire: image AUROC 0.71 -> 0.80 by the map alone, bench/README.md) and
-    # skips the encoder's last stages, but costs large, faint defects (magnetic_tile).
-    tap_strides: tuple[int, ...] = (8, 16, 32)
+    # The feature scales modelled: the paper's three by default. A station's choice otherwise:
+    # 8,16 (mvtec3d/tire 0.72 -> 0.82 image AUROC by the map alone) or 4,8,16,32 (metal_plate PRO
+    # 0.924 -> 0.953); both cost magnetic_tile's large, faint defects (bench/README.md).
+    tap_strides: tuple[int, ...] = TAP_STRIDES
     colour: str | None = None  # None: gray when every good image is gray, else rgb
     flow: FlowConfig = field(default_factory=FlowConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from calibration.calibrate import AugmentConfig, CalibrationSettings, calibrate
-from engines.encoders import ENCODER_NAMES
+from engines.encoders import ENCODER_NAMES, TAP_STRIDES
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-size", type=parse_size, default=(256, 256), help="N or HEIGHTxWIDTH, multiples of 32 (default 256)")
     parser.add_argument("--colour", choices=("auto", "rgb", "gray"), default="auto", help="auto: gray when every good image is gray")
     parser.add_argument(
-        "--strides", type=parse_strides, default=(8, 16, 32), metavar="S,S",
+        "--strides", type=parse_strides, default=TAP_STRIDES, metavar="S,S",
         help="feature scales to model (default 8,16,32). Adding 4 sharpens the outlines of small defects; "
         "8,16 suits small, sharp defects and runs a shorter encoder; large, faint ones need 32 and lose with 4: "
         "compare bundles with edge-evaluate",

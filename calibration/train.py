@@ -15,6 +15,7 @@ import torch
 
 from calibration.progress import Progress
 from engines.cflow import CflowDecoders, PreprocessedEncoder
+from engines.encoders import OPTIONAL_STRIDES, TAP_STRIDES
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,11 @@ class TrainConfig:
     # ~1600. Stride 4 (an option) was only measured at 1600.
     steps_per_scale: tuple[int, ...] | None = (1600, 1600, 1600, 200)
 
-    def steps_for(self, fibers_per_scale: list[int], strides: tuple[int, ...] = (8, 16, 32)) -> list[int]:
+    def steps_for(self, fibers_per_scale: list[int], strides: tuple[int, ...] = TAP_STRIDES) -> list[int]:
         """Optimiser steps for each modelled scale; `strides` names them (a station may model
         only some), so the stride-32 flow keeps its own count whichever scales come before."""
         if self.steps_per_scale is not None:
-            counts = dict(zip((4, 8, 16, 32), self.steps_per_scale))
+            counts = dict(zip(OPTIONAL_STRIDES, self.steps_per_scale))
             return [max(1, min(self.max_steps_per_scale, counts[s])) for s in strides]
         return [
             max(self.min_steps_per_scale, min(self.max_steps_per_scale, math.ceil(self.epochs * n / self.fiber_batch)))
@@ -71,7 +72,7 @@ def fit_input_statistics(decoders: CflowDecoders, features: list[torch.Tensor]) 
 
 
 def train_decoders(
-    decoders: CflowDecoders, features: list[torch.Tensor], config: TrainConfig, strides: tuple[int, ...] = (8, 16, 32)
+    decoders: CflowDecoders, features: list[torch.Tensor], config: TrainConfig, strides: tuple[int, ...] = TAP_STRIDES
 ) -> TrainReport:
     """Train every scale's flow (at `strides`) by maximum likelihood; returns how it went."""
     torch.manual_seed(config.seed)

@@ -49,19 +49,18 @@ _COEFFS = {
 # first default): on the three shared categories it gave the same or better image AUROC, pixel
 # AUROC and PRO on metal_plate and tire (tire PRO 0.923 -> 0.936) and traded 0.006 image AUROC
 # for 0.007 pixel AUROC on magnetic_tile (bench/README.md). Bundles record their tap channels,
-# and tap_stages_for() finds the stages again from them.
-DEFAULT_TAP_STAGES = (3, 4, 7)
-# Stride 4 (stage 2) is an option for fine outlines, not a default (bench/README.md).
+# and tap_stages_for() finds the stages again from them. Stride 4 (stage 2) is an option for fine
+# outlines, not a default scale (bench/README.md).
+_DEFAULT_STAGE_BY_STRIDE = {4: 2, 8: 3, 16: 4, 32: 7}
 _STAGES_BY_STRIDE = {4: (2,), 8: (3,), 16: (4, 5), 32: (6, 7)}
 _STRIDE_OF_STAGE = {stage: stride for stride, stages in _STAGES_BY_STRIDE.items() for stage in stages}
 _TAP_STRIDES = (8, 16, 32)
-_STRIDE_4_STAGE = 2
+DEFAULT_TAP_STAGES = tuple(_DEFAULT_STAGE_BY_STRIDE[s] for s in _TAP_STRIDES)
 
 
 def default_tap_stages(strides: tuple[int, ...] = _TAP_STRIDES) -> tuple[int, ...]:
     """The default stage for each of `strides` (a station may model fewer scales, or add 4)."""
-    stages = ((_STRIDE_4_STAGE,) if 4 in strides else ()) + DEFAULT_TAP_STAGES
-    return tuple(stage for stage in stages if _STRIDE_OF_STAGE[stage] in strides)
+    return tuple(_DEFAULT_STAGE_BY_STRIDE[s] for s in strides)
 
 _STEM_CHANNELS = 32
 

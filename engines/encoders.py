@@ -1,7 +1,8 @@
 """Registry of frozen ImageNet encoders that CFLOW-AD can sit on.
 
 Each entry yields a module mapping a normalised float NCHW RGB batch to feature maps at strides
-8, 16 and 32 (or a subset of them, a station setting), plus what the bundle must record to reproduce it (weights' sha256,
+8, 16 and 32 (a station may choose a subset, or add 4), plus what the bundle must record to
+reproduce it (weights' sha256,
 channel counts, input normalisation in pixel units).
 """
 from __future__ import annotations

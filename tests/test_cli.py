@@ -12,6 +12,22 @@ def run(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+def first_images(folder, count=3, size=64):
+    """The first good images as the model takes them: uint8 RGB at size x size."""
+    import cv2
+    import numpy as np
+
+    return np.stack([cv2.resize(cv2.imread(str(p))[:, :, ::-1], (size, size)) for p in sorted(folder.iterdir())[:count]])
+
+
+def inspect_with_both_backends(bundle, images):
+    """(maps, scores) from ONNX Runtime, then from the torch model, for the same images."""
+    from engines.backends import open_backend
+    from engines.inspector import Inspector
+
+    return tuple(Inspector(bundle, open_backend(name, bundle)).inspect_batch(images) for name in ("onnxruntime", "torch"))
+
+
 @pytest.fixture
 def good_folder(tmp_path):
     source = require(METAL_PLATE) / "train" / "good"
@@ -79,18 +95,15 @@ def test_evaluate_rejects_wrong_layout_and_writes_report(small_bundle, tmp_path)
 def test_feature_pooling_is_in_the_bundle_and_its_encoder_graph(good_folder, tmp_path):
     """--feature-pooling 3: the bundle records it, the exported encoder averages each feature map
     over 3x3 neighbours (borders over what exists), and the torch backend agrees with the graph."""
-    import cv2
     import numpy as np
     import onnx
     import onnxruntime
     import torch
     import torch.nn.functional as F
 
-    from engines.backends import open_backend
     from engines.bundle import ENCODER_ONNX, open_bundle
     from engines.cflow import PreprocessedEncoder
     from engines.encoders import load_encoder
-    from engines.inspector import Inspector
 
     refused = run("calibration.cli", str(good_folder), "-o", str(tmp_path / "two"), "--feature-pooling", "2")
     assert refused.returncode == 2 and "--feature-pooling" in refused.stderr and "Traceback" not in refused.stderr
@@ -103,7 +116,7 @@ def test_feature_pooling_is_in_the_bundle_and_its_encoder_graph(good_folder, tmp
     graph = onnx.load(str(bundle.file(ENCODER_ONNX)))
     assert sum(node.op_type == "AveragePool" for node in graph.graph.node) == 3  # one per scale
 
-    images = np.stack([cv2.resize(cv2.imread(str(p))[:, :, ::-1], (64, 64)) for p in sorted(good_folder.iterdir())[:3]])
+    images = first_images(good_folder)
     session = onnxruntime.InferenceSession(str(bundle.file(ENCODER_ONNX)), providers=["CPUExecutionProvider"])
     pooled = session.run(None, {session.get_inputs()[0].name: images})
     module, info = load_encoder("efficientnet-lite0")
@@ -116,25 +129,21 @@ def test_feature_pooling_is_in_the_bundle_and_its_encoder_graph(good_folder, tmp
         corner = plain_map[:, :, :2, :2].mean(dim=(2, 3)).numpy()  # a corner averages its 4 real neighbours
         assert np.abs(graph_map[:, :, 0, 0] - corner).max() < 1e-3
 
-    onnx_maps, _ = Inspector(bundle, open_backend("onnxruntime", bundle)).inspect_batch(images)
-    torch_maps, _ = Inspector(bundle, open_backend("torch", bundle)).inspect_batch(images)
+    (onnx_maps, _), (torch_maps, _) = inspect_with_both_backends(bundle, images)
     assert np.abs(onnx_maps - torch_maps).max() < 1e-2
 
 
 def test_strides_model_fewer_scales_with_a_shorter_encoder(good_folder, tmp_path):
     """--strides 8,16: the bundle records two scales, its encoder graph stops after stage 4 and
     gives exactly the full encoder's first two feature maps, and every backend scores with it."""
-    import cv2
     import numpy as np
     import onnx
     import onnxruntime
     import torch
 
-    from engines.backends import open_backend
     from engines.bundle import ENCODER_ONNX, open_bundle
     from engines.cflow import PreprocessedEncoder
     from engines.encoders import load_encoder
-    from engines.inspector import Inspector
 
     refused = run("calibration.cli", str(good_folder), "-o", str(tmp_path / "bad"), "--strides", "16,8")
     assert refused.returncode == 2 and "8,16,32" in refused.stderr and "Traceback" not in refused.stderr
@@ -152,7 +161,7 @@ def test_strides_model_fewer_scales_with_a_shorter_encoder(good_folder, tmp_path
     assert len(short._blocks) < len(full._blocks)
     graph = onnx.load(str(bundle.file(ENCODER_ONNX)))
     assert len(graph.graph.output) == 2
-    images = np.stack([cv2.resize(cv2.imread(str(p))[:, :, ::-1], (64, 64)) for p in sorted(good_folder.iterdir())[:3]])
+    images = first_images(good_folder)
     session = onnxruntime.InferenceSession(str(bundle.file(ENCODER_ONNX)), providers=["CPUExecutionProvider"])
     features = session.run(None, {session.get_inputs()[0].name: images})
     with torch.no_grad():
@@ -160,20 +169,17 @@ def test_strides_model_fewer_scales_with_a_shorter_encoder(good_folder, tmp_path
     for graph_map, full_map in zip(features, reference[:2]):
         assert np.abs(graph_map - full_map.numpy()).max() < 1e-3
 
-    onnx_maps, onnx_scores = Inspector(bundle, open_backend("onnxruntime", bundle)).inspect_batch(images)
-    torch_maps, torch_scores = Inspector(bundle, open_backend("torch", bundle)).inspect_batch(images)
+    (onnx_maps, onnx_scores), (torch_maps, _) = inspect_with_both_backends(bundle, images)
     assert onnx_maps.shape == (3, 64, 64) and np.isfinite(onnx_scores).all()
     assert np.abs(onnx_maps - torch_maps).max() < 1e-2
 
 
 def test_four_scales_calibrate_and_every_backend_agrees(good_folder, tmp_path):
     """--strides 4,8,16,32: a fourth, finer flow; both graphs and the torch model agree."""
-    import cv2
     import numpy as np
 
     from engines.backends import open_backend
     from engines.bundle import open_bundle
-    from engines.inspector import Inspector
 
     out = tmp_path / "four"
     args = ["calibration.cli", str(good_folder), "-o", str(out), "--input-size", "64", "--max-steps", "5", "--threads", "2", "--strides", "4,8,16,32"]
@@ -181,9 +187,8 @@ def test_four_scales_calibrate_and_every_backend_agrees(good_folder, tmp_path):
     assert result.returncode == 0, result.stderr
     bundle = open_bundle(out)
     assert bundle.manifest.encoder.tap_strides == (4, 8, 16, 32) and bundle.manifest.encoder.tap_channels == (24, 40, 80, 320)
-    images = np.stack([cv2.resize(cv2.imread(str(p))[:, :, ::-1], (64, 64)) for p in sorted(good_folder.iterdir())[:3]])
+    images = first_images(good_folder)
     output = open_backend("onnxruntime", bundle).infer(images)
     assert [ll.shape[1:] for ll in output.log_likelihoods] == [(16, 16), (8, 8), (4, 4), (2, 2)]
-    onnx_maps, _ = Inspector(bundle, open_backend("onnxruntime", bundle)).inspect_batch(images)
-    torch_maps, _ = Inspector(bundle, open_backend("torch", bundle)).inspect_batch(images)
+    (onnx_maps, _), (torch_maps, _) = inspect_with_both_backends(bundle, images)
     assert np.abs(onnx_maps - torch_maps).max() < 1e-2
