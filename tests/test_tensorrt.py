@@ -171,6 +171,44 @@ def test_torch_half_path_matches_float32(small_bundle):
         assert np.abs(a - b).max() < 0.05 * (np.abs(a).max() + 1), "half precision drifted from float32"
 
 
+def test_torch_backend_asked_for_cuda_without_one_says_so(small_bundle):
+    import torch
+
+    from engines.backends.torch_backend import TorchBackend
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the refusal is not observable here")
+    with pytest.raises(BackendError, match="no usable CUDA device; use device 'cpu'"):
+        TorchBackend(small_bundle[0], device="cuda")
+
+
+def _cuda_here() -> str | None:
+    import torch
+
+    return None if torch.cuda.is_available() else f"no CUDA device for torch {torch.__version__}"
+
+
+@pytest.mark.skipif(_cuda_here() is not None, reason=f"the CUDA path needs an NVIDIA GPU: {_cuda_here()}")
+def test_torch_cuda_graphs_match_eager_and_the_cpu(small_bundle):
+    """The replayed graphs compute what eager CUDA does, whatever the batch; FP16 on the GPU
+    stays near CPU float32 (bench/gpu.py measures it on every test image)."""
+    from engines.backends.torch_backend import TorchBackend
+
+    bundle, _ = small_bundle
+    size = tuple(bundle.manifest.input_size)
+    images = np.random.default_rng(0).integers(0, 256, (4, *size, 3), dtype=np.uint8)
+    cpu = TorchBackend(bundle, device="cpu").infer(images)
+    eager = TorchBackend(bundle, device="cuda", cuda_graphs=False).infer(images)
+    graphs = TorchBackend(bundle, device="cuda", cuda_graphs=True)
+    whole, first = graphs.infer(images), graphs.infer(images[:1])
+    assert sorted(graphs.graphs) == [1, 4]
+    for a, b, c, d in zip(_every_output(cpu), _every_output(eager), _every_output(whole), _every_output(first)):
+        assert np.isfinite(c).all()
+        assert np.abs(b - c).max() < 1e-3 * (np.abs(b).max() + 1), "the replayed graph differs from eager CUDA"
+        assert np.abs(c[:1] - d).max() < 1e-2 * (np.abs(c).max() + 1), "a frame's result depends on its batch"
+        assert np.abs(a - c).max() < 0.05 * (np.abs(a).max() + 1), "CUDA FP16 drifted from CPU float32"
+
+
 def _every_output(output) -> list[np.ndarray]:
     return [*output.log_likelihoods, *([output.part_distances] if output.part_distances is not None else [])]
 

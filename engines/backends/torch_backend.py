@@ -2,6 +2,8 @@
 flows.pt): the reference the exported graphs are checked against, and the CUDA path."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from engines.backends.base import BackendError, ModelOutput
@@ -47,11 +49,17 @@ def build_torch_model(bundle: Bundle):
 
 class TorchBackend:
     """On CUDA the encoder and couplings run in float16 with the reductions in float32 (the same
-    arithmetic as the FP16 ONNX graphs); on the CPU everything is float32."""
+    arithmetic as the FP16 ONNX graphs); on the CPU everything is float32.
+
+    On CUDA each batch size is captured once as a CUDA graph and replayed: at batch 1 the
+    model is ~300 small kernels, and launching them one by one from Python costs more than
+    running them (bench/gpu.py measures both). Inputs and outputs go through pinned host
+    buffers allocated with the graph."""
 
     name = "torch"
+    MAX_CAPTURED_BATCH_SIZES = 8  # beyond this, other batch sizes run eagerly
 
-    def __init__(self, bundle: Bundle, device: str = "auto", threads: int = 0, precision: str | None = None):
+    def __init__(self, bundle: Bundle, device: str = "auto", threads: int = 0, precision: str | None = None, cuda_graphs: bool = True):
         try:
             import torch
         except ImportError:
@@ -64,6 +72,8 @@ class TorchBackend:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.torch = torch
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendError("backend 'torch' on cuda: this torch build or machine has no usable CUDA device; use device 'cpu' or backend 'onnxruntime'")
         self.precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
         dtype = torch.float16 if self.precision == "fp16" else torch.float32
         encoder, decoders, part_appearance = build_torch_model(bundle)
@@ -72,12 +82,71 @@ class TorchBackend:
         self.encoder = encoder.to(self.device).eval()
         self.flows = FlowsGraph(FoldedDecoders(decoders, dtype), part_appearance).to(self.device).eval()
         self.scales = len(decoders.shapes)
+        self.input_size = tuple(bundle.manifest.input_size)
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels once
+        self.graphs: dict[int, _CapturedBatch] = {}
+        # Stations sharing a bundle share this backend; a graph's buffers serve one call at a time.
+        self.lock = threading.Lock()
+
+    def _forward(self, batch):
+        return tuple(o.float() for o in self.flows(*self.encoder(batch)))
 
     def infer(self, images: np.ndarray) -> ModelOutput:
-        with self.torch.inference_mode():
-            batch = self.torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).to(self.device)
-            outputs = self.flows(*self.encoder(batch))
-            return ModelOutput.from_graph_outputs([o.float().cpu().numpy() for o in outputs], self.scales)
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        with self.lock, self.torch.inference_mode():
+            graph = self._graph_for(len(images)) if self.use_graphs else None
+            if graph is not None:
+                outputs = graph.run(images)
+            else:
+                outputs = [o.cpu().numpy() for o in self._forward(self.torch.from_numpy(images).to(self.device))]
+        return ModelOutput.from_graph_outputs(outputs, self.scales)
+
+    def _graph_for(self, batch: int) -> "_CapturedBatch | None":
+        if batch not in self.graphs and len(self.graphs) < self.MAX_CAPTURED_BATCH_SIZES:
+            self.graphs[batch] = _CapturedBatch(self.torch, self._forward, batch, self.input_shape, self.device)
+        return self.graphs.get(batch)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (*self.input_size, 3)
 
     def close(self) -> None:
-        self.encoder = self.flows = None
+        with self.lock:
+            self.graphs.clear()
+            self.encoder = self.flows = None
+            if self.device.type == "cuda":
+                self.torch.cuda.empty_cache()
+
+
+class _CapturedBatch:
+    """One batch size's forward pass as a CUDA graph, with its static device input and pinned
+    host buffers; run() copies in, replays, copies out and waits for the stream."""
+
+    WARMUP_RUNS = 3  # cuDNN's algorithm search and lazy initialisation happen before capture
+
+    def __init__(self, torch, forward, batch: int, input_shape: tuple[int, int, int], device):
+        self.torch = torch
+        self.host_input = torch.empty((batch, *input_shape), dtype=torch.uint8).pin_memory()
+        self.device_input = torch.zeros((batch, *input_shape), dtype=torch.uint8, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP_RUNS):
+                forward(self.device_input)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.device_outputs = forward(self.device_input)
+        self.host_outputs = [torch.empty(o.shape, dtype=o.dtype).pin_memory() for o in self.device_outputs]
+        self.stream = torch.cuda.current_stream(device)
+
+    def run(self, images: np.ndarray) -> list[np.ndarray]:
+        self.host_input.numpy()[...] = images
+        self.device_input.copy_(self.host_input, non_blocking=True)
+        self.graph.replay()
+        for host, device in zip(self.host_outputs, self.device_outputs):
+            host.copy_(device, non_blocking=True)
+        self.stream.synchronize()
+        return [host.numpy().copy() for host in self.host_outputs]
