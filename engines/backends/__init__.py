@@ -48,7 +48,11 @@ def _auto_choice() -> str:
 
         _cudart()
     except (ImportError, BackendError) as error:
-        log.warning("backend auto: GPU %s found but TensorRT or cuda-python is missing (%s); using ONNX Runtime on the CPU", gpu.reason, error)
+        log.warning(
+            "backend auto: GPU %s found but TensorRT or cuda-python is missing (%s); using ONNX Runtime on the CPU. "
+            "Install TensorRT (pip install 'edge-inspect[gpu]'), or set backend: torch where torch with CUDA is installed",
+            gpu.reason, error,
+        )
         return "onnxruntime"
     log.info("backend auto: TensorRT on %s", gpu.reason)
     return "tensorrt"

@@ -86,6 +86,12 @@ class TorchBackend:
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels once
+            if self.precision == "fp32":
+                # float32 means float32: cuDNN's default TF32 convolutions moved a borderline
+                # part across the threshold (bench/README.md, GPU). Process-wide flags; FP16
+                # work does not use TF32 either way.
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
         self.graphs: dict[int, _CapturedBatch] = {}
         # Stations sharing a bundle share this backend; a graph's buffers serve one call at a time.
         self.lock = threading.Lock()
