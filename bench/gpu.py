@@ -10,7 +10,7 @@ split in three steps, run in this order:
                    copy of the Lite0 weights package
   device  the GPU  every test image through the torch backend on CUDA: FP16 with CUDA graphs at
                    batch 1 and batch 32, FP16 eager, FP32; the raw outputs go to an npz. With
-                   --speed: images/s and per-call latency for batch 1 to 128, eager against CUDA
+                   --speed: images/s and per-call latency for batch 1 to 256, eager against CUDA
                    graphs, FP16 and FP32; also the GPU probe, `auto`'s choice, and the CUDA
                    runtime calls the TensorRT backend makes (cuda-python), on a real driver
   report  here     the same images through ONNX Runtime FP32 (the line PC path), every variant

@@ -52,7 +52,7 @@ class TorchBackend:
     arithmetic as the FP16 ONNX graphs); on the CPU everything is float32.
 
     On CUDA each batch size is captured once as a CUDA graph and replayed: at batch 1 the
-    model is ~300 small kernels, and launching them one by one from Python costs more than
+    model is about 740 operator calls, and launching them one by one from Python costs more than
     running them (bench/gpu.py measures both). Inputs and outputs go through pinned host
     buffers allocated with the graph."""
 
