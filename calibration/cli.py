@@ -61,10 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-size", type=parse_size, default=(256, 256), help="N or HEIGHTxWIDTH, multiples of 32 (default 256)")
     parser.add_argument("--colour", choices=("auto", "rgb", "gray"), default="auto", help="auto: gray when every good image is gray")
     parser.add_argument(
-        "--strides", type=parse_strides, default=TAP_STRIDES, metavar="S,S",
+        "--strides", type=parse_strides, default=None, metavar="S,S",
         help="feature scales to model (default 8,16,32). Adding 4 sharpens the outlines of small defects; "
         "8,16 suits small, sharp defects and runs a shorter encoder; large, faint ones need 32 and lose with 4: "
-        "compare bundles with edge-evaluate",
+        "compare bundles with edge-evaluate, or let --choose-strides compare them",
+    )
+    parser.add_argument(
+        "--choose-strides", type=parse_strides, nargs="*", metavar="S,S",
+        help="calibrate each of these scale settings (default: 8,16,32 8,16 4,8,16,32) and keep the one that best "
+        "separates the held-out good parts from the parts in --defects; with --masks, outlines count too",
+    )
+    parser.add_argument(
+        "--masks", type=Path,
+        help="with --choose-strides: folder of the --defects images' masks (<stem>_mask.png or <stem>.png, defect pixels non-zero)",
     )
     parser.add_argument("--coupling-blocks", type=int, default=8)
     parser.add_argument(
@@ -98,6 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.coupling_blocks < 1:
         print("edge-calibrate: --coupling-blocks must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
+    choosing = args.choose_strides is not None
+    if choosing and args.strides is not None:
+        print("edge-calibrate: give either --strides or --choose-strides, not both", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if choosing and args.defects is None:
+        print("edge-calibrate: --choose-strides needs --defects DIR: a few defective parts (10 or more; with --masks, their marked regions) to compare the candidates on", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.masks is not None and not choosing:
+        print("edge-calibrate: --masks is used with --choose-strides", file=sys.stderr)
+        return EXIT_BAD_INPUT
     train = TrainConfig(seed=args.seed)
     if args.epochs is not None:
         train = replace(train, epochs=args.epochs, steps_per_scale=None)
@@ -109,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = CalibrationSettings(
         encoder=args.encoder,
         input_size=args.input_size,
-        tap_strides=args.strides,
+        tap_strides=args.strides or TAP_STRIDES,
         colour=None if args.colour == "auto" else args.colour,
         flow=FlowConfig(coupling_blocks=args.coupling_blocks),
         feature_pooling=args.feature_pooling,
@@ -122,8 +141,17 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
     )
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    choice = None
     try:
-        bundle, report = calibrate(args.good, args.output, settings, args.holdout, args.defects, args.force, log=log)
+        if choosing:
+            from calibration.choose_strides import DEFAULT_CANDIDATES, choose_strides
+
+            bundle, report, choice = choose_strides(
+                args.good, args.output, settings, args.defects, args.masks, tuple(args.choose_strides) or DEFAULT_CANDIDATES,
+                args.holdout, args.force, log=log,
+            )
+        else:
+            bundle, report = calibrate(args.good, args.output, settings, args.holdout, args.defects, args.force, log=log)
     except (ImageFolderError, FileExistsError, BundleError, EncoderError) as error:
         print(f"edge-calibrate: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -131,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         print("edge-calibrate: interrupted; nothing was written", file=sys.stderr)
         return EXIT_FAILED
     t = bundle.manifest.thresholds
-    log(f"wrote {bundle.path} (bundle {bundle.bundle_id}) in {report.seconds['total']:.0f}s")
+    if choice is not None:
+        log(f"chose strides {','.join(map(str, choice.chosen))} by {choice.criterion} "
+            f"on {choice.held_out_good} held-out good and {choice.defect_samples} defective parts")
+    seconds = choice.seconds if choice is not None else report.seconds["total"]
+    log(f"wrote {bundle.path} (bundle {bundle.bundle_id}) in {seconds:.0f}s")
     log(f"image threshold {t.image:.3f} ({t.method}); region threshold {t.pixel:.3f}")
     log(f"held-out false-reject rate {report.holdout_false_reject_rate:.3f} on {report.holdout_images} good parts")
     if report.part_appearance_shrinkage is not None:
@@ -141,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from dataclasses import asdict
 
-        print(json.dumps({"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, **asdict(report)}, indent=2))
+        extra = {"stride_choice": choice.to_json()} if choice is not None else {}
+        print(json.dumps({"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, **asdict(report), **extra}, indent=2))
     return EXIT_OK
 
 

@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engines.atomic_file import write_atomically
 from engines.scoring import ScoringConstants
 
 # 2: the image score may include the whole-part appearance score (scoring.part_score and a
@@ -182,6 +183,18 @@ def write_bundle(destination: Path, manifest_without_files: Manifest, write_file
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return open_bundle(destination)
+
+
+def amend_training(path: str | os.PathLike, key: str, value) -> Bundle:
+    """Add a record to a written bundle's manifest `training` section (how it was made; nothing
+    any backend reads). The manifest is replaced atomically; the payload files stay as they are."""
+    path = Path(path)
+    bundle = open_bundle(path)
+    data = bundle.manifest.to_json()
+    data["training"] = {**data["training"], key: value}
+    write_atomically(path / MANIFEST, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    _fsync_dir(path)
+    return open_bundle(path)
 
 
 def open_bundle(path: str | os.PathLike) -> Bundle:

@@ -26,6 +26,19 @@ def _few_threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture
+def good_folder(tmp_path):
+    """20 of MPDD metal_plate's good parts in a folder of the test's own."""
+    import shutil
+
+    source = require(METAL_PLATE) / "train" / "good"
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for path in sorted(source.iterdir())[:20]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def small_bundle(tmp_path_factory):
     """A real calibration on MPDD metal_plate's good parts at 64x64 with a short training."""

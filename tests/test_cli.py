@@ -1,9 +1,6 @@
 """edge-calibrate and edge-evaluate as a user runs them: exit codes and messages."""
-import shutil
 import subprocess
 import sys
-
-import pytest
 
 from tests.conftest import METAL_PLATE, require
 
@@ -26,16 +23,6 @@ def inspect_with_both_backends(bundle, images):
     from engines.inspector import Inspector
 
     return tuple(Inspector(bundle, open_backend(name, bundle)).inspect_batch(images) for name in ("onnxruntime", "torch"))
-
-
-@pytest.fixture
-def good_folder(tmp_path):
-    source = require(METAL_PLATE) / "train" / "good"
-    folder = tmp_path / "good"
-    folder.mkdir()
-    for path in sorted(source.iterdir())[:20]:
-        shutil.copy(path, folder / path.name)
-    return folder
 
 
 def test_calibrate_end_to_end_and_refuses_overwrite(good_folder, tmp_path):
