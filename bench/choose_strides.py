@@ -13,7 +13,6 @@ Prints one table and writes bench/results/choose_strides.json. A benchmark, not 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.quality import DEFAULT_DATASETS, categories, machine  # noqa: E402
+from bench.quality import DEFAULT_DATASETS, bundle_label, categories, kept_bundle, machine, write_results  # noqa: E402
 from calibration.calibrate import CalibrationSettings  # noqa: E402
 from calibration.choose_strides import choose_strides  # noqa: E402
 from calibration.datasets import open_category  # noqa: E402
@@ -64,10 +63,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for category_dir in categories(args.datasets):
             category = open_category(category_dir)
-            default_path = args.bundles / f"{category_dir.parent.name}_{category_dir.name}_default"
-            if not (default_path / "manifest.json").is_file():
-                print(f"{category.name}: no default bundle at {default_path}; run bench/quality.py --keep-bundles {args.bundles}", file=sys.stderr)
-                return 2
+            default_path = kept_bundle(args.bundles, category_dir, "default")
             labels = np.array([t.is_defective for t in category.test])
             samples = np.random.default_rng(args.seed).choice(np.flatnonzero(labels), size=args.samples, replace=False)
             keep = np.ones(len(labels), bool)
@@ -75,7 +71,7 @@ def main() -> int:
             work = Path(scratch) / category_dir.name
             work.mkdir()
             defects, masks = hand_over(category, samples, work)
-            out = (args.keep_bundles or work) / f"{category_dir.parent.name}_{category_dir.name}_chosen"
+            out = (args.keep_bundles or work) / bundle_label(category_dir, "chosen")
             log = lambda message: print(f"{category.name}: {message}", file=sys.stderr, flush=True)  # noqa: E731
             bundle, _, choice = choose_strides(category_dir / "train" / "good", out, CalibrationSettings(), defects, masks, force=True, log=log)
             rows.append({
@@ -91,9 +87,7 @@ def main() -> int:
         cells = lambda m: f"{m['image_auroc']:.3f} / {m['pixel_auroc']:.3f} / {m['pro']:.3f} / {m['false_reject_rate']:.2f} / {m['miss_rate']:.2f}"  # noqa: E731
         chosen = ",".join(map(str, row["choice"]["chosen"]))
         print(f"{row['dataset']:<20} {chosen:<11} {row['choice']['seconds']:8.0f} {cells(c):>50} {cells(d):>34}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"machine": measured_on, "samples": args.samples, "seed": args.seed, "results": rows}, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_results(args.output, {"machine": measured_on, "samples": args.samples, "seed": args.seed, "results": rows})
     return 0
 
 

@@ -17,7 +17,6 @@ Writes bench/results/faults.json and prints one table. A benchmark, not a test.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.quality import machine  # noqa: E402
+from bench.quality import machine, write_results  # noqa: E402
 from bench.speed import make_bundle  # noqa: E402
 from engines.bundle import open_bundle  # noqa: E402
 from tests import scenarios  # noqa: E402
@@ -89,9 +88,7 @@ def main() -> int:
             rows.append(row)
             print_table(rows)
     result = {"machine": measured_on, "rows": rows}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.output}")
+    write_results(args.output, result)
     return 0
 
 

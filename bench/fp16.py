@@ -19,7 +19,6 @@ Writes bench/results/fp16.json. A benchmark, not a test: half precision on a CPU
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.quality import DEFAULT_DATASETS, categories, machine  # noqa: E402
+from bench.quality import DEFAULT_DATASETS, categories, kept_bundle, machine, write_results  # noqa: E402
 from calibration.datasets import open_category  # noqa: E402
 from calibration.images import load_images  # noqa: E402
 from calibration.metrics import auroc  # noqa: E402
@@ -127,11 +126,7 @@ def main() -> int:
     results = []
     for directory in categories(args.datasets):
         category = open_category(directory)
-        bundle_path = args.bundles / f"{directory.parent.name}_{directory.name}_{args.variant}"
-        if not (bundle_path / "manifest.json").is_file():
-            print(f"fp16: no bundle at {bundle_path}; run bench/quality.py --keep-bundles {args.bundles} first", file=sys.stderr)
-            return 2
-        bundle = open_bundle(bundle_path)
+        bundle = open_bundle(kept_bundle(args.bundles, directory, args.variant))
         print(f"{category.name}: {len(category.test)} test images", file=sys.stderr)
         images = load_images([t.path for t in category.test], tuple(bundle.manifest.input_size), bundle.manifest.colour).images
         labels = np.array([t.is_defective for t in category.test])
@@ -151,9 +146,7 @@ def main() -> int:
     for result in results:
         r = result["reduction"]
         print(f"{result['dataset']:<22} {r['max_sum_z_squared']:12.4g} {r['times_float16_max']:10.3g} {r['max_abs_z']:8.4g}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"machine": measured_on, "torch": torch.__version__, "variant": args.variant, "results": results}, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_results(args.output, {"machine": measured_on, "torch": torch.__version__, "variant": args.variant, "results": results})
     return 0
 
 

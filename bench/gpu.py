@@ -277,7 +277,7 @@ def report(result_dirs: list[Path], output: Path, threads: int) -> None:
     import torch
 
     from bench.fp16 import compare
-    from bench.quality import machine
+    from bench.quality import machine, write_results
     from engines.backends import open_backend
     from engines.bundle import open_bundle
 
@@ -322,9 +322,7 @@ def report(result_dirs: list[Path], output: Path, threads: int) -> None:
         print(f"{'precision':<9} {'graphs':<6} {'batch':>5} {'images/s':>9} {'p50 ms':>7} {'p99 ms':>7}")
         for row in result["speed"]:
             print(f"{row['precision']:<9} {row['cuda_graphs']!s:<6} {row['batch']:>5} {row['images_per_s']:9.1f} {row['latency_ms']['p50']:7.2f} {row['latency_ms']['p99']:7.2f}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"machine_here": machine(), "device": environment, "cuda_runtime_check": runtime_check, "results": results}, indent=2) + "\n")
-    print(f"wrote {output}")
+    write_results(output, {"machine_here": machine(), "device": environment, "cuda_runtime_check": runtime_check, "results": results})
 
 
 def main() -> int:

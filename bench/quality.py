@@ -46,6 +46,26 @@ def categories(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("*/*") if (p / "train" / "good").is_dir())
 
 
+def bundle_label(category_dir: Path, variant: str) -> str:
+    """The folder name --keep-bundles gives a category's bundle: dataset_category_variant."""
+    return f"{category_dir.parent.name}_{category_dir.name}_{variant}"
+
+
+def kept_bundle(bundles: Path, category_dir: Path, variant: str) -> Path:
+    """A bundle this script kept, or an exit that says how to make it."""
+    path = bundles / bundle_label(category_dir, variant)
+    if not (path / "manifest.json").is_file():
+        raise SystemExit(f"no bundle at {path}; run bench/quality.py --keep-bundles {bundles} (with the settings of '{variant}') first")
+    return path
+
+
+def write_results(path: Path, payload: dict) -> None:
+    """A bench's JSON under bench/results/ (or where --output says), and where it went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def machine() -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
@@ -55,7 +75,7 @@ def machine() -> dict:
 
 def run_one(category_dir: Path, settings: CalibrationSettings, work: Path, move=None, label: str = "", reuse: bool = False) -> tuple[dict, object, object]:
     category = open_category(category_dir)
-    out = work / f"{category.root.parent.name}_{category.root.name}_{label or 'default'}"
+    out = work / bundle_label(category.root, label or "default")
     if reuse and (out / "manifest.json").is_file():
         # A bundle this script calibrated before: its manifest says how long that took.
         bundle = open_bundle(out)
@@ -188,10 +208,8 @@ def main() -> int:
                 rows.append(aug_row)
             print_table(rows)
     print_table(rows)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": measured_on, "settings": {"encoder": args.encoder, "input_size": args.input_size, "augment_copies": args.augment, "feature_pooling": args.feature_pooling, "part_appearance": args.part_appearance, "strides": list(args.strides)}, "rows": rows}
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_results(args.output, report)
     return 0
 
 

@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.quality import machine  # noqa: E402
+from bench.quality import machine, write_results  # noqa: E402
 from edge.daemon import InferencePlan, plan_inference, usable_cores  # noqa: E402
 from edge.decision import decide  # noqa: E402
 from edge.station import InspectedPart, render_heatmap  # noqa: E402
@@ -290,9 +290,7 @@ def main() -> int:
         finally:
             broker.stop()
     report = {"machine": measured_on, "rows": rows}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_results(args.output, report)
     return 0
 
 

@@ -20,7 +20,6 @@ Prints one table and writes bench/results/station_choice.json. A benchmark, not 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.quality import DEFAULT_DATASETS, categories, machine  # noqa: E402
+from bench.quality import DEFAULT_DATASETS, bundle_label, categories, machine, write_results  # noqa: E402
 from calibration.calibrate import split_good  # noqa: E402
 from calibration.datasets import open_category  # noqa: E402
 from calibration.evaluate import score_category  # noqa: E402
@@ -107,7 +106,7 @@ def main() -> int:
         category = open_category(category_dir)
         candidates = {}
         for label in BUNDLE_LABELS:
-            path = args.bundles / f"{category_dir.parent.name}_{category_dir.name}_{label}"
+            path = args.bundles / bundle_label(category_dir, label)
             if not (path / "manifest.json").is_file():
                 print(f"{category.name}: no bundle {path}; calibrate it first (see this script's help)", file=sys.stderr)
                 continue
@@ -156,10 +155,8 @@ def main() -> int:
             f"{s['chosen_mean']['pro']:.3f}, default {s['default_mean']['image_auroc']:.3f} / {s['default_mean']['pixel_auroc']:.3f} / "
             f"{s['default_mean']['pro']:.3f}; picks {s['chosen']}"
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
     settings = {"samples": args.samples, "draws": args.draws, "marked": args.marked, "bundles": BUNDLE_LABELS}
-    output.write_text(json.dumps({"machine": measured_on, "settings": settings, "summary": summary, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {output}")
+    write_results(output, {"machine": measured_on, "settings": settings, "summary": summary, "rows": rows})
     return 0
 
 
