@@ -273,8 +273,21 @@ def load_device_outputs(path: Path) -> dict[str, ModelOutput]:
     return outputs
 
 
-def report(result_dirs: list[Path], output: Path, threads: int) -> None:
+def test_masks(datasets: Path, index: dict, bundle) -> np.ndarray:
+    """The packed test images' defect masks at the model input, from the dataset itself."""
+    from calibration.datasets import open_category, read_mask
+
+    category = open_category(datasets / index["category"])
+    if [str(t.path) for t in category.test] != index["paths"]:
+        raise SystemExit(f"gpu: {datasets / index['category']} lists other test images than were packed; run bench/gpu.py pack again")
+    return np.stack([read_mask(t, tuple(bundle.manifest.input_size)) for t in category.test])
+
+
+def report(result_dirs: list[Path], output: Path, threads: int, datasets: Path) -> None:
     import torch
+
+    from calibration.metrics import pixel_auroc, pro_auc
+    from engines.scoring import anomaly_maps
 
     from bench.fp16 import compare
     from bench.quality import machine, write_results
@@ -298,8 +311,11 @@ def report(result_dirs: list[Path], output: Path, threads: int) -> None:
             outputs = {"fp32": run_batches(reference, images, 8), **load_device_outputs(directory / f"{label}.npz")}
             reference.close()
             rows = compare(bundle, outputs, np.array(index["labels"])[chosen])
+            masks = test_masks(datasets, index, bundle)[chosen]
             for variant, row in rows.items():
                 row["max_abs_log_likelihood_diff"] = float(max(np.abs(a - b).max() for a, b in zip(outputs[variant].log_likelihoods, outputs["fp32"].log_likelihoods)))
+                maps, _ = anomaly_maps(outputs[variant].log_likelihoods, bundle.manifest.scoring, tuple(bundle.manifest.input_size), outputs[variant].part_distances)
+                row["pixel_auroc"], row["pro"] = pixel_auroc(maps, masks), pro_auc(maps, masks, fpr_limit=0.3)
             batch_1, batch_32 = outputs["cuda-fp16-graphs-b1"], outputs["cuda-fp16-graphs-b32"]
             results.append({
                 "dataset": index["category"], "images": len(images), "threshold": bundle.manifest.thresholds.image,
@@ -308,12 +324,12 @@ def report(result_dirs: list[Path], output: Path, threads: int) -> None:
                 "speed": entry.get("speed"),
             })
     print(f"GPU: {environment['gpu']} (torch {environment['torch']}, CUDA {environment['cuda']}, cuDNN {environment['cudnn']})")
-    print(f"\n{'dataset':<22} {'variant':<22} {'imAUROC':>8} {'d pts':>7} {'same decision':>13} {'non-finite':>10} {'max map diff':>12} {'max ll diff':>11}")
+    print(f"\n{'dataset':<22} {'variant':<22} {'imAUROC':>8} {'d pts':>7} {'pixAUROC':>8} {'PRO':>6} {'same decision':>13} {'non-finite':>10} {'max map diff':>12} {'max ll diff':>11}")
     for result in results:
         base = result["variants"]["fp32"]["image_auroc"]
         for variant, row in result["variants"].items():
             name = "cpu-fp32 (onnxruntime)" if variant == "fp32" else variant
-            print(f"{result['dataset']:<22} {name:<22} {row['image_auroc']:8.4f} {100 * (row['image_auroc'] - base):7.3f} "
+            print(f"{result['dataset']:<22} {name:<22} {row['image_auroc']:8.4f} {100 * (row['image_auroc'] - base):7.3f} {row['pixel_auroc']:8.4f} {row['pro']:6.4f} "
                   f"{100 * row['decisions_equal_to_fp32']:12.2f}% {row['images_nonfinite']:10d} {row['max_abs_map_diff']:12.4f} {row['max_abs_log_likelihood_diff']:11.4f}")
     for result in results:
         if not result["speed"]:
@@ -344,6 +360,7 @@ def main() -> int:
     reporting = steps.add_parser("report")
     reporting.add_argument("--device-results", type=Path, nargs="+", required=True)
     reporting.add_argument("--threads", type=int, default=2)
+    reporting.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets", help="for the test masks")
     reporting.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "gpu.json")
     args = parser.parse_args()
     if args.step == "pack":
@@ -351,7 +368,7 @@ def main() -> int:
     elif args.step == "device":
         device(args.categories, args.out, args.speed, args.seconds, args.torch_device, args.limit, args.max_batch)
     else:
-        report(args.device_results, args.output, args.threads)
+        report(args.device_results, args.output, args.threads, args.datasets)
     return 0
 
 
