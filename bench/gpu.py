@@ -33,7 +33,9 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -261,6 +263,67 @@ def device(labels: list[str], out: Path, with_speed: bool, seconds_each: float, 
     (out / "device.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
+def daemon_runs(out: Path, parts: int, backends: list[str]) -> None:
+    """edge-inspect itself on a stream of synthetic parts, once per backend: a bundle calibrated
+    briefly here (speed does not depend on how well the flows are trained), no broker (rejects
+    wait in the outbox, as on a line whose network is down); per-part latency from the audit
+    log, parts/s from the first capture to the last answer."""
+    import socket
+    import subprocess
+
+    import torch
+
+    from calibration.calibrate import CalibrationSettings, calibrate
+    from calibration.train import TrainConfig
+    from edge.synthetic import write_good_folder, write_stream
+
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gpu-daemon-"))
+    write_good_folder(work / "good", 80, seed=1)
+    truth = {str(t["frame"]): t["defect"] for t in write_stream(work / "stream.avi", parts, defect_every=6, seed=2)}
+    started = time.monotonic()
+    settings = CalibrationSettings(train=TrainConfig(steps_per_scale=(30, 30, 30, 30)))
+    bundle, _ = calibrate(work / "good", work / "bundle", settings, log=lambda message: None)
+    print(f"brief bundle calibrated in {time.monotonic() - started:.0f} s", flush=True)
+    with socket.socket() as probe:  # a port nobody listens on: the broker is down
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runs = {}
+    for backend in backends:
+        state = work / f"state-{backend}"
+        config = work / f"{backend}.yaml"
+        config.write_text(
+            f"bundle: {bundle.path}\nbackend: {backend}\nstate_dir: {state}\n"
+            f"mqtt: {{host: 127.0.0.1, port: {port}, topic_prefix: edge}}\n"
+            "publish: {results: true, heatmaps: rejects, stats_interval_s: 2}\n"
+            f"cameras:\n  - station: gpu\n    source: {{type: file, path: {work / 'stream.avi'}}}\n"
+        )
+        wall = time.monotonic()
+        process = subprocess.run([sys.executable, "-m", "edge.cli", "--config", str(config), "--log-level", "ERROR"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=300)
+        wall = time.monotonic() - wall
+        audit = [json.loads(line) for line in (state / "audit" / "gpu.jsonl").read_text().splitlines()]
+        captured = [datetime.fromisoformat(r["capture_time"]).timestamp() for r in audit]
+        answered = [c + r["latency_ms"] / 1000 for c, r in zip(captured, audit)]
+        verdicts = {str(r["frame_id"]): r["verdict"] for r in audit}
+        defects = [f for f, d in truth.items() if d]
+        runs[backend] = {
+            "parts": len(audit), "exit_code": process.returncode, "wall_s": round(wall, 1),
+            "parts_per_s": round((len(audit) - 1) / (max(answered) - min(captured)), 1),
+            "latency_ms": percentiles([r["latency_ms"] for r in audit]),
+            "defects_caught": sum(verdicts.get(f) == "reject" for f in defects), "defects": len(defects),
+            "good_rejected": sum(verdicts.get(f) == "reject" for f, d in truth.items() if not d),
+            "verdicts": verdicts, "stderr_tail": process.stderr[-2000:],
+        }
+        row = runs[backend]
+        print(f"daemon, backend {backend}: {row['parts']} parts, {row['parts_per_s']} parts/s, latency p50 {row['latency_ms']['p50']} ms "
+              f"p99 {row['latency_ms']['p99']} ms, {row['defects_caught']}/{row['defects']} defects caught, "
+              f"{row['good_rejected']} good rejected, exit {row['exit_code']}, {row['wall_s']} s", flush=True)
+    on_gpu = torch.cuda.is_available()
+    (out / "daemon.json").write_text(json.dumps({"environment": device_environment("cuda" if on_gpu else "cpu"), "runs": runs}, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+
+
 # --- report (here) -------------------------------------------------------------------------
 
 def load_device_outputs(path: Path) -> dict[str, ModelOutput]:
@@ -357,6 +420,10 @@ def main() -> int:
     on_device.add_argument("--torch-device", choices=("cuda", "cpu"), default="cuda", help="cpu: a dry run of this step here")
     on_device.add_argument("--limit", type=int, help="only N images spread over the test set (a dry run)")
     on_device.add_argument("--max-batch", type=int, default=max(SPEED_BATCHES), help="the largest batch timed")
+    in_daemon = steps.add_parser("daemon", help="edge-inspect end to end, once per backend (on the GPU machine)")
+    in_daemon.add_argument("--out", type=Path, required=True)
+    in_daemon.add_argument("--parts", type=int, default=300)
+    in_daemon.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
     reporting = steps.add_parser("report")
     reporting.add_argument("--device-results", type=Path, nargs="+", required=True)
     reporting.add_argument("--threads", type=int, default=2)
@@ -365,6 +432,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.step == "pack":
         pack(args.categories, args.datasets, args.bundles, args.variant)
+    elif args.step == "daemon":
+        daemon_runs(args.out, args.parts, args.backends)
     elif args.step == "device":
         device(args.categories, args.out, args.speed, args.seconds, args.torch_device, args.limit, args.max_batch)
     else:
