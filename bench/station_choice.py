@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 from bench.quality import DEFAULT_DATASETS, bundle_label, categories, machine, write_results  # noqa: E402
 from calibration.calibrate import split_good  # noqa: E402
 from calibration.datasets import open_category  # noqa: E402
-from calibration.evaluate import score_category  # noqa: E402
+from calibration.choose_strides import criterion, separation  # noqa: E402
+from calibration.evaluate import category_metrics, score_category  # noqa: E402
 from calibration.images import list_images, load_images  # noqa: E402
-from calibration.metrics import auroc, pixel_auroc, pro_auc  # noqa: E402
 from engines.backends import open_backend  # noqa: E402
 from engines.bundle import open_bundle  # noqa: E402
 from engines.inspector import Inspector  # noqa: E402
@@ -69,24 +69,15 @@ def candidate_scores(bundle, category, category_dir: Path) -> list[dict]:
 
 
 def choice_score(candidate: dict, samples: np.ndarray, marked: bool) -> float:
-    """How well a candidate separates the held-out good parts from the station's samples."""
-    scores = np.concatenate([candidate["held"], candidate["test"][samples]])
-    truth = np.r_[np.zeros(len(candidate["held"]), bool), np.ones(len(samples), bool)]
-    image = auroc(scores, truth)
-    if not marked:
-        return image
-    maps = np.concatenate([candidate["held_maps"], candidate["maps"][samples]])
-    masks = np.concatenate([np.zeros_like(candidate["held_maps"], dtype=bool), candidate["masks"][samples]])
-    return float(np.mean([image, pixel_auroc(maps, masks), pro_auc(maps, masks, fpr_limit=0.3)]))
+    """How well a candidate separates the held-out good parts from the station's samples, by
+    the product's own rule (calibration/choose_strides.py)."""
+    masks = candidate["masks"][samples] if marked else None
+    return criterion(*separation(candidate["held_maps"], candidate["held"], candidate["maps"][samples], candidate["test"][samples], masks))
 
 
 def metrics_on(candidate: dict, keep: np.ndarray) -> dict:
-    labels = candidate["labels"][keep]
-    return {
-        "image_auroc": auroc(candidate["test"][keep], labels),
-        "pixel_auroc": pixel_auroc(candidate["maps"][keep], candidate["masks"][keep]),
-        "pro": pro_auc(candidate["maps"][keep], candidate["masks"][keep], fpr_limit=0.3),
-    }
+    c = candidate
+    return category_metrics(c["maps"][keep], c["test"][keep], c["masks"][keep], c["labels"][keep], None)
 
 
 def main() -> int:

@@ -14,7 +14,6 @@ Measured without peeking (bench/station_choice.py): with 10 marked samples the c
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -24,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from calibration.calibrate import CalibrationReport, CalibrationSettings, calibrate, split_good
+from calibration.datasets import read_mask_file
 from calibration.images import IMAGE_SUFFIXES, ImageFolderError, list_images, load_images, read_image
 from calibration.metrics import auroc, pixel_auroc, pro_auc
-from engines.bundle import Bundle, amend_training
+from engines.bundle import Bundle, amend_training, move_into_place, open_bundle
 from engines.encoders import TAP_STRIDES, check_tap_strides
 
 DEFAULT_CANDIDATES = (TAP_STRIDES, (8, 16), (4, 8, 16, 32))
@@ -94,17 +94,6 @@ def find_defect_samples(defect_dir: Path, mask_dir: Path | None) -> DefectSample
     return DefectSamples(paths, masks)
 
 
-def read_masks(paths: list[Path], size: tuple[int, int]) -> np.ndarray:
-    import cv2
-
-    out = []
-    for path in paths:
-        mask = read_image(path)
-        mask = mask[:, :, 0] if mask.ndim == 3 else mask
-        out.append(cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0)
-    return np.stack(out)
-
-
 def judge(bundle: Bundle, held: np.ndarray, defects: np.ndarray, masks: np.ndarray | None) -> tuple[float, float | None, float | None]:
     """Image AUROC (held-out good against defective), and with masks pixel AUROC and PRO, of a
     written bundle, through ONNX Runtime as a line PC scores."""
@@ -117,13 +106,26 @@ def judge(bundle: Bundle, held: np.ndarray, defects: np.ndarray, masks: np.ndarr
         defect_maps, defect_scores = inspector.inspect_batch(defects)
     finally:
         inspector.backend.close()
-    labels = np.r_[np.zeros(len(held), bool), np.ones(len(defects), bool)]
+    return separation(held_maps, held_scores, defect_maps, defect_scores, masks)
+
+
+def separation(
+    held_maps: np.ndarray, held_scores: np.ndarray, defect_maps: np.ndarray, defect_scores: np.ndarray, masks: np.ndarray | None
+) -> tuple[float, float | None, float | None]:
+    """How well the scores tell held-out good parts from defective ones (image AUROC) and, where
+    the defects are marked, how well the maps outline them (pixel AUROC, PRO)."""
+    labels = np.r_[np.zeros(len(held_scores), bool), np.ones(len(defect_scores), bool)]
     image = auroc(np.r_[held_scores, defect_scores], labels)
     if masks is None:
         return image, None, None
     maps = np.concatenate([held_maps, defect_maps])
     truth = np.concatenate([np.zeros_like(held_maps, dtype=bool), masks])
     return image, pixel_auroc(maps, truth), pro_auc(maps, truth, fpr_limit=0.3)
+
+
+def criterion(image: float, pixel: float | None, pro: float | None) -> float:
+    """What the choice maximises: image AUROC, or with marked defects the mean of all three."""
+    return float(np.mean([image, pixel, pro])) if pixel is not None else image
 
 
 def choose_strides(
@@ -144,8 +146,8 @@ def choose_strides(
     samples = find_defect_samples(defect_dir, mask_dir)
     good = list_images(good_dir)
     _, held_paths = split_good(good, list_images(holdout_dir) if holdout_dir else None, settings.holdout_fraction, settings.train.seed)
-    criterion = "mean of image AUROC, pixel AUROC and PRO" if samples.mask_paths else "image AUROC"
-    log(f"choosing scales among {len(candidates)} candidates by {criterion} on {len(held_paths)} held-out good and {len(samples.paths)} defective parts")
+    rule = "mean of image AUROC, pixel AUROC and PRO" if samples.mask_paths else "image AUROC"
+    log(f"choosing scales among {len(candidates)} candidates by {rule} on {len(held_paths)} held-out good and {len(samples.paths)} defective parts")
 
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.candidates.", dir=output.parent))
@@ -164,24 +166,20 @@ def choose_strides(
                 images = (
                     load_images(held_paths, size, colour).images,
                     load_images(samples.paths, size, colour).images,
-                    read_masks(samples.mask_paths, size) if samples.mask_paths else None,
+                    np.stack([read_mask_file(p, size) for p in samples.mask_paths]) if samples.mask_paths else None,
                 )
             image, pixel, pro = judge(bundle, *images)
-            score = float(np.mean([image, pixel, pro])) if pixel is not None else image
-            results.append(CandidateResult(strides, image, pixel, pro, score, report.seconds["total"]))
+            results.append(CandidateResult(strides, image, pixel, pro, criterion(image, pixel, pro), report.seconds["total"]))
             written.append((bundle, report))
             shown = f"image AUROC {image:.3f}" + (f", pixel AUROC {pixel:.3f}, PRO {pro:.3f}" if pixel is not None else "")
             log(f"candidate {number}/{len(candidates)}: strides {label}: {shown} ({report.seconds['total']:.0f} s)")
         best = max(range(len(results)), key=lambda i: (results[i].criterion, -i))  # ties: the earlier one
-        choice = StrideChoice(candidates[best], criterion, len(held_paths), len(samples.paths), results, time.monotonic() - started)
+        choice = StrideChoice(candidates[best], rule, len(held_paths), len(samples.paths), results, time.monotonic() - started)
         chosen, report = written[best]
-        if output.exists():
-            old = output.with_name(f".{output.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(output, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.rename(chosen.path, output)
-        bundle = amend_training(output, "stride_choice", choice.to_json())
+        # Recorded before the move, so the bundle at `output` carries its choice from the start.
+        amend_training(chosen.path, "stride_choice", choice.to_json())
+        move_into_place(chosen.path, output)
+        bundle = open_bundle(output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return bundle, report, choice

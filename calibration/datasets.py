@@ -59,10 +59,16 @@ def open_category(root: str | Path) -> Category:
 
 
 def read_mask(item: TestImage, size: tuple[int, int]) -> np.ndarray:
-    """bool (H, W) at the model input size (nearest neighbour keeps masks binary)."""
+    """bool (H, W) at the model input size; all False for a good part."""
     if item.mask_path is None:
         return np.zeros(size, dtype=bool)
-    mask = read_image(item.mask_path)
+    return read_mask_file(item.mask_path, size)
+
+
+def read_mask_file(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A mask image (defect pixels non-zero) as bool (H, W) at the model input size; nearest
+    neighbour keeps it binary."""
+    mask = read_image(path)
     if mask.ndim == 3:
         mask = mask[:, :, 0]
     mask = cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)

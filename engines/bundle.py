@@ -170,19 +170,25 @@ def write_bundle(destination: Path, manifest_without_files: Manifest, write_file
         manifest = Manifest(**{**manifest_without_files.__dict__, "files": files})
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
         _fsync_tree(tmp)
-        if destination.exists():
-            old = destination.with_name(f".{destination.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(destination, old)
-            os.rename(tmp, destination)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, destination)
-        _fsync_dir(destination.parent)
+        move_into_place(tmp, destination)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return open_bundle(destination)
+
+
+def move_into_place(source: Path, destination: Path) -> None:
+    """Put a complete bundle directory at `destination` (same filesystem), replacing any bundle
+    there only once the new one is complete: a reader sees the old bundle or the new one."""
+    if destination.exists():
+        old = destination.with_name(f".{destination.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(destination, old)
+        os.rename(source, destination)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(source, destination)
+    _fsync_dir(destination.parent)
 
 
 def amend_training(path: str | os.PathLike, key: str, value) -> Bundle:

@@ -25,7 +25,8 @@ def marked_defects(tmp_path):
 
 def test_choose_strides_keeps_the_best_candidate_and_records_why(good_folder, marked_defects, tmp_path):
     from calibration.calibrate import split_good
-    from calibration.choose_strides import judge, read_masks
+    from calibration.choose_strides import judge
+    from calibration.datasets import read_mask_file
     from calibration.images import list_images, load_images
     from engines.bundle import open_bundle
 
@@ -54,7 +55,7 @@ def test_choose_strides_keeps_the_best_candidate_and_records_why(good_folder, ma
     _, held = split_good(list_images(good_folder), None, 0.2, bundle.manifest.training["train"]["seed"])
     defect_paths = list_images(defects)
     again = judge(bundle, load_images(held, size, colour).images, load_images(defect_paths, size, colour).images,
-                  read_masks(sorted(masks.iterdir()), size))
+                  np.stack([read_mask_file(p, size) for p in sorted(masks.iterdir())]))
     assert again == pytest.approx((best["image_auroc"], best["pixel_auroc"], best["pro"]), abs=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["defects", "good", "masks", "station"], "a candidate was left behind"
 

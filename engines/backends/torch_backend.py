@@ -133,7 +133,6 @@ class _CapturedBatch:
     WARMUP_RUNS = 3  # cuDNN's algorithm search and lazy initialisation happen before capture
 
     def __init__(self, torch, forward, batch: int, input_shape: tuple[int, int, int], device):
-        self.torch = torch
         self.host_input = torch.empty((batch, *input_shape), dtype=torch.uint8).pin_memory()
         self.device_input = torch.zeros((batch, *input_shape), dtype=torch.uint8, device=device)
         side = torch.cuda.Stream(device)
