@@ -2,6 +2,8 @@
 
 For every category's calibrated bundle, the test images go through
   fp32        the product path on a line PC (ONNX Runtime, float32 graphs)
+  torch-fp32  the torch model itself (the torch backend on the CPU, float32): the exported
+              graphs must give its maps and decisions
   fp16        half encoder and half coupling matmuls, float32 flow state and reductions
               (the arithmetic of encoder_fp16.onnx / flows_fp16.onnx, hence of the FP16 plans)
   fp16-red16  the same, with the log-likelihood reductions in float16 too (what we do not ship)
@@ -40,12 +42,13 @@ from engines.cflow import FlowsGraph, FoldedDecoders  # noqa: E402
 from engines.flow import half_reductions  # noqa: E402
 from engines.scoring import anomaly_maps  # noqa: E402
 
-VARIANTS = ("fp32", "fp16", "fp16-red16")
+VARIANTS = ("fp32", "torch-fp32", "fp16", "fp16-red16")
 
 
 def model_outputs(bundle, images: np.ndarray, batch: int = 8) -> dict[str, ModelOutput]:
     out: dict[str, list[ModelOutput]] = {v: [] for v in VARIANTS}
     reference = open_backend("onnxruntime", bundle, threads=torch.get_num_threads())
+    torch_model = open_backend("torch", bundle)
     encoder, decoders, part_appearance = build_torch_model(bundle)
     half_encoder = encoder.with_compute_dtype(torch.float16).eval()
     half_flows = FlowsGraph(FoldedDecoders(decoders, torch.float16), part_appearance).eval()
@@ -59,6 +62,7 @@ def model_outputs(bundle, images: np.ndarray, batch: int = 8) -> dict[str, Model
         for start in range(0, len(images), batch):
             chunk = images[start : start + batch]
             out["fp32"].append(reference.infer(chunk))
+            out["torch-fp32"].append(torch_model.infer(chunk))
             features = half_encoder(torch.from_numpy(np.ascontiguousarray(chunk)))
             out["fp16"].append(run_half(features))
             with half_reductions():
@@ -67,6 +71,7 @@ def model_outputs(bundle, images: np.ndarray, batch: int = 8) -> dict[str, Model
             print(f"\r  {done}/{len(images)} images, {time.monotonic() - started:.0f} s", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     reference.close()
+    torch_model.close()
     return {variant: ModelOutput.concatenate(outputs) for variant, outputs in out.items()}
 
 
@@ -137,7 +142,7 @@ def main() -> int:
     for result in results:
         base = result["variants"]["fp32"]["image_auroc"]
         for variant, row in result["variants"].items():
-            diff = "-" if row["max_abs_map_diff"] is None else f"{row['max_abs_map_diff']:.4f}"
+            diff = "-" if row["max_abs_map_diff"] is None else f"{row['max_abs_map_diff']:.3g}"
             print(
                 f"{result['dataset']:<22} {variant:<11} {row['image_auroc']:8.4f} {100 * (row['image_auroc'] - base):10.3f} "
                 f"{100 * row['decisions_equal_to_fp32']:12.2f}% {row['images_nonfinite']:10d} {diff:>12}"
