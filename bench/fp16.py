@@ -51,7 +51,7 @@ def model_outputs(bundle, images: np.ndarray, batch: int = 8) -> dict[str, Model
     torch_model = open_backend("torch", bundle)
     encoder, decoders, part_appearance = build_torch_model(bundle)
     half_encoder = encoder.with_compute_dtype(torch.float16).eval()
-    half_flows = FlowsGraph(FoldedDecoders(decoders, torch.float16), part_appearance).eval()
+    half_flows = FlowsGraph(FoldedDecoders(decoders, torch.float16), part_appearance, bundle.manifest.flow_taps).eval()
     scales = len(decoders.shapes)
 
     def run_half(features) -> ModelOutput:
@@ -86,7 +86,7 @@ def reduction_headroom(bundle, images: np.ndarray, batch: int = 8) -> dict:
     with torch.inference_mode():
         for start in range(0, len(images), batch):
             features = encoder(torch.from_numpy(np.ascontiguousarray(images[start : start + batch])))
-            for flow, feature in zip(flows.flows, features):
+            for flow, feature in zip(flows.flows, (features[i] for i in bundle.manifest.flow_taps)):
                 z, _ = flow.latents(feature)
                 largest_sum = max(largest_sum, float((z * z).sum(dim=1).max()))
                 largest_z = max(largest_z, float(z.abs().max()))

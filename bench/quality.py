@@ -109,7 +109,7 @@ def scale_subsets(bundle, scored) -> list[dict]:
     model trained with only those scales."""
     rows = []
     constants = bundle.manifest.scoring
-    strides = bundle.manifest.encoder.tap_strides
+    strides = bundle.manifest.flow_strides
     for size in range(1, len(strides) + 1):
         for subset in itertools.combinations(range(len(strides)), size):
             sub = constants.subset(subset)
@@ -170,7 +170,7 @@ def main() -> int:
     base = CalibrationSettings(
         encoder=args.encoder,
         input_size=(args.input_size, args.input_size),
-        tap_strides=args.strides,
+        flow_strides=args.strides,
         augment=AugmentConfig(copies=args.augment),
         feature_pooling=args.feature_pooling,
         part_appearance=args.part_appearance,

@@ -126,7 +126,7 @@ def stage_breakdown(bundle_path: Path, video: Path, frames: int, broker_port: in
         model_input = timed("preprocess", inspector.model_input, image)
         features = timed("encoder", backend.encoder.run, backend.feature_names, {"image": model_input[None]})
         outputs = timed("flows", backend.flows.run, None, dict(zip(backend.flow_inputs, features)))
-        output = ModelOutput.from_graph_outputs(outputs, len(backend.flow_inputs))
+        output = ModelOutput.from_graph_outputs(outputs, backend.scales)
         maps, scores = timed("scoring", inspector.score, output)
         verdict = timed("decision", decide, maps[0], float(scores[0]), thresholds.image, thresholds.pixel, 16, (0, 0, image.shape[1], image.shape[0]))
         part = InspectedPart(Frame(image, i, time.time()), str(i), verdict, maps[0], model_input, bundle.bundle_id)

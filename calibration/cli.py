@@ -62,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--colour", choices=("auto", "rgb", "gray"), default="auto", help="auto: gray when every good image is gray")
     parser.add_argument(
         "--strides", type=parse_strides, default=None, metavar="S,S",
-        help="feature scales to model (default 8,16,32). Adding 4 sharpens the outlines of small defects; "
-        "8,16 suits small, sharp defects and runs a shorter encoder; large, faint ones need 32 and lose with 4: "
-        "compare bundles with edge-evaluate, or let --choose-strides compare them",
+        help="feature scales with a flow (default 8,16,32). Adding 4 sharpens the outlines of small defects; "
+        "8,16 suits small, sharp defects (the whole-part score still sees stride 32); large, faint ones need 32 "
+        "and lose with 4: compare bundles with edge-evaluate, or let --choose-strides compare them",
     )
     parser.add_argument(
         "--choose-strides", type=parse_strides, nargs="*", metavar="S,S",
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = CalibrationSettings(
         encoder=args.encoder,
         input_size=args.input_size,
-        tap_strides=args.strides or TAP_STRIDES,
+        flow_strides=args.strides or TAP_STRIDES,
         colour=None if args.colour == "auto" else args.colour,
         flow=FlowConfig(coupling_blocks=args.coupling_blocks),
         feature_pooling=args.feature_pooling,

@@ -19,8 +19,12 @@ from engines.scoring import ScoringConstants
 # 2: the image score may include the whole-part appearance score (scoring.part_score and a
 # part_distance output of the flows graph). A daemon that reads only version 1 would ignore it
 # and judge parts against a threshold calibrated for more than it computes, so it must refuse.
+# 3: the flows may model fewer scales than the encoder taps (flow.strides); the whole-part model
+# still pools every tap. Written only where they differ, so other bundles stay readable by
+# daemons that know version 2.
 FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+FLOW_SUBSET_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 ENCODER_ONNX = "encoder.onnx"
 FLOWS_ONNX = "flows.onnx"
@@ -55,6 +59,9 @@ class FlowRecord:
     condition_channels: int
     clamp: float
     hidden_ratio: float
+    # The scales with a flow, recorded only where fewer than the encoder's taps (format 3);
+    # None: every tap has one.
+    strides: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,18 @@ class Manifest:
     def to_json(self) -> dict:
         data = asdict(self)
         data["scoring"] = self.scoring.to_json()
+        if data["flow"]["strides"] is None:
+            del data["flow"]["strides"]  # a version-2 reader refuses keys it does not know
         return data
+
+    @property
+    def flow_strides(self) -> tuple[int, ...]:
+        return self.flow.strides or self.encoder.tap_strides
+
+    @property
+    def flow_taps(self) -> tuple[int, ...]:
+        """Which encoder outputs (features_i) the flows read, in order."""
+        return tuple(self.encoder.tap_strides.index(s) for s in self.flow_strides)
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
@@ -106,12 +124,22 @@ class Manifest:
             ),
             input_size=tuple(data["input_size"]),
             colour=str(data["colour"]),
-            flow=FlowRecord(**data["flow"]),
+            flow=flow_record(data["flow"]),
             scoring=ScoringConstants.from_json(data["scoring"]),
             thresholds=Thresholds(**data["thresholds"]),
             training=dict(data.get("training", {})),
             files=dict(data["files"]),
         )
+
+
+def flow_record(data: dict) -> FlowRecord:
+    strides = data.get("strides")
+    return FlowRecord(**{**data, "strides": tuple(strides) if strides else None})
+
+
+def format_version_for(flow: FlowRecord) -> int:
+    """The oldest format that says everything this bundle needs a reader to know."""
+    return FLOW_SUBSET_FORMAT_VERSION if flow.strides is not None else FORMAT_VERSION
 
 
 @dataclass(frozen=True)
@@ -223,6 +251,7 @@ def open_bundle(path: str | os.PathLike) -> Bundle:
         )
     try:
         manifest = Manifest.from_json(data)
+        manifest.flow_taps  # flow strides that the encoder does not tap raise ValueError
     except (KeyError, TypeError, ValueError) as error:
         raise BundleError(f"{manifest_path}: missing or malformed field ({error}); re-run edge-calibrate") from None
     for name, expected in manifest.files.items():

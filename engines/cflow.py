@@ -143,15 +143,20 @@ class FoldedDecoders(nn.Module):
 
 class FlowsGraph(nn.Module):
     """What the flows graph computes: per-scale log-likelihood maps and, where the bundle has
-    a whole-part appearance model, each part's distance from the good parts (B,) float32."""
+    a whole-part appearance model, each part's distance from the good parts (B,) float32.
 
-    def __init__(self, folded: FoldedDecoders, part_appearance: nn.Module | None = None):
+    It takes every encoder tap. `flow_taps` names those with a flow (default: all); the
+    whole-part model pools them all, so a station that drops the stride-32 flow (its few
+    positions are the least reliable likelihoods) keeps the coarse stage in its part score."""
+
+    def __init__(self, folded: FoldedDecoders, part_appearance: nn.Module | None = None, flow_taps: tuple[int, ...] | None = None):
         super().__init__()
         self.folded = folded
         self.part_appearance = part_appearance
+        self.flow_taps = tuple(range(len(folded.flows))) if flow_taps is None else tuple(flow_taps)
 
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        maps = self.folded(*features)
+        maps = self.folded(*(features[i] for i in self.flow_taps))
         if self.part_appearance is None:
             return maps
         return (*maps, self.part_appearance(features))

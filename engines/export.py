@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from engines.bundle import PART_DISTANCE
-from engines.cflow import CflowDecoders, FlowsGraph, FoldedDecoders, PreprocessedEncoder
+from engines.cflow import CflowDecoders, FeatureShape, FlowsGraph, FoldedDecoders, PreprocessedEncoder
 from engines.part_appearance import PartAppearance
 
 OPSET = 17
@@ -29,13 +29,16 @@ def export_encoder(encoder: PreprocessedEncoder, input_size: tuple[int, int], pa
 
 
 def export_flows(
-    decoders: CflowDecoders, path: Path, compute_dtype: torch.dtype = torch.float32, part_appearance: PartAppearance | None = None
+    decoders: CflowDecoders, path: Path, compute_dtype: torch.dtype = torch.float32, part_appearance: PartAppearance | None = None,
+    tap_shapes: list[FeatureShape] | None = None, flow_taps: tuple[int, ...] | None = None,
 ) -> None:
-    """Feature maps -> float32 log-likelihood per channel at every position, per scale, and
-    with a part appearance model, the part's distance from the good parts (float32 too)."""
-    graph = FlowsGraph(FoldedDecoders(decoders, compute_dtype), part_appearance).eval()
-    examples = tuple(torch.zeros((1, s.channels, s.height, s.width), dtype=compute_dtype) for s in decoders.shapes)
-    inputs, outputs = feature_names(len(examples)), log_likelihood_names(len(examples))
+    """Every encoder tap's feature maps (`tap_shapes`; default: one per flow) -> float32
+    log-likelihood per channel at every position of each flow's scale (`flow_taps`), and with a
+    part appearance model, the part's distance from the good parts (float32 too)."""
+    graph = FlowsGraph(FoldedDecoders(decoders, compute_dtype), part_appearance, flow_taps).eval()
+    shapes = decoders.shapes if tap_shapes is None else tap_shapes
+    examples = tuple(torch.zeros((1, s.channels, s.height, s.width), dtype=compute_dtype) for s in shapes)
+    inputs, outputs = feature_names(len(examples)), log_likelihood_names(len(decoders.shapes))
     if part_appearance is not None:
         outputs.append(PART_DISTANCE)
     _export(graph, examples, path, inputs, outputs, {name: {0: "batch"} for name in [*inputs, *outputs]})
@@ -43,15 +46,16 @@ def export_flows(
 
 def export_half_graphs(
     encoder: PreprocessedEncoder, decoders: CflowDecoders, input_size: tuple[int, int], encoder_path: Path, flows_path: Path,
-    part_appearance: PartAppearance | None = None,
+    part_appearance: PartAppearance | None = None, tap_shapes: list[FeatureShape] | None = None, flow_taps: tuple[int, ...] | None = None,
 ) -> None:
     """The mixed-precision pair a GPU engine is built from: convolutions and couplings in
     float16 with explicit casts, the input normalisation, every log-likelihood reduction and
     the part appearance model in float32. Strongly typed TensorRT builds exactly these types;
     the weakly typed build constrains each layer to the type declared here. The features
     between the two graphs are float16, so they stay half on the device."""
-    export_encoder(encoder.with_compute_dtype(torch.float16).eval(), input_size, encoder_path, len(decoders.shapes))
-    export_flows(decoders, flows_path, torch.float16, part_appearance)
+    taps = len(decoders.shapes if tap_shapes is None else tap_shapes)
+    export_encoder(encoder.with_compute_dtype(torch.float16).eval(), input_size, encoder_path, taps)
+    export_flows(decoders, flows_path, torch.float16, part_appearance, tap_shapes, flow_taps)
 
 
 def _export(module, args, path: Path, input_names, output_names, dynamic_axes) -> None:

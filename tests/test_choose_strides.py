@@ -48,7 +48,7 @@ def test_choose_strides_keeps_the_best_candidate_and_records_why(good_folder, ma
         assert all(0.0 <= c[k] <= 1.0 for k in ("image_auroc", "pixel_auroc", "pro"))
         assert c["criterion"] == pytest.approx(np.mean([c["image_auroc"], c["pixel_auroc"], c["pro"]]))
     best = choice["candidates"][int(np.argmax(criteria))]  # argmax takes the first of equals, as the choice does
-    assert tuple(choice["chosen"]) == tuple(best["strides"]) == bundle.manifest.encoder.tap_strides
+    assert tuple(choice["chosen"]) == tuple(best["strides"]) == bundle.manifest.flow_strides
 
     # The recorded numbers are the written bundle's own: judged again, they come out the same.
     size, colour = tuple(bundle.manifest.input_size), bundle.manifest.colour

@@ -120,9 +120,46 @@ def test_feature_pooling_is_in_the_bundle_and_its_encoder_graph(good_folder, tmp
     assert np.abs(onnx_maps - torch_maps).max() < 1e-2
 
 
-def test_strides_model_fewer_scales_with_a_shorter_encoder(good_folder, tmp_path):
-    """--strides 8,16: the bundle records two scales, its encoder graph stops after stage 4 and
-    gives exactly the full encoder's first two feature maps, and every backend scores with it."""
+def test_strides_drop_flows_but_the_part_model_keeps_every_stage(good_folder, tmp_path):
+    """--strides 8,16: two flows; the encoder still taps stride 32 for the whole-part model, the
+    bundle says so (format 3, flow.strides) and every backend scores it the same."""
+    import json
+
+    import numpy as np
+    import onnx
+    import pytest
+
+    from engines.bundle import FLOWS_ONNX, MANIFEST, BundleError, open_bundle
+
+    refused = run("calibration.cli", str(good_folder), "-o", str(tmp_path / "bad"), "--strides", "16,8")
+    assert refused.returncode == 2 and "8,16,32" in refused.stderr and "Traceback" not in refused.stderr
+    out = tmp_path / "two"
+    args = ["calibration.cli", str(good_folder), "-o", str(out), "--input-size", "64", "--max-steps", "5", "--threads", "2", "--strides", "8,16", "--json"]
+    result = run(*args)
+    assert result.returncode == 0, result.stderr
+    assert '"part_appearance_statistics": 880' in result.stdout  # mean and deviation of 40 + 80 + 320 channels
+    bundle = open_bundle(out)
+    assert bundle.manifest.encoder.tap_strides == (8, 16, 32) and bundle.manifest.flow_strides == (8, 16)
+    assert bundle.manifest.format_version == 3 and len(bundle.manifest.scoring.log_likelihood_reference) == 2
+    flows = onnx.load(str(bundle.file(FLOWS_ONNX))).graph
+    assert [i.name for i in flows.input] == ["features_0", "features_1", "features_2"]
+    assert [o.name for o in flows.output] == ["log_likelihood_0", "log_likelihood_1", "part_distance"]
+    images = first_images(good_folder)
+    (onnx_maps, onnx_scores), (torch_maps, torch_scores) = inspect_with_both_backends(bundle, images)
+    assert onnx_maps.shape == (3, 64, 64) and np.isfinite(onnx_scores).all()
+    assert np.abs(onnx_maps - torch_maps).max() < 1e-2 and np.abs(onnx_scores - torch_scores).max() < 1e-2
+
+    # A flow stride the encoder does not tap is a broken manifest, named as such.
+    data = json.loads((out / MANIFEST).read_text())
+    data["flow"]["strides"] = [8, 64]
+    (out / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="malformed"):
+        open_bundle(out)
+
+
+def test_strides_without_the_part_model_shorten_the_encoder(good_folder, tmp_path):
+    """--strides 8,16 --no-part-appearance: nothing needs stride 32, so the encoder graph stops
+    after stage 4 and gives exactly the full encoder's first two feature maps."""
     import numpy as np
     import onnx
     import onnxruntime
@@ -132,16 +169,14 @@ def test_strides_model_fewer_scales_with_a_shorter_encoder(good_folder, tmp_path
     from engines.cflow import PreprocessedEncoder
     from engines.encoders import load_encoder
 
-    refused = run("calibration.cli", str(good_folder), "-o", str(tmp_path / "bad"), "--strides", "16,8")
-    assert refused.returncode == 2 and "8,16,32" in refused.stderr and "Traceback" not in refused.stderr
-    out = tmp_path / "fine"
-    args = ["calibration.cli", str(good_folder), "-o", str(out), "--input-size", "64", "--max-steps", "5", "--threads", "2", "--strides", "8,16", "--json"]
+    out = tmp_path / "short"
+    args = ["calibration.cli", str(good_folder), "-o", str(out), "--input-size", "64", "--max-steps", "5", "--threads", "2",
+            "--strides", "8,16", "--no-part-appearance"]
     result = run(*args)
     assert result.returncode == 0, result.stderr
-    assert '"part_appearance_statistics": 240' in result.stdout  # mean and deviation of 40 + 80 channels
     bundle = open_bundle(out)
     assert bundle.manifest.encoder.tap_strides == (8, 16) and bundle.manifest.encoder.tap_channels == (40, 80)
-    assert len(bundle.manifest.scoring.log_likelihood_reference) == 2
+    assert bundle.manifest.format_version == 2 and bundle.manifest.flow.strides is None
 
     short, _ = load_encoder("efficientnet-lite0", tap_strides=(8, 16))
     full, info = load_encoder("efficientnet-lite0")
@@ -155,9 +190,7 @@ def test_strides_model_fewer_scales_with_a_shorter_encoder(good_folder, tmp_path
         reference = PreprocessedEncoder(full, info.mean, info.std).eval()(torch.from_numpy(images))
     for graph_map, full_map in zip(features, reference[:2]):
         assert np.abs(graph_map - full_map.numpy()).max() < 1e-3
-
-    (onnx_maps, onnx_scores), (torch_maps, _) = inspect_with_both_backends(bundle, images)
-    assert onnx_maps.shape == (3, 64, 64) and np.isfinite(onnx_scores).all()
+    (onnx_maps, _), (torch_maps, _) = inspect_with_both_backends(bundle, images)
     assert np.abs(onnx_maps - torch_maps).max() < 1e-2
 
 

