@@ -105,7 +105,10 @@ class Manifest:
     @property
     def flow_taps(self) -> tuple[int, ...]:
         """Which encoder outputs (features_i) the flows read, in order."""
-        return tuple(self.encoder.tap_strides.index(s) for s in self.flow_strides)
+        taps = self.encoder.tap_strides
+        if not set(self.flow_strides) <= set(taps):
+            raise ValueError(f"flow.strides {list(self.flow_strides)} are not all among encoder.tap_strides {list(taps)}")
+        return tuple(taps.index(s) for s in self.flow_strides)
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
