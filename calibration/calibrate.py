@@ -28,6 +28,7 @@ from engines.bundle import (
     EncoderRecord,
     FlowRecord,
     Manifest,
+    flow_tap_indices,
     format_version_for,
     write_bundle,
 )
@@ -174,7 +175,7 @@ def calibrate(
     encoder_module, info = load_encoder(settings.encoder, tap_strides=encoder_taps(settings))
     encoder = PreprocessedEncoder(encoder_module, info.mean, info.std, settings.feature_pooling).eval()
     tap_shapes = feature_shapes(info.tap_channels, info.tap_strides, settings.input_size)
-    flow_taps = tuple(info.tap_strides.index(s) for s in settings.flow_strides)
+    flow_taps = flow_tap_indices(info.tap_strides, settings.flow_strides)
     shapes = [tap_shapes[i] for i in flow_taps]
     train_images = fit.images
     if settings.augment.copies:
@@ -230,7 +231,7 @@ def calibrate(
         report.defect_images = len(defect_scores)
         report.defect_miss_rate = float(np.mean(defect_scores <= thresholds.image))
 
-    flow_record = FlowRecord(**asdict(settings.flow), strides=None if flow_taps == tuple(range(len(tap_shapes))) else settings.flow_strides)
+    flow_record = FlowRecord(**asdict(settings.flow), strides=None if tuple(settings.flow_strides) == info.tap_strides else tuple(settings.flow_strides))
     manifest = Manifest(
         format_version=format_version_for(flow_record),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

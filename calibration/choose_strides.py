@@ -177,7 +177,7 @@ def choose_strides(
         choice = StrideChoice(candidates[best], rule, len(held_paths), len(samples.paths), results, time.monotonic() - started)
         chosen, report = written[best]
         # Recorded before the move, so the bundle at `output` carries its choice from the start.
-        amend_training(chosen.path, "stride_choice", choice.to_json())
+        amend_training(chosen, "stride_choice", choice.to_json())
         move_into_place(chosen.path, output)
         bundle = open_bundle(output)
     finally:

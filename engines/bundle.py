@@ -105,10 +105,7 @@ class Manifest:
     @property
     def flow_taps(self) -> tuple[int, ...]:
         """Which encoder outputs (features_i) the flows read, in order."""
-        taps = self.encoder.tap_strides
-        if not set(self.flow_strides) <= set(taps):
-            raise ValueError(f"flow.strides {list(self.flow_strides)} are not all among encoder.tap_strides {list(taps)}")
-        return tuple(taps.index(s) for s in self.flow_strides)
+        return flow_tap_indices(self.encoder.tap_strides, self.flow_strides)
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
@@ -133,6 +130,13 @@ class Manifest:
             training=dict(data.get("training", {})),
             files=dict(data["files"]),
         )
+
+
+def flow_tap_indices(tap_strides: tuple[int, ...], flow_strides: tuple[int, ...]) -> tuple[int, ...]:
+    """The positions among the encoder's taps of the strides that have a flow."""
+    if not set(flow_strides) <= set(tap_strides):
+        raise ValueError(f"flow.strides {list(flow_strides)} are not all among encoder.tap_strides {list(tap_strides)}")
+    return tuple(tap_strides.index(s) for s in flow_strides)
 
 
 def flow_record(data: dict) -> FlowRecord:
@@ -222,16 +226,14 @@ def move_into_place(source: Path, destination: Path) -> None:
     _fsync_dir(destination.parent)
 
 
-def amend_training(path: str | os.PathLike, key: str, value) -> Bundle:
+def amend_training(bundle: Bundle, key: str, value) -> None:
     """Add a record to a written bundle's manifest `training` section (how it was made; nothing
-    any backend reads). The manifest is replaced atomically; the payload files stay as they are."""
-    path = Path(path)
-    bundle = open_bundle(path)
+    any backend reads). The manifest is replaced atomically; the payload files stay as they are,
+    so the bundle still verifies. Its id changes: open it again to use it."""
     data = bundle.manifest.to_json()
     data["training"] = {**data["training"], key: value}
-    write_atomically(path / MANIFEST, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-    _fsync_dir(path)
-    return open_bundle(path)
+    write_atomically(bundle.path / MANIFEST, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    _fsync_dir(bundle.path)
 
 
 def open_bundle(path: str | os.PathLike) -> Bundle:
