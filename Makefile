@@ -3,12 +3,18 @@
 DATASET ?=
 OUT ?= runs/demo
 
-.PHONY: setup demo test
+.PHONY: setup demo test lint
 setup:
 	@scripts/setup.sh
 
 demo: setup
 	.venv/bin/python scripts/demo.py --out $(OUT) $(if $(DATASET),--dataset $(DATASET))
 
-test: setup
+test: setup lint
 	.venv/bin/python -m pytest -q
+
+# Lint, format check and type check of the daemon and the engines (pyproject.toml has the rules).
+lint: setup
+	.venv/bin/ruff check edge engines
+	.venv/bin/ruff format --check edge engines
+	.venv/bin/mypy

@@ -34,9 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.quality import machine, write_results  # noqa: E402
-from edge.daemon import InferencePlan, plan_inference, usable_cores  # noqa: E402
+from edge.station_engine import InferencePlan, plan_inference, usable_cores  # noqa: E402
 from edge.decision import decide  # noqa: E402
-from edge.station import InspectedPart, render_heatmap  # noqa: E402
+from edge.answer import Answer, Inspected  # noqa: E402
+from edge.heatmap import render_heatmap  # noqa: E402
 from edge.capture import Frame  # noqa: E402
 from engines.backends import ModelOutput, open_backend  # noqa: E402
 from engines.bundle import open_bundle  # noqa: E402
@@ -129,8 +130,9 @@ def stage_breakdown(bundle_path: Path, video: Path, frames: int, broker_port: in
         output = ModelOutput.from_graph_outputs(outputs, backend.scales)
         maps, scores = timed("scoring", inspector.score, output)
         verdict = timed("decision", decide, maps[0], float(scores[0]), thresholds.image, thresholds.pixel, 16, (0, 0, image.shape[1], image.shape[0]))
-        part = InspectedPart(Frame(image, i, time.time()), str(i), verdict, maps[0], model_input, bundle.bundle_id)
-        timed("heatmap_jpeg", render_heatmap, part, None, 85)
+        box = (0, 0, image.shape[1], image.shape[0])
+        answer = Answer.of_inspection("bench", Frame(image, i, time.time()), verdict, bundle.bundle_id, Inspected(maps[0], image, box))
+        timed("heatmap_jpeg", render_heatmap, answer, 85)
         payload = json.dumps({"part_id": str(i), "score": float(scores[0]), "regions": [r.to_json() for r in verdict.regions]})
         timed("publish", lambda: client.publish("bench/result", payload, qos=1).wait_for_publish(2))
     capture.release()

@@ -1,6 +1,7 @@
 """Append-only audit log of every verdict (JSON lines), rotated by size, so a part's verdict can
 be looked up after the fact. A record torn by a power cut is at most the last line, and the
 reader skips it."""
+
 from __future__ import annotations
 
 import errno

@@ -3,6 +3,7 @@
 A source raises SourceUnavailable when it cannot deliver (device gone, stream down, folder
 unmounted); the capture loop reports that and retries with backoff.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,9 +16,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.config import SourceConfig
+from edge.config import FileSourceConfig, FolderSourceConfig, GstreamerSourceConfig, SourceConfig, StreamSourceConfig, V4l2SourceConfig, VideoSourceConfig
+from edge.counters import ThrottledLog
 
 log = logging.getLogger("edge.capture")
+# Sources that deliver a view of the line now, rather than parts that wait to be read.
+LIVE_SOURCES = ("v4l2", "stream", "gstreamer")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -58,8 +62,9 @@ class VideoCaptureSource:
     """V4L2 devices, video files, RTSP/HTTP streams and GStreamer pipelines through OpenCV."""
 
     moves_files = False
+    waits_for_parts = False
 
-    def __init__(self, config: SourceConfig):
+    def __init__(self, config: VideoSourceConfig):
         self.config = config
         self.capture: cv2.VideoCapture | None = None
         self.next_due = 0.0
@@ -67,58 +72,65 @@ class VideoCaptureSource:
     @property
     def description(self) -> str:
         c = self.config
-        return {"v4l2": f"V4L2 device {c.device}", "file": f"video file {c.path}", "stream": f"stream {c.url}", "gstreamer": "GStreamer pipeline"}[c.type]
+        if isinstance(c, V4l2SourceConfig):
+            return f"V4L2 device {c.device}"
+        if isinstance(c, FileSourceConfig):
+            return f"video file {c.path}"
+        if isinstance(c, StreamSourceConfig):
+            return f"stream {c.url}"
+        return "GStreamer pipeline"
 
     def open(self) -> None:
-        c = self.config
-        if c.type == "gstreamer" and not _has_gstreamer():
-            raise SourceUnavailable("this OpenCV build has no GStreamer support; install an OpenCV built with GStreamer (e.g. the distribution's python3-opencv) to use gstreamer sources")
-        if c.type == "file" and not Path(c.path).is_file():
-            raise SourceUnavailable(f"video file {c.path} not found")
-        if c.type == "v4l2":
-            device = int(c.device) if str(c.device).isdigit() else c.device
-            capture = cv2.VideoCapture(device, cv2.CAP_V4L2)
-            if c.width:
-                capture.set(cv2.CAP_PROP_FRAME_WIDTH, c.width)
-            if c.height:
-                capture.set(cv2.CAP_PROP_FRAME_HEIGHT, c.height)
-            if c.fps:
-                capture.set(cv2.CAP_PROP_FPS, c.fps)
-        elif c.type == "gstreamer":
-            capture = cv2.VideoCapture(c.pipeline, cv2.CAP_GSTREAMER)
-        elif c.type == "stream":
-            timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
-            capture = cv2.VideoCapture(c.url, cv2.CAP_FFMPEG, timeouts)
-        else:
-            capture = cv2.VideoCapture(c.path, cv2.CAP_FFMPEG)
+        capture = self._capture()
         if not capture.isOpened():
             capture.release()
             raise SourceUnavailable(f"cannot open {self.description}")
         self.capture = capture
 
+    def _capture(self) -> cv2.VideoCapture:
+        c = self.config
+        if isinstance(c, V4l2SourceConfig):
+            capture = cv2.VideoCapture(int(c.device) if c.device.isdigit() else c.device, cv2.CAP_V4L2)
+            for setting, value in ((cv2.CAP_PROP_FRAME_WIDTH, c.width), (cv2.CAP_PROP_FRAME_HEIGHT, c.height), (cv2.CAP_PROP_FPS, c.fps)):
+                if value:
+                    capture.set(setting, value)
+            return capture
+        if isinstance(c, StreamSourceConfig):
+            timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+            return cv2.VideoCapture(c.url, cv2.CAP_FFMPEG, timeouts)
+        if isinstance(c, GstreamerSourceConfig):
+            if not _has_gstreamer():
+                raise SourceUnavailable("this OpenCV build has no GStreamer support; install an OpenCV built with GStreamer (e.g. the distribution's python3-opencv) to use gstreamer sources")
+            return cv2.VideoCapture(c.pipeline, cv2.CAP_GSTREAMER)
+        if not Path(c.path).is_file():
+            raise SourceUnavailable(f"video file {c.path} not found")
+        return cv2.VideoCapture(c.path, cv2.CAP_FFMPEG)
+
     def read(self, frame_id: int) -> Frame:
         if self.capture is None:
             self.open()
-        if self.config.type == "file" and self.config.fps:
+        capture = self.capture
+        assert capture is not None, "open() sets it or raises"
+        c = self.config
+        if isinstance(c, FileSourceConfig) and c.fps:
             # Pace a file like the camera it stands in for.
             now = time.monotonic()
             if now < self.next_due:
                 time.sleep(self.next_due - now)
-            self.next_due = max(now, self.next_due) + 1.0 / self.config.fps
-        ok, image = self.capture.read()
-        if not ok or image is None:
-            if self.config.type == "file":
-                if not Path(self.config.path).is_file():
-                    self.close()
-                    raise SourceUnavailable(f"video file {self.config.path} disappeared")
-                if self.config.loop:
-                    self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                    ok, image = self.capture.read()
-                if not ok or image is None:
-                    raise EndOfStream()
-            else:
+            self.next_due = max(now, self.next_due) + 1.0 / c.fps
+        ok, image = capture.read()
+        if (not ok or image is None) and isinstance(c, FileSourceConfig):
+            if not Path(c.path).is_file():
                 self.close()
-                raise SourceUnavailable(f"{self.description} stopped delivering frames")
+                raise SourceUnavailable(f"video file {c.path} disappeared")
+            if c.loop:
+                capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                ok, image = capture.read()
+            if not ok or image is None:
+                raise EndOfStream()
+        if not ok or image is None:
+            self.close()
+            raise SourceUnavailable(f"{self.description} stopped delivering frames")
         return Frame(image=image, frame_id=frame_id, t_capture=time.time())
 
     def finish(self, frame: Frame, keep_file: bool = False) -> None:
@@ -142,7 +154,9 @@ class FolderSource:
     suffix) is the part id. Files are taken oldest first, once each; a file is only read once
     its size has stopped changing, so a half-written image is never inspected."""
 
-    def __init__(self, config: SourceConfig):
+    waits_for_parts = True  # read() waits for the next file, and gives control back meanwhile
+
+    def __init__(self, config: FolderSourceConfig):
         self.config = config
         self.folder = Path(config.path)
         self.done_dir = Path(config.done_dir) if config.done_dir else None
@@ -150,7 +164,8 @@ class FolderSource:
         self.sizes: dict[str, int] = {}
         self.pending: set[str] = set()  # read and not yet answered (finish); kept in `seen` meanwhile
         self.pending_lock = threading.Lock()
-        self.move_warnings = 0
+        # A misconfigured done_dir must not flood the journal.
+        self.move_failures = ThrottledLog(log, logging.WARNING)
 
     @property
     def moves_files(self) -> bool:
@@ -231,16 +246,17 @@ class FolderSource:
         try:
             os.replace(self.folder / name, self.done_dir / name)
         except OSError as error:
-            self.move_warnings += 1
-            if self.move_warnings <= 5 or self.move_warnings % 100 == 0:  # a misconfigured done_dir must not flood the journal
-                log.warning(
-                    "folder %s: could not move %s to %s (%s; %d so far); it stays and is inspected again after a restart",
-                    self.folder, name, self.done_dir, error.strerror or error, self.move_warnings,
-                )
+            self.move_failures(
+                "folder %s: could not move %s to %s (%s); it stays and is inspected again after a restart",
+                self.folder,
+                name,
+                self.done_dir,
+                error.strerror or error,
+            )
 
     def close(self) -> None:
         pass
 
 
-def open_source(config: SourceConfig):
-    return FolderSource(config) if config.type == "folder" else VideoCaptureSource(config)
+def open_source(config: SourceConfig) -> FolderSource | VideoCaptureSource:
+    return FolderSource(config) if isinstance(config, FolderSourceConfig) else VideoCaptureSource(config)

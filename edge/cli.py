@@ -1,4 +1,5 @@
 """edge-inspect --config FILE [--validate-config]."""
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.validate_config:
         try:
             for camera in config.cameras:
-                open_bundle(camera.bundle or config.bundle)
+                open_bundle(config.bundle_of(camera))
         except BundleError as error:
             print(f"edge-inspect: {error}", file=sys.stderr)
             return EXIT_BAD_CONFIG

@@ -1,286 +1,98 @@
 """The daemon's YAML config, validated strictly at load.
 
-Every section is a frozen dataclass; the loader walks the YAML node tree so that an unknown key,
-a wrong type or a bad value is refused with the key's dotted path and its line in the file.
-Secrets are read from files (or $CREDENTIALS_DIRECTORY) and never stored in the repr.
+One frozen pydantic model per section, `extra="forbid"` throughout; the camera source is picked
+by its `type`. The YAML is composed with its node tree kept, so that every refusal (an unknown
+key, a wrong type, a bad value) names the key's dotted path and its line in the file.
+Secrets are read from files (or $CREDENTIALS_DIRECTORY) and never kept in a field or a repr.
 """
+
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
-BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
-SOURCE_TYPES = ("v4l2", "file", "stream", "gstreamer", "folder")
-MODES = ("free-run", "triggered")
-HEATMAP_POLICIES = ("rejects", "all", "none")
+from engines.backends import BackendName
 
 
 class ConfigError(ValueError):
     """A config problem; str() is a message naming the file, key and line."""
 
 
-@dataclass(frozen=True)
-class TlsConfig:
-    ca_file: str
-    cert_file: str | None = None
-    key_file: str | None = None
-    key_password_file: str | None = None
-    insecure_skip_hostname_check: bool = False
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    host: str = "localhost"
-    port: int = 1883
-    topic_prefix: str = "edge"
-    client_id: str | None = None
-    username: str | None = None
-    password_file: str | None = None  # else $CREDENTIALS_DIRECTORY/mqtt_password when present
-    keepalive_s: int = 30
-    tls: TlsConfig | None = None
-    password: str | None = field(default=None, repr=False, compare=False)  # filled from password_file
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    type: str
-    path: str | None = None  # file, folder
-    device: str | None = None  # v4l2: /dev/videoN or an index
-    url: str | None = None  # stream
-    pipeline: str | None = None  # gstreamer
-    loop: bool = False  # file
-    width: int | None = None  # v4l2
-    height: int | None = None
-    fps: float | None = None  # v4l2 request; file: pace playback (None = as fast as inspected)
-    poll_interval_s: float = 0.2  # folder
-    done_dir: str | None = None  # folder: move each file here once its part is answered (default: leave it, remember)
-
-
-@dataclass(frozen=True)
-class CameraConfig:
-    source: SourceConfig
-    station: str = field(default_factory=socket.gethostname)
-    roi: tuple[int, int, int, int] | None = None  # x, y, width, height in frame pixels
-    mode: str = "free-run"
-    trigger_timeout_s: float = 2.0
-    bundle: str | None = None  # overrides the top-level bundle
-    min_region_area: int = 16
-
-
-@dataclass(frozen=True)
-class PublishConfig:
-    results: bool = True
-    heatmaps: str = "rejects"
-    heatmap_quality: int = 85
-    stats_interval_s: float = 5.0
-
-
-@dataclass(frozen=True)
-class Config:
-    cameras: tuple[CameraConfig, ...]
-    bundle: str | None = None
-    backend: str = "auto"
-    threads: int = 0  # CPU cores inference may use, all stations together; 0: every core this process may use
-    workers: int = 0  # frames each station inspects at once (ONNX Runtime only); 0: one per core of its share, at most 8
-    # systemd's StateDirectory= sets $STATE_DIRECTORY (per instance for the template unit).
-    state_dir: str = field(default_factory=lambda: os.environ.get("STATE_DIRECTORY", "/var/lib/edge-inspect").split(":")[0])
-    queue_size: int = 4
-    audit_max_bytes: int = 50_000_000
-    audit_backups: int = 5
-    mqtt: MqttConfig = field(default_factory=MqttConfig)
-    publish: PublishConfig = field(default_factory=PublishConfig)
-
-
-class _Reader:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def fail(self, key: str, node: yaml.Node | None, message: str) -> typing.NoReturn:
-        where = f" (line {node.start_mark.line + 1})" if node is not None else ""
-        raise ConfigError(f"{self.path}: {key or 'top level'}{where}: {message}")
-
-    def build(self, cls, node: yaml.Node, key: str):
-        if not isinstance(node, yaml.MappingNode):
-            self.fail(key, node, f"expected a mapping of {cls.__name__} settings")
-        hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.compare or f.name != "password"}
-        settable = {name for name in fields if name != "password"}
-        values, seen = {}, {}
-        for key_node, value_node in node.value:
-            name = key_node.value
-            path = f"{key}.{name}" if key else name
-            if name not in settable:
-                self.fail(path, key_node, f"unknown key; allowed: {', '.join(sorted(settable))}")
-            if name in seen:
-                self.fail(path, key_node, "given twice")
-            seen[name] = key_node
-            values[name] = self.convert(hints[name], value_node, path)
-        for name, f in fields.items():
-            if name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                self.fail(f"{key}.{name}" if key else name, node, "required key missing")
-        try:
-            return cls(**values), seen
-        except TypeError as error:
-            self.fail(key, node, str(error))
-
-    def convert(self, hint, node: yaml.Node, key: str):
-        origin = typing.get_origin(hint)
-        args = typing.get_args(hint)
-        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
-            if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
-                return None
-            inner = [a for a in args if a is not type(None)][0]
-            return self.convert(inner, node, key)
-        if dataclasses.is_dataclass(hint):
-            return self.build(hint, node, key)[0]
-        if origin is tuple:
-            if not isinstance(node, yaml.SequenceNode):
-                self.fail(key, node, "expected a list")
-            if len(args) == 2 and args[1] is Ellipsis:
-                return tuple(self.convert(args[0], item, f"{key}[{i}]") for i, item in enumerate(node.value))
-            if len(node.value) != len(args):
-                self.fail(key, node, f"expected a list of {len(args)} values")
-            return tuple(self.convert(a, item, f"{key}[{i}]") for i, (a, item) in enumerate(zip(args, node.value)))
-        if not isinstance(node, yaml.ScalarNode):
-            self.fail(key, node, f"expected a single {hint.__name__} value")
-        value = yaml.safe_load(yaml.serialize(node))
-        if hint is bool:
-            if not isinstance(value, bool):
-                self.fail(key, node, f"expected true or false, got {node.value!r}")
-            return value
-        if hint is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                self.fail(key, node, f"expected a whole number, got {node.value!r}")
-            return value
-        if hint is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                self.fail(key, node, f"expected a number, got {node.value!r}")
-            return float(value)
-        if hint is str:
-            if isinstance(value, (dict, list)) or value is None:
-                self.fail(key, node, f"expected text, got {node.value!r}")
-            return str(value)
-        raise AssertionError(f"unsupported config type {hint}")
-
-
-def _check(reader: _Reader, cond: bool, key: str, node, message: str) -> None:
-    if not cond:
-        reader.fail(key, node, message)
-
-
-def load_config(path: str | os.PathLike) -> Config:
-    """Parse and validate; raises ConfigError with the file, key and line."""
-    path = Path(path)
-    reader = _Reader(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    if root is None:
-        raise ConfigError(f"{path}: empty config; at least 'bundle' and 'cameras' are needed")
-    config, seen = reader.build(Config, root, "")
-    config = _resolve_paths(config, path.parent)
-    validate(config, reader, root, seen, path.parent)
-    return _with_secrets(config, reader, seen)
-
-
-def _node_of(root: yaml.Node, dotted: str):
-    node = root
-    for part in dotted.replace("]", "").replace("[", ".").split("."):
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == part), node)
-        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
-            node = node.value[int(part)]
-    return node
-
-
-def validate(config: Config, reader: _Reader, root: yaml.Node, seen: dict, base: Path) -> None:
-    def check(cond, key, message):
-        _check(reader, cond, key, _node_of(root, key), message)
-
-    check(config.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
-    check(config.threads >= 0, "threads", "must be 0 (all cores) or more")
-    check(0 <= config.workers <= 64, "workers", "must be between 0 (one per core) and 64")
-    check(1 <= config.queue_size <= 1000, "queue_size", "must be between 1 and 1000")
-    check(config.audit_max_bytes >= 10_000, "audit_max_bytes", "must be at least 10000")
-    check(0 <= config.audit_backups <= 1000, "audit_backups", "must be between 0 and 1000")
-    check(len(config.cameras) >= 1, "cameras", "at least one camera is needed")
-    m = config.mqtt
-    check(1 <= m.port <= 65535, "mqtt.port", f"port {m.port} out of range 1-65535")
-    check(bool(m.host.strip()), "mqtt.host", "must not be empty")
-    check(5 <= m.keepalive_s <= 3600, "mqtt.keepalive_s", "must be between 5 and 3600")
-    check(_valid_topic_part(m.topic_prefix, allow_slash=True), "mqtt.topic_prefix", "must be non-empty, without +, # or empty levels")
-    if m.password_file:
-        check(os.access(m.password_file, os.R_OK), "mqtt.password_file", f"cannot read {m.password_file}")
-    if m.tls is not None:
-        for name in ("ca_file", "cert_file", "key_file", "key_password_file"):
-            value = getattr(m.tls, name)
-            if value is not None:
-                check(os.access(value, os.R_OK), f"mqtt.tls.{name}", f"cannot read {value}")
-        check((m.tls.cert_file is None) == (m.tls.key_file is None), "mqtt.tls", "cert_file and key_file go together")
-    p = config.publish
-    check(p.heatmaps in HEATMAP_POLICIES, "publish.heatmaps", f"must be one of {', '.join(HEATMAP_POLICIES)}")
-    check(1 <= p.heatmap_quality <= 100, "publish.heatmap_quality", "must be between 1 and 100")
-    check(p.stats_interval_s >= 0.5, "publish.stats_interval_s", "must be at least 0.5")
-    stations = set()
-    for i, camera in enumerate(config.cameras):
-        key = f"cameras[{i}]"
-        check(_valid_topic_part(camera.station, allow_slash=False), f"{key}.station", "must be non-empty, without /, + or #")
-        check(camera.station not in stations, f"{key}.station", f"station {camera.station!r} is used twice")
-        stations.add(camera.station)
-        check(camera.mode in MODES, f"{key}.mode", f"must be one of {', '.join(MODES)}")
-        check(camera.trigger_timeout_s > 0, f"{key}.trigger_timeout_s", "must be positive")
-        check(camera.min_region_area >= 1, f"{key}.min_region_area", "must be at least 1")
-        if camera.roi is not None:
-            x, y, w, h = camera.roi
-            check(x >= 0 and y >= 0 and w >= 8 and h >= 8, f"{key}.roi", "expected [x, y, width, height] with x, y >= 0 and a size of at least 8x8")
-        bundle = camera.bundle or config.bundle
-        check(bundle is not None, f"{key}.bundle", "no bundle: set 'bundle' at the top level or per camera")
-        check(Path(bundle).is_dir(), f"{key}.bundle" if camera.bundle else "bundle", f"bundle directory {bundle} not found (run edge-calibrate first)")
-        s = camera.source
-        skey = f"{key}.source"
-        check(s.type in SOURCE_TYPES, f"{skey}.type", f"must be one of {', '.join(SOURCE_TYPES)}")
-        needed = {"file": "path", "folder": "path", "v4l2": "device", "stream": "url", "gstreamer": "pipeline"}[s.type]
-        check(getattr(s, needed) is not None, skey, f"a {s.type} source needs '{needed}'")
-        if s.type == "file":
-            check(Path(s.path).is_file(), f"{skey}.path", f"video file {s.path} not found")
-        if s.type == "folder":
-            check(Path(s.path).is_dir(), f"{skey}.path", f"folder {s.path} not found")
-        if s.type == "stream":
-            check(s.url.split("://", 1)[0].lower() in ("rtsp", "rtsps", "http", "https"), f"{skey}.url", "expected an rtsp:// or http(s):// URL")
-        check(s.poll_interval_s > 0, f"{skey}.poll_interval_s", "must be positive")
-        check(s.fps is None or s.fps > 0, f"{skey}.fps", "must be positive")
-
-
-def _resolve_paths(config: Config, base: Path) -> Config:
+def _resolve(value: str, info: ValidationInfo) -> str:
     """Relative paths in a config are relative to the config file, not to the working directory."""
+    base = (info.context or {}).get("base")
+    return value if base is None or os.path.isabs(value) else str((base / value).resolve())
 
-    def resolve(value):
-        return value if value is None or os.path.isabs(value) else str((base / value).resolve())
 
-    replace = dataclasses.replace
-    cameras = tuple(
-        replace(c, bundle=resolve(c.bundle), source=replace(c.source, path=resolve(c.source.path), done_dir=resolve(c.source.done_dir)))
-        for c in config.cameras
-    )
-    m = config.mqtt
-    tls = m.tls and replace(
-        m.tls,
-        ca_file=resolve(m.tls.ca_file), cert_file=resolve(m.tls.cert_file),
-        key_file=resolve(m.tls.key_file), key_password_file=resolve(m.tls.key_password_file),
-    )
-    mqtt = replace(m, password_file=resolve(m.password_file), tls=tls)
-    return replace(config, cameras=cameras, bundle=resolve(config.bundle), state_dir=resolve(config.state_dir), mqtt=mqtt)
+def _readable(value: str) -> str:
+    if not os.access(value, os.R_OK):
+        raise ValueError(f"cannot read {value}")
+    return value
+
+
+def _video_file(value: str) -> str:
+    if not Path(value).is_file():
+        raise ValueError(f"video file {value} not found")
+    return value
+
+
+def _folder(value: str) -> str:
+    if not Path(value).is_dir():
+        raise ValueError(f"folder {value} not found")
+    return value
+
+
+def _stream_url(value: str) -> str:
+    if value.split("://", 1)[0].lower() not in ("rtsp", "rtsps", "http", "https"):
+        raise ValueError("expected an rtsp:// or http(s):// URL")
+    return value
+
+
+def _topic_prefix(value: str) -> str:
+    if not _valid_topic_part(value, allow_slash=True):
+        raise ValueError("must be non-empty, without +, # or empty levels")
+    return value
+
+
+def _station(value: str) -> str:
+    if not _valid_topic_part(value, allow_slash=False):
+        raise ValueError("must be non-empty, without /, + or #")
+    return value
+
+
+def _roi(value: tuple[int, ...]) -> tuple[int, ...]:
+    # One message for the shape and the bounds: it says what an ROI is, which pydantic's per-item errors would not.
+    if len(value) != 4 or value[0] < 0 or value[1] < 0 or value[2] < 8 or value[3] < 8:
+        raise ValueError("expected [x, y, width, height] with x, y >= 0 and a size of at least 8x8")
+    return value
+
+
+def _some_cameras(value: tuple) -> tuple:
+    # Not Field(min_length=1): pydantic counts only the cameras that validated, and would add
+    # "too short" to every error inside a lone camera.
+    if not value:
+        raise ValueError("at least one camera is needed")
+    return value
 
 
 def _valid_topic_part(text: str, allow_slash: bool) -> bool:
@@ -291,13 +103,306 @@ def _valid_topic_part(text: str, allow_slash: bool) -> bool:
     return all(level for level in text.split("/"))
 
 
-def _with_secrets(config: Config, reader: _Reader, seen: dict) -> Config:
-    m = config.mqtt
-    password_file = m.password_file
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if password_file is None and credentials and Path(credentials, "mqtt_password").is_file():
-        password_file = str(Path(credentials, "mqtt_password"))
-    if password_file is None:
-        return config
-    password = Path(password_file).read_text().rstrip("\r\n")
-    return dataclasses.replace(config, mqtt=dataclasses.replace(m, password=password))
+# Strict scalars: YAML already types its values, so "5" for a number or "yes please" for a flag is
+# a mistake to report, not to convert. Floats take whole numbers (fps: 25).
+PathSetting = Annotated[str, AfterValidator(_resolve)]
+ReadableFile = Annotated[str, AfterValidator(_resolve), AfterValidator(_readable)]
+Positive = Annotated[StrictFloat, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    # Numbers become text where text is expected: `device: 0` and `station: 12` are names.
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+
+class TlsConfig(_Section):
+    ca_file: ReadableFile
+    cert_file: ReadableFile | None = None
+    key_file: ReadableFile | None = None
+    key_password_file: ReadableFile | None = None
+    insecure_skip_hostname_check: StrictBool = False
+
+    @model_validator(mode="after")
+    def _client_certificate_is_whole(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class MqttConfig(_Section):
+    host: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)] = "localhost"
+    port: Annotated[StrictInt, Field(ge=1, le=65535)] = 1883
+    topic_prefix: Annotated[str, AfterValidator(_topic_prefix)] = "edge"
+    client_id: str | None = None
+    username: str | None = None
+    password_file: ReadableFile | None = None  # else $CREDENTIALS_DIRECTORY/mqtt_password when present
+    keepalive_s: Annotated[StrictInt, Field(ge=5, le=3600)] = 30
+    tls: TlsConfig | None = None
+    # Private, so that it is no key of the file and stays out of repr and str.
+    _password: str | None = PrivateAttr(default=None)
+
+    @property
+    def password(self) -> str | None:
+        return self._password
+
+    @model_validator(mode="after")
+    def _read_password(self) -> MqttConfig:
+        path = self.password_file
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if path is None and credentials and Path(credentials, "mqtt_password").is_file():
+            path = str(Path(credentials, "mqtt_password"))
+        if path is not None:
+            try:
+                self._password = Path(path).read_text().rstrip("\r\n")
+            except OSError as error:
+                raise ValueError(f"cannot read {path} ({error.strerror})") from None
+        return self
+
+
+# Each source type has only its own keys; code that reads them narrows by type (edge/capture.py).
+
+
+class V4l2SourceConfig(_Section):
+    type: Literal["v4l2"]
+    device: str  # /dev/videoN or an index
+    width: StrictInt | None = None
+    height: StrictInt | None = None
+    fps: Positive | None = None  # asked of the device
+
+
+class FileSourceConfig(_Section):
+    type: Literal["file"]
+    path: Annotated[str, AfterValidator(_resolve), AfterValidator(_video_file)]
+    loop: StrictBool = False
+    fps: Positive | None = None  # pace playback like a camera; None: as fast as inspected
+
+
+class StreamSourceConfig(_Section):
+    type: Literal["stream"]
+    url: Annotated[str, AfterValidator(_stream_url)]
+
+
+class GstreamerSourceConfig(_Section):
+    type: Literal["gstreamer"]
+    pipeline: str
+
+
+class FolderSourceConfig(_Section):
+    type: Literal["folder"]
+    path: Annotated[str, AfterValidator(_resolve), AfterValidator(_folder)]
+    poll_interval_s: Positive = 0.2
+    done_dir: PathSetting | None = None  # move each file here once its part is answered (default: leave it, remember)
+
+
+_SOURCE_MODELS = (V4l2SourceConfig, FileSourceConfig, StreamSourceConfig, GstreamerSourceConfig, FolderSourceConfig)
+SOURCE_TYPES: tuple[str, ...] = tuple(typing.get_args(m.model_fields["type"].annotation)[0] for m in _SOURCE_MODELS)
+_SOURCE_BY_TYPE: dict[str, type[BaseModel]] = dict(zip(SOURCE_TYPES, _SOURCE_MODELS))
+VideoSourceConfig = V4l2SourceConfig | FileSourceConfig | StreamSourceConfig | GstreamerSourceConfig  # read through OpenCV
+SourceConfig = Annotated[
+    V4l2SourceConfig | FileSourceConfig | StreamSourceConfig | GstreamerSourceConfig | FolderSourceConfig,
+    Field(discriminator="type"),
+]
+_SOURCE_ADAPTER: TypeAdapter[SourceConfig] = TypeAdapter(SourceConfig)
+
+
+def source_config(**keys) -> SourceConfig:
+    """A camera source from its keys, as under `source:` in the file (type picks the model)."""
+    return _SOURCE_ADAPTER.validate_python(keys)
+
+
+class CameraConfig(_Section):
+    source: SourceConfig
+    station: Annotated[str, AfterValidator(_station)] = Field(default_factory=socket.gethostname, validate_default=True)
+    roi: Annotated[tuple[StrictInt, ...], AfterValidator(_roi)] | None = None  # x, y, width, height in frame pixels
+    mode: Literal["free-run", "triggered"] = "free-run"
+    trigger_timeout_s: Positive = 2.0
+    bundle: PathSetting | None = None  # overrides the top-level bundle
+    min_region_area: Annotated[StrictInt, Field(ge=1)] = 16
+
+
+class PublishConfig(_Section):
+    results: StrictBool = True
+    heatmaps: Literal["rejects", "all", "none"] = "rejects"
+    heatmap_quality: Annotated[StrictInt, Field(ge=1, le=100)] = 85
+    stats_interval_s: Annotated[StrictFloat, Field(ge=0.5)] = 5.0
+
+
+def _default_state_dir() -> str:
+    # systemd's StateDirectory= sets $STATE_DIRECTORY (per instance for the template unit).
+    return os.environ.get("STATE_DIRECTORY", "/var/lib/edge-inspect").split(":")[0]
+
+
+class Config(_Section):
+    cameras: Annotated[tuple[CameraConfig, ...], AfterValidator(_some_cameras)]
+    bundle: PathSetting | None = None
+    backend: BackendName = "auto"
+    threads: Annotated[StrictInt, Field(ge=0)] = 0  # CPU cores inference may use, all stations together; 0: every core this process may use
+    workers: Annotated[StrictInt, Field(ge=0, le=64)] = 0  # frames each station inspects at once (ONNX Runtime only); 0: one per core of its share, at most 8
+    state_dir: PathSetting = Field(default_factory=_default_state_dir, validate_default=True)
+    queue_size: Annotated[StrictInt, Field(ge=1, le=1000)] = 4
+    audit_max_bytes: Annotated[StrictInt, Field(ge=10_000)] = 50_000_000
+    audit_backups: Annotated[StrictInt, Field(ge=0, le=1000)] = 5
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+
+    def bundle_of(self, camera: CameraConfig) -> str:
+        """The bundle directory a camera inspects with: its own, else the top-level one (load_config
+        refuses a camera with neither)."""
+        bundle = camera.bundle or self.bundle
+        if bundle is None:
+            raise ConfigError(f"camera {camera.station} has no bundle: set 'bundle' at the top level or per camera")
+        return bundle
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Parse and validate; raises ConfigError with the file, key and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
+    data, root = _parse_yaml(path, text)
+    try:
+        config = Config.model_validate(data, context={"base": path.parent})
+    except ValidationError as error:
+        raise ConfigError("\n".join(_message(path, root, e) for e in error.errors(include_url=False))) from None
+    problem = _check_cameras(config)
+    if problem is not None:
+        keys, message = problem
+        raise ConfigError(_located(path, root, keys, message))
+    return config
+
+
+def _parse_yaml(path: Path, text: str) -> tuple[object, yaml.Node]:
+    """The plain data, and the node tree its lines are looked up in."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            raise ConfigError(f"{path}: empty config; at least 'bundle' and 'cameras' are needed")
+        _refuse_repeated_keys(path, root, [], set())
+        return loader.construct_document(root), root
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    finally:
+        loader.dispose()
+
+
+def _refuse_repeated_keys(path: Path, node: yaml.Node, keys: list, visited: set[int]) -> None:
+    # YAML keeps the last of a repeated key; a config edited twice in one place must not silently lose the first.
+    if id(node) in visited:  # an alias: checked where its anchor is
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in seen:
+                    raise ConfigError(f"{path}: {_dotted([*keys, key_node.value])} (line {key_node.start_mark.line + 1}): given twice")
+                seen.add(key_node.value)
+            _refuse_repeated_keys(path, value_node, [*keys, key_node.value], visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_repeated_keys(path, item, [*keys, index], visited)
+
+
+def _check_cameras(config: Config) -> tuple[list, str] | None:
+    """What no single section can check: stations against each other, and each camera's bundle."""
+    stations = set()
+    for i, camera in enumerate(config.cameras):
+        if camera.station in stations:
+            return ["cameras", i, "station"], f"station {camera.station!r} is used twice"
+        stations.add(camera.station)
+        bundle = camera.bundle or config.bundle
+        if bundle is None:
+            return ["cameras", i, "bundle"], "no bundle: set 'bundle' at the top level or per camera"
+        if not Path(bundle).is_dir():
+            return (["cameras", i, "bundle"] if camera.bundle else ["bundle"]), f"bundle directory {bundle} not found (run edge-calibrate first)"
+    return None
+
+
+def _message(path: Path, root: yaml.Node, error) -> str:
+    """One pydantic error as the key written in the file, its line and what to do."""
+    loc = error["loc"]
+    keys, source_type, _ = _walk(loc)
+    kind = error["type"]
+    message = error["msg"]
+    if kind == "extra_forbidden":
+        section = _walk(loc[:-1])[2]
+        allowed = ", ".join(sorted(section.model_fields)) if section is not None else "none"
+        message = f"unknown key for a {source_type} source; allowed: {allowed}" if source_type else f"unknown key; allowed: {allowed}"
+    elif kind == "missing" and source_type:
+        keys, message = keys[:-1], f"a {source_type} source needs '{keys[-1]}'"
+    elif kind == "missing":
+        message = "required key missing"
+    elif kind == "union_tag_invalid":
+        keys, message = [*keys, "type"], f"must be one of {', '.join(SOURCE_TYPES)}"
+    elif kind == "union_tag_not_found":
+        keys, message = [*keys, "type"], "required key missing"
+    elif kind == "value_error":
+        message = str(error["ctx"]["error"])  # our own validators' words, without pydantic's "Value error, "
+    elif kind in ("model_type", "model_attributes_type", "dict_type"):
+        message = "expected a mapping of settings"
+    elif kind in ("tuple_type", "list_type"):
+        message = "expected a list"
+    elif isinstance(error.get("input"), (str, int, float)):
+        message = f"{message}, got {error['input']!r}"
+    return _located(path, root, keys, message)
+
+
+def _located(path: Path, root: yaml.Node, keys: list, message: str) -> str:
+    return f"{path}: {_dotted(keys) or 'top level'} (line {_line_of(root, keys)}): {message}"
+
+
+def _dotted(keys: list) -> str:
+    text = ""
+    for key in keys:
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else str(key))
+    return text
+
+
+def _line_of(root: yaml.Node, keys: list) -> int:
+    """The line of the deepest of `keys` that is in the file: a missing key is reported on its section's line."""
+    node, line = root, root.start_mark.line + 1
+    for key in keys:
+        if isinstance(node, yaml.MappingNode):
+            pair = next(((k, v) for k, v in node.value if k.value == key), None)
+            if pair is None:
+                break
+            line, node = pair[0].start_mark.line + 1, pair[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and 0 <= key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _walk(loc: tuple) -> tuple[list, str | None, type[BaseModel] | None]:
+    """Pydantic's error location as the keys written in the file, the source type it passed
+    through, and the model that reads the mapping it ends at (None past any model). A source's
+    location carries the type tag pydantic picked its model by (cameras.0.source.file.path),
+    which is no key in the file."""
+    keys: list = []
+    source_type = None
+    section: type[BaseModel] | None = Config
+    at_source = False
+    for part in loc:
+        if at_source:
+            source_type, section, at_source = part, _SOURCE_BY_TYPE.get(part), False
+            continue
+        keys.append(part)
+        if isinstance(part, int) or section is None:
+            continue  # an item of a list is read by the list's model (cameras)
+        field = section.model_fields.get(part)
+        inner = _sections_in(field.annotation) if field is not None else []
+        at_source = len(inner) > 1
+        section = inner[0] if len(inner) == 1 else None
+    return keys, source_type, section
+
+
+def _sections_in(annotation) -> list[type[BaseModel]]:
+    """The models in a field's type: one for a section, several for the source union."""
+    if typing.get_origin(annotation) is None and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in _sections_in(arg)]

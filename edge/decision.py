@@ -1,4 +1,5 @@
 """Anomaly map and score to a verdict with defect regions, against the calibrated thresholds."""
+
 from __future__ import annotations
 
 import math
@@ -76,9 +77,12 @@ def decide(
         peak = float(anomaly_map[labels == index].max())
         regions.append(
             DefectRegion(
-                x=box_x + int(x * sx), y=box_y + int(y * sy),
-                width=max(1, int(round(w * sx))), height=max(1, int(round(h * sy))),
-                area=frame_area, peak=peak,
+                x=box_x + int(x * sx),
+                y=box_y + int(y * sy),
+                width=max(1, int(round(w * sx))),
+                height=max(1, int(round(h * sy))),
+                area=frame_area,
+                peak=peak,
             )
         )
     regions.sort(key=lambda r: -r.peak)

@@ -6,6 +6,7 @@ dedupes by part id would drop a real reject. Numbers are reserved in blocks: the
 block is on disk before any number in it is used, and a start resumes at the last reserved end.
 A restart therefore skips ahead (gaps are harmless) and one write serves a block's worth of frames.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,13 +1,14 @@
 """Rejects that must reach the PLC survive a broker outage and a power cut: each is a file,
 written (temp, fsync, rename) before it is published and deleted only when the broker has
 acknowledged it (PUBACK)."""
+
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from edge.audit import DISK_FULL
 from engines.atomic_file import TEMP_SUFFIX, write_atomically
@@ -39,8 +40,10 @@ class Outbox:
         self.lock = threading.Lock()
         for leftover in self.directory.glob(f"*{TEMP_SUFFIX}"):
             leftover.unlink(missing_ok=True)  # torn by a power cut before its rename: never acknowledged
-        existing = [int(p.stem) for p in self.directory.glob("*.json") if p.stem.isdigit()]
-        self.next_sequence = max(existing, default=0) + 1
+        # The sequences on disk, listed once here and kept up to date by put/save/done: a flush
+        # and the stats ask often, and a long outage leaves thousands of files.
+        self.sequences: set[int] = {int(p.stem) for p in self.directory.glob("*.json") if p.stem.isdigit()}
+        self.next_sequence = max(self.sequences, default=0) + 1
 
     def put(self, topic: str, payload: dict) -> PendingMessage:
         with self.lock:
@@ -59,25 +62,32 @@ class Outbox:
         """Write one message durably; also how a message put() could not save is saved later
         (same sequence, so delivery order holds)."""
         record = {"sequence": message.sequence, "topic": message.topic, "payload": message.payload}
-        write_atomically(self.directory / f"{message.sequence:012d}.json", json.dumps(record).encode())
+        write_atomically(self._path(message.sequence), json.dumps(record).encode())
+        with self.lock:
+            self.sequences.add(message.sequence)
 
     def done(self, sequence: int) -> None:
-        (self.directory / f"{sequence:012d}.json").unlink(missing_ok=True)
+        with self.lock:
+            self.sequences.discard(sequence)
+        self._path(sequence).unlink(missing_ok=True)
+
+    def _path(self, sequence: int) -> Path:
+        return self.directory / f"{sequence:012d}.json"
 
     def pending(self, after: int = 0) -> list[PendingMessage]:
         """Undelivered messages with a sequence above `after`, oldest first; only those files are
-        read (a flush re-lists often, and a long outage leaves many). An unreadable file is
-        skipped, not fatal."""
+        read. An unreadable file is skipped, not fatal."""
+        with self.lock:
+            wanted = sorted(sequence for sequence in self.sequences if sequence > after)
         out = []
-        for path in sorted(self.directory.glob("*.json")):
-            if not path.stem.isdigit() or int(path.stem) <= after:
-                continue
+        for sequence in wanted:
             try:
-                data = json.loads(path.read_text())
+                data = json.loads(self._path(sequence).read_text())
                 out.append(PendingMessage(int(data["sequence"]), str(data["topic"]), dict(data["payload"])))
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         return out
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.directory.glob("*.json"))
+        with self.lock:
+            return len(self.sequences)

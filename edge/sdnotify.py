@@ -1,4 +1,5 @@
 """systemd's notify protocol (sd_notify) over $NOTIFY_SOCKET, without libsystemd."""
+
 from __future__ import annotations
 
 import os
@@ -38,11 +39,11 @@ class SystemdNotifier:
         return usec / 1e6 / 2.0
 
     def notify(self, *fields: str) -> None:
-        sock = self.socket  # close() may run on another thread
-        if sock is None:
+        sock, address = self.socket, self.address  # close() may run on another thread
+        if sock is None or address is None:
             return
         try:
-            sock.sendto("\n".join(fields).encode(), self.address)
+            sock.sendto("\n".join(fields).encode(), address)
         except OSError:
             pass  # systemd gone (shutdown); nothing useful to do
 

@@ -1,4 +1,5 @@
 """Rolling station statistics: throughput, latency percentiles, drops, reject rate, score drift."""
+
 from __future__ import annotations
 
 import collections
@@ -6,6 +7,8 @@ import threading
 import time
 
 import numpy as np
+
+from edge.counters import Counter
 
 
 class StationStats:
@@ -15,8 +18,15 @@ class StationStats:
         self.pass_scores: collections.deque[float] = collections.deque(maxlen=window)
         self.finished: collections.deque[float] = collections.deque(maxlen=window)
         self.calibration = good_score_quantiles
-        self.parts = self.rejects = self.dropped = self.bad_frames = self.trigger_timeouts = self.bad_triggers = 0
-        self.inference_errors = self.not_inspected = 0
+        self.parts = 0  # inspected: written under the lock with the windows
+        self.rejects = 0
+        # Counted from capture, inference, the publisher and MQTT's thread.
+        self.dropped = Counter()
+        self.bad_frames = Counter()
+        self.trigger_timeouts = Counter()
+        self.bad_triggers = Counter()
+        self.inference_errors = Counter()
+        self.not_inspected = Counter()
         self.started = time.monotonic()
 
     def record(self, latency_ms: float, score: float, reject: bool) -> None:
@@ -29,40 +39,38 @@ class StationStats:
             else:
                 self.pass_scores.append(score)
 
-    def count(self, name: str, n: int = 1) -> None:
-        with self.lock:
-            setattr(self, name, getattr(self, name) + n)
+    def _drift(self) -> dict | None:
+        """Where passing parts sit now against the calibration's good parts, in units of the
+        calibration's own q50..q95 spread. Lighting or lens changes move this first."""
+        if len(self.pass_scores) < 20 or "q50" not in self.calibration:
+            return None
+        recent = np.array(self.pass_scores)
+        spread = max(self.calibration.get("q95", 0) - self.calibration["q50"], 1e-6)
+        return {
+            "recent_median": float(np.median(recent)),
+            "recent_q95": float(np.quantile(recent, 0.95)),
+            "calibration_median": self.calibration["q50"],
+            "calibration_q95": self.calibration.get("q95"),
+            "median_shift_in_spreads": float((np.median(recent) - self.calibration["q50"]) / spread),
+        }
 
     def snapshot(self) -> dict:
         with self.lock:
             latencies = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
             span = self.finished[-1] - self.finished[0] if len(self.finished) > 1 else 0.0
             fps = (len(self.finished) - 1) / span if span > 0 else 0.0
-            drift = None
-            if len(self.pass_scores) >= 20 and "q50" in self.calibration:
-                recent = np.array(self.pass_scores)
-                # Drift: where passing parts sit now against the calibration's good parts, in units
-                # of the calibration's own q50..q95 spread. Lighting or lens changes move this first.
-                spread = max(self.calibration.get("q95", 0) - self.calibration["q50"], 1e-6)
-                drift = {
-                    "recent_median": float(np.median(recent)),
-                    "recent_q95": float(np.quantile(recent, 0.95)),
-                    "calibration_median": self.calibration["q50"],
-                    "calibration_q95": self.calibration.get("q95"),
-                    "median_shift_in_spreads": float((np.median(recent) - self.calibration["q50"]) / spread),
-                }
             return {
                 "parts": self.parts,
                 "rejects": self.rejects,
                 "reject_rate": self.rejects / self.parts if self.parts else 0.0,
                 "fps": round(fps, 2),
                 "latency_ms": {f"p{p}": round(float(np.percentile(latencies, p)), 2) for p in (50, 95, 99)},
-                "dropped_frames": self.dropped,
-                "bad_frames": self.bad_frames,
-                "trigger_timeouts": self.trigger_timeouts,
-                "bad_triggers": self.bad_triggers,
-                "inference_errors": self.inference_errors,
-                "not_inspected": self.not_inspected,
+                "dropped_frames": self.dropped.value,
+                "bad_frames": self.bad_frames.value,
+                "trigger_timeouts": self.trigger_timeouts.value,
+                "bad_triggers": self.bad_triggers.value,
+                "inference_errors": self.inference_errors.value,
+                "not_inspected": self.not_inspected.value,
                 "uptime_s": round(time.monotonic() - self.started, 1),
-                "drift": drift,
+                "drift": self._drift(),
             }

@@ -5,6 +5,7 @@ enough for CFLOW-AD to learn "normal". Defects are painted after the good part i
 only where the mask is set, so the mask is exactly the changed pixels. Pixel sizes quoted here are
 for size=256 and scale with size. No torch: this runs on the line PC for the demo.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,13 +39,13 @@ def _template(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ink = np.zeros_like(body)
     cv2.circle(ink, (int(c), int(c)), int(0.2 * big), 255, int(0.014 * big))
     cv2.rectangle(ink, (int(c - 0.12 * big), int(0.74 * big)), (int(c + 0.12 * big), int(0.77 * big)), 255, -1)
-    alpha = cv2.resize(body, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
-    ink = cv2.resize(ink, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    alpha: np.ndarray = cv2.resize(body, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    ink_alpha = cv2.resize(ink, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
 
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
     # Fixed low-frequency shading: a lit side and a soft specular lobe, as under a dome light.
     shade = 1 + 0.12 * (xx * _LIGHT[0] + yy * _LIGHT[1]) + 0.08 * np.exp(-((xx + 0.12) ** 2 + (yy + 0.15) ** 2) / 0.05)
-    gray = 150 * shade * (1 - 0.5 * ink)
+    gray = 150 * shade * (1 - 0.5 * ink_alpha)
     # Bevel: surfaces facing the light are brighter; this also darkens the lit side of each hole.
     soft = cv2.GaussianBlur(alpha, (0, 0), 1.2 * size / 256)
     gx, gy = cv2.Sobel(soft, cv2.CV_32F, 1, 0), cv2.Sobel(soft, cv2.CV_32F, 0, 1)
@@ -91,12 +92,13 @@ def _dent(rng, size, s, center, img):
 
 
 def _stain(rng, size, s, center, img):
-    radius, layer = rng.uniform(5, 17.5) * s, np.zeros((size, size), np.float32)
+    radius = rng.uniform(5, 17.5) * s
+    layer: np.ndarray = np.zeros((size, size), np.float32)
     for _ in range(int(rng.integers(3, 6))):  # overlapping drops make an irregular outline
         x, y = np.array(center) + np.clip(rng.normal(0, 0.2 * radius, 2), -0.3 * radius, 0.3 * radius)
         drop = round(rng.uniform(0.35, 0.55) * radius * 16)  # shift=4: sub-pixel centre and radius
         cv2.circle(layer, (round(x * 16), round(y * 16)), drop, 1.0, -1, cv2.LINE_AA, 4)
-    layer = cv2.GaussianBlur(layer, (0, 0), max(1.0, 0.15 * radius))
+    layer = np.asarray(cv2.GaussianBlur(layer, (0, 0), max(1.0, 0.15 * radius)), np.float32)
     blotch = cv2.GaussianBlur(rng.random((size, size), dtype=np.float32), (0, 0), 2 * s)
     layer *= 0.65 + (blotch - blotch.min()) / (np.ptp(blotch) + 1e-6) * 0.35
     layer /= layer.max()
@@ -121,9 +123,9 @@ def make_part(rng: np.random.Generator, size: int = 256, defect: str | None = No
     texture = 5 * grain / grain.std() + 2.5 * fine / fine.std()
     img = color + (texture * alpha)[..., None]
     angle, shift = rng.uniform(0, 2 * math.pi), rng.uniform(0, 1)  # |jitter| <= 1 px
-    warp = np.float32([[1, 0, shift * math.cos(angle)], [0, 1, shift * math.sin(angle)]])
+    warp = np.array([[1, 0, shift * math.cos(angle)], [0, 1, shift * math.sin(angle)]], np.float32)
     img = cv2.warpAffine(img, warp, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    img = img * rng.uniform(0.95, 1.05) + rng.normal(0, 1.5, img.shape).astype(np.float32)  # lighting, sensor
+    img = img * rng.uniform(0.95, 1.05) + np.asarray(rng.normal(0, 1.5, img.shape), np.float32)  # lighting, sensor
     mask = np.zeros((size, size), np.uint8)
     if defect is not None:
         ys, xs = np.nonzero(surface)
@@ -168,7 +170,7 @@ def write_good_folder(folder, count: int, seed: int, size: int = 256, like_strea
 
 def _mjpg_roundtrip(frames: list[np.ndarray], scratch: Path) -> list[np.ndarray]:
     height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(scratch), cv2.VideoWriter_fourcc(*"MJPG"), 10, (width, height))
+    writer = cv2.VideoWriter(str(scratch), cv2.VideoWriter.fourcc(*"MJPG"), 10, (width, height))
     for frame in frames:
         writer.write(frame)
     writer.release()
@@ -190,7 +192,7 @@ def write_stream(video_path, count: int, defect_every: int, seed: int, size: int
     (video_path := Path(video_path)).parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     kinds = _pattern(rng, count, defect_every)
-    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (size, size))
+    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (size, size))
     if not writer.isOpened():
         raise RuntimeError(f"cannot open a video writer for {video_path}")
     for kind in kinds:

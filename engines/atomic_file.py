@@ -1,5 +1,6 @@
 """One way to replace a file so that a power cut leaves the old version or the new one, never a
 torn mix: write a temporary file beside it, fsync, rename over it."""
+
 from __future__ import annotations
 
 import os

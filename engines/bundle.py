@@ -3,6 +3,7 @@
 Written atomically (temp dir, fsync, rename) and verified on open: format version, then the
 sha256 of every file listed in the manifest, before any of them is parsed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -10,11 +11,14 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from engines.atomic_file import write_atomically
-from engines.scoring import ScoringConstants
+from engines.scoring import ScoringConstants, ScoringJson
 
 # 2: the image score may include the whole-part appearance score (scoring.part_score and a
 # part_distance output of the flows graph). A daemon that reads only version 1 would ignore it
@@ -42,8 +46,16 @@ class BundleError(RuntimeError):
     """A bundle that cannot be used; the message names the file and says what to do."""
 
 
+# How pydantic reads the manifest's records, in JSON mode: a key this version does not know is
+# refused (the format version says what a reader must understand), and a number is a JSON
+# number, not text. The records stay plain frozen dataclasses (calibration and tests build and
+# replace() them); pydantic validates them as they are, with this config.
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
 @dataclass(frozen=True)
 class EncoderRecord:
+    __pydantic_config__ = _STRICT
     name: str
     weights_sha256: str
     tap_channels: tuple[int, ...]
@@ -55,6 +67,7 @@ class EncoderRecord:
 
 @dataclass(frozen=True)
 class FlowRecord:
+    __pydantic_config__ = _STRICT
     coupling_blocks: int
     condition_channels: int
     clamp: float
@@ -67,6 +80,8 @@ class FlowRecord:
 @dataclass(frozen=True)
 class Thresholds:
     """Decision levels on the anomaly map, with how they were chosen (for audit)."""
+
+    __pydantic_config__ = _STRICT
 
     image: float
     pixel: float
@@ -108,28 +123,41 @@ class Manifest:
         return flow_tap_indices(self.encoder.tap_strides, self.flow_strides)
 
     @classmethod
-    def from_json(cls, data: dict) -> "Manifest":
-        return cls(
-            format_version=int(data["format_version"]),
-            created=str(data["created"]),
-            project_version=str(data["project_version"]),
-            encoder=EncoderRecord(
-                name=data["encoder"]["name"],
-                weights_sha256=data["encoder"]["weights_sha256"],
-                tap_channels=tuple(data["encoder"]["tap_channels"]),
-                tap_strides=tuple(data["encoder"]["tap_strides"]),
-                mean=tuple(data["encoder"]["mean"]),
-                std=tuple(data["encoder"]["std"]),
-                feature_pooling=int(data["encoder"].get("feature_pooling", 1)),
-            ),
-            input_size=tuple(data["input_size"]),
-            colour=str(data["colour"]),
-            flow=flow_record(data["flow"]),
-            scoring=ScoringConstants.from_json(data["scoring"]),
-            thresholds=Thresholds(**data["thresholds"]),
-            training=dict(data.get("training", {})),
-            files=dict(data["files"]),
-        )
+    def from_json(cls, data: dict) -> Manifest:
+        """Raises pydantic's ValidationError (a ValueError) naming the bad key."""
+        manifest = _ManifestJson.model_validate_json(json.dumps(data))
+        fields = {name: getattr(manifest, name) for name in _ManifestJson.model_fields}
+        return cls(**{**fields, "flow": replace(manifest.flow, strides=manifest.flow.strides or None), "scoring": manifest.scoring.constants()})
+
+
+# The manifest as written, read strictly (see _STRICT).
+
+
+class _ManifestJson(BaseModel):
+    model_config = _STRICT
+    format_version: int
+    created: str
+    project_version: str
+    encoder: EncoderRecord
+    input_size: tuple[int, int]
+    colour: str
+    flow: FlowRecord
+    scoring: ScoringJson
+    thresholds: Thresholds
+    training: dict[str, Any] = {}  # how the bundle was made: free-form
+    files: dict[str, str]
+
+
+def _first_problem(error: ValidationError) -> str:
+    """A manifest validation error as `dotted.key: what is wrong`."""
+    first = error.errors(include_url=False)[0]
+    key = ""
+    for part in first["loc"]:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    # pydantic's words, except where they would name this module's classes
+    plain = {"extra_forbidden": "unknown key", "unexpected_keyword_argument": "unknown key", "missing": "missing", "model_type": "expected an object", "dict_type": "expected an object"}
+    message = plain.get(first["type"], first["msg"])
+    return f"{key or 'top level'}: {message}"
 
 
 def flow_tap_indices(tap_strides: tuple[int, ...], flow_strides: tuple[int, ...]) -> tuple[int, ...]:
@@ -137,11 +165,6 @@ def flow_tap_indices(tap_strides: tuple[int, ...], flow_strides: tuple[int, ...]
     if not set(flow_strides) <= set(tap_strides):
         raise ValueError(f"flow.strides {list(flow_strides)} are not all among encoder.tap_strides {list(tap_strides)}")
     return tuple(tap_strides.index(s) for s in flow_strides)
-
-
-def flow_record(data: dict) -> FlowRecord:
-    strides = data.get("strides")
-    return FlowRecord(**{**data, "strides": tuple(strides) if strides else None})
 
 
 def format_version_for(flow: FlowRecord) -> int:
@@ -250,14 +273,14 @@ def open_bundle(path: str | os.PathLike) -> Bundle:
     version = data.get("format_version") if isinstance(data, dict) else None
     if version not in READABLE_FORMAT_VERSIONS:
         raise BundleError(
-            f"{manifest_path}: bundle format version {version!r}, this software reads versions "
-            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}; "
-            "re-calibrate with this version's edge-calibrate"
+            f"{manifest_path}: bundle format version {version!r}, this software reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}; re-calibrate with this version's edge-calibrate"
         )
     try:
         manifest = Manifest.from_json(data)
-        manifest.flow_taps  # flow strides that the encoder does not tap raise ValueError
-    except (KeyError, TypeError, ValueError) as error:
+        _ = manifest.flow_taps  # flow strides that the encoder does not tap raise ValueError
+    except ValidationError as error:
+        raise BundleError(f"{manifest_path}: malformed manifest: {_first_problem(error)}; re-run edge-calibrate") from None
+    except ValueError as error:
         raise BundleError(f"{manifest_path}: missing or malformed field ({error}); re-run edge-calibrate") from None
     for name, expected in manifest.files.items():
         file_path = path / name

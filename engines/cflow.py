@@ -1,14 +1,17 @@
 """CFLOW-AD decoders over the encoder's scales, and the graphs that are exported from them."""
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.flow import LOG_2PI, ConditionalFlow, FlowConfig, wide
+from engines.flow import LOG_2PI, ConditionalFlow, CouplingBlock, FlowConfig, wide
 from engines.positional import positional_encoding_2d
 
 
@@ -41,13 +44,18 @@ class CflowDecoders(nn.Module):
             encoding = torch.from_numpy(positional_encoding_2d(config.condition_channels, shape.height, shape.width))
             self.register_buffer(f"position_encoding_{i}", encoding, persistent=False)
 
+    @property
+    def conditional_flows(self) -> Sequence[ConditionalFlow]:
+        """`flows` as what it holds (a type checker sees an nn.ModuleList yield plain Modules)."""
+        return cast("Sequence[ConditionalFlow]", self.flows)
+
     def position_encoding(self, scale: int) -> torch.Tensor:
         return getattr(self, f"position_encoding_{scale}")
 
     def log_likelihood_maps(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Feature maps (B, C, h, w) -> per-position log-likelihood per channel (B, h, w), float32."""
         maps = []
-        for i, (flow, feature) in enumerate(zip(self.flows, features)):
+        for i, (flow, feature) in enumerate(zip(self.conditional_flows, features)):
             batch, _, height, width = feature.shape
             fibers = feature.flatten(2).transpose(1, 2)  # (B, positions, C)
             terms = flow.cond_terms(self.position_encoding(i))
@@ -58,7 +66,15 @@ class CflowDecoders(nn.Module):
 class FoldedCoupling(nn.Module):
     """One coupling block in inference form, channels-first: (B, C, positions) in and out."""
 
-    def __init__(self, block, cond_term: torch.Tensor, compute_dtype: torch.dtype):
+    in_weight: torch.Tensor  # buffers, declared for the type checker
+    in_bias: torch.Tensor
+    out_weight: torch.Tensor
+    out_bias: torch.Tensor
+    scale: torch.Tensor
+    offset: torch.Tensor
+    permutation: torch.Tensor
+
+    def __init__(self, block: CouplingBlock, cond_term: torch.Tensor, compute_dtype: torch.dtype):
         super().__init__()
         self.kept, self.changed, self.clamp = block.kept, block.changed, block.clamp
         out_weight = block.out.weight.detach().clone()
@@ -87,16 +103,19 @@ class FoldedCoupling(nn.Module):
 class FoldedFlow(nn.Module):
     """One scale's flow in inference form: features (B, C, h, w) -> log-likelihood per channel."""
 
+    mean: torch.Tensor  # buffers, declared for the type checker
+    std: torch.Tensor
+
     def __init__(self, flow: ConditionalFlow, condition: torch.Tensor, compute_dtype: torch.dtype):
         super().__init__()
         with torch.no_grad():
-            self.blocks = nn.ModuleList(FoldedCoupling(block, term, compute_dtype) for block, term in zip(flow.blocks, flow.cond_terms(condition)))
+            self.blocks = nn.ModuleList(FoldedCoupling(block, term, compute_dtype) for block, term in zip(flow.coupling_blocks, flow.cond_terms(condition)))
             self.register_buffer("mean", flow.input_mean.detach()[:, None].clone())
             self.register_buffer("std", flow.input_std.detach()[:, None].clone())
             # Every term of log p that does not depend on the frame: standardisation and global
             # affine log-dets, and the Gaussian's normaliser.
             channels = flow.channels
-            log_det = -torch.log(flow.input_std.double()).sum() + sum(block.global_log_scale.double().sum() for block in flow.blocks)
+            log_det = -torch.log(flow.input_std.double()).sum() + sum(block.global_log_scale.double().sum() for block in flow.coupling_blocks)
             self.constant = float(log_det) - 0.5 * channels * LOG_2PI
 
     def latents(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +154,7 @@ class FoldedDecoders(nn.Module):
         super().__init__()
         self.shapes = decoders.shapes
         self.compute_dtype = compute_dtype
-        self.flows = nn.ModuleList(FoldedFlow(flow, decoders.position_encoding(i), compute_dtype) for i, flow in enumerate(decoders.flows))
+        self.flows = nn.ModuleList(FoldedFlow(flow, decoders.position_encoding(i), compute_dtype) for i, flow in enumerate(decoders.conditional_flows))
 
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(flow(feature) for flow, feature in zip(self.flows, features))
@@ -170,6 +189,9 @@ class PreprocessedEncoder(nn.Module):
     size), so every position describes its surroundings too: it helps large, faint defects and
     image-level detection and costs localisation of small ones (bench/README.md)."""
 
+    mean: torch.Tensor  # buffers, declared for the type checker
+    std: torch.Tensor
+
     def __init__(self, encoder: nn.Module, mean: tuple[float, float, float], std: tuple[float, float, float], feature_pooling: int = 1):
         super().__init__()
         self.encoder = encoder
@@ -178,7 +200,7 @@ class PreprocessedEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1))
 
-    def with_compute_dtype(self, dtype: torch.dtype) -> "PreprocessedEncoder":
+    def with_compute_dtype(self, dtype: torch.dtype) -> PreprocessedEncoder:
         """A copy whose convolutions run in `dtype` (features come out in it); the uint8 to
         normalised-float step stays float32, so the half graph sees the same rounded input."""
         copied = copy.deepcopy(self)

@@ -7,6 +7,7 @@
   there when it cannot write the bundle (default: $STATE_DIRECTORY, as systemd sets it).
 Exit codes: 0 done, 1 plans missing or invalid (check), 2 bad input or no GPU/TensorRT.
 """
+
 from __future__ import annotations
 
 import argparse

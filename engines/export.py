@@ -1,4 +1,5 @@
 """ONNX graphs of the encoder and the flows: the exact input of every inference backend."""
+
 from __future__ import annotations
 
 import warnings
@@ -29,8 +30,12 @@ def export_encoder(encoder: PreprocessedEncoder, input_size: tuple[int, int], pa
 
 
 def export_flows(
-    decoders: CflowDecoders, path: Path, compute_dtype: torch.dtype = torch.float32, part_appearance: PartAppearance | None = None,
-    tap_shapes: list[FeatureShape] | None = None, flow_taps: tuple[int, ...] | None = None,
+    decoders: CflowDecoders,
+    path: Path,
+    compute_dtype: torch.dtype = torch.float32,
+    part_appearance: PartAppearance | None = None,
+    tap_shapes: list[FeatureShape] | None = None,
+    flow_taps: tuple[int, ...] | None = None,
 ) -> None:
     """Every encoder tap's feature maps (`tap_shapes`; default: one per flow) -> float32
     log-likelihood per channel at every position of each flow's scale (`flow_taps`), and with a
@@ -45,8 +50,14 @@ def export_flows(
 
 
 def export_half_graphs(
-    encoder: PreprocessedEncoder, decoders: CflowDecoders, input_size: tuple[int, int], encoder_path: Path, flows_path: Path,
-    part_appearance: PartAppearance | None = None, tap_shapes: list[FeatureShape] | None = None, flow_taps: tuple[int, ...] | None = None,
+    encoder: PreprocessedEncoder,
+    decoders: CflowDecoders,
+    input_size: tuple[int, int],
+    encoder_path: Path,
+    flows_path: Path,
+    part_appearance: PartAppearance | None = None,
+    tap_shapes: list[FeatureShape] | None = None,
+    flow_taps: tuple[int, ...] | None = None,
 ) -> None:
     """The mixed-precision pair a GPU engine is built from: convolutions and couplings in
     float16 with explicit casts, the input normalisation, every log-likelihood reduction and

@@ -7,11 +7,14 @@ last axis. The condition enters only the first layer of each coupling subnet, as
 term that is a function of the position alone; callers pass that term precomputed
 (`cond_term`), which is how inference folds the positional encoding into a constant bias.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -30,6 +33,9 @@ class FlowConfig:
 
 class CouplingBlock(nn.Module):
     """Affine coupling with soft clamp, learned global affine and a fixed channel permutation."""
+
+    permutation: torch.Tensor  # buffers, declared for the type checker
+    inverse_permutation: torch.Tensor
 
     def __init__(self, channels: int, config: FlowConfig, permutation_seed: int):
         super().__init__()
@@ -96,22 +102,28 @@ class ConditionalFlow(nn.Module):
     log-determinant, so the likelihood stays exact while the optimiser sees unit-scale inputs.
     """
 
+    input_mean: torch.Tensor  # buffers, declared for the type checker
+    input_std: torch.Tensor
+
     def __init__(self, channels: int, config: FlowConfig, seed: int = 0):
         super().__init__()
         self.channels = channels
         self.config = config
-        self.blocks = nn.ModuleList(
-            CouplingBlock(channels, config, permutation_seed=seed * 1000 + i) for i in range(config.coupling_blocks)
-        )
+        self.blocks = nn.ModuleList(CouplingBlock(channels, config, permutation_seed=seed * 1000 + i) for i in range(config.coupling_blocks))
         self.register_buffer("input_mean", torch.zeros(channels))
         self.register_buffer("input_std", torch.ones(channels))
+
+    @property
+    def coupling_blocks(self) -> Sequence[CouplingBlock]:
+        """`blocks` as what it holds (a type checker sees an nn.ModuleList yield plain Modules)."""
+        return cast("Sequence[CouplingBlock]", self.blocks)
 
     def set_input_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.input_mean.copy_(mean)
         self.input_std.copy_(std.clamp_min(1e-6))
 
     def cond_terms(self, condition: torch.Tensor) -> list[torch.Tensor]:
-        return [block.cond_term(condition) for block in self.blocks]
+        return [block.cond_term(condition) for block in self.coupling_blocks]
 
     def forward(self, x: torch.Tensor, cond_terms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Map features to latents; returns (z, log|det dz/dx|) with log-det in float32."""
@@ -123,7 +135,7 @@ class ConditionalFlow(nn.Module):
         return z, log_det
 
     def inverse(self, z: torch.Tensor, cond_terms: list[torch.Tensor]) -> torch.Tensor:
-        for block, term in zip(reversed(self.blocks), reversed(cond_terms)):
+        for block, term in zip(reversed(self.coupling_blocks), reversed(cond_terms)):
             z = block.inverse(z, term)
         return z * self.input_std + self.input_mean
 

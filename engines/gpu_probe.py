@@ -4,6 +4,7 @@ The TensorRT lean runtime does not raise when no driver exists: it logs an error
 later. So `auto` asks libcuda directly through ctypes (no CUDA package needed, works the same
 on x86 and Jetson) and only then imports TensorRT.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -1,5 +1,6 @@
 """Frame to anomaly map and image score with one bundle and one backend; shared by the daemon
 and the offline evaluation so both score every part identically."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ class Inspector:
     def __init__(self, bundle: Bundle, backend: InferenceBackend):
         self.bundle = bundle
         self.backend = backend
-        self.input_size = tuple(bundle.manifest.input_size)
+        self.input_size = bundle.manifest.input_size
         self.colour = bundle.manifest.colour
 
     def model_input(self, frame: np.ndarray) -> np.ndarray:

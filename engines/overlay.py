@@ -1,4 +1,5 @@
 """The picture a person looks at: a part with its anomaly map overlaid."""
+
 from __future__ import annotations
 
 import cv2

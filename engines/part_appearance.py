@@ -12,6 +12,7 @@ separates defects at image AUROC 0.961 where the flows' map maximum gives 0.909
 The distance is computed inside the flows graph, in float32, so every backend returns it with
 the log-likelihoods; the scoring turns it into a score on the anomaly map's scale.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,6 +41,9 @@ class PartAppearance(nn.Module):
     distance = || (s - mean) @ whitening ||, where whitening @ whitening.T is the precision
     matrix: one matmul and one reduction, which every backend runs as it is.
     """
+
+    mean: torch.Tensor  # buffers, declared for the type checker
+    whitening: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, whitening: torch.Tensor):
         super().__init__()

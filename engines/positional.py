@@ -3,6 +3,7 @@
 Half of the channels encode the column, half the row, as interleaved sin/cos pairs at
 geometrically spaced frequencies (the transformer encoding applied per axis, as in CFLOW-AD).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,5 +23,5 @@ def positional_encoding_2d(channels: int, height: int, width: int) -> np.ndarray
     encoding[:, :, 0:half:2] = np.sin(cols)[None, :, :]
     encoding[:, :, 1:half:2] = np.cos(cols)[None, :, :]
     encoding[:, :, half::2] = np.sin(rows)[:, None, :]
-    encoding[:, :, half + 1::2] = np.cos(rows)[:, None, :]
+    encoding[:, :, half + 1 :: 2] = np.cos(rows)[:, None, :]
     return encoding.reshape(height * width, channels).astype(np.float32)

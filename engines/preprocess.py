@@ -3,6 +3,7 @@
 Frames are OpenCV images (BGR, BGRA or single channel; uint8 or uint16). The model input is
 uint8 RGB (H, W, 3) at the bundle's input size; normalisation happens inside the encoder graph.
 """
+
 from __future__ import annotations
 
 import cv2

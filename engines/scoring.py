@@ -4,13 +4,14 @@ Everything here is a pure function of one frame's likelihoods and constants fitt
 at calibration time; nothing depends on other frames (the paper's test-set-max normalisation
 lives in calibration/ as an evaluation reference only).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-
+from pydantic import BaseModel, ConfigDict, StrictFloat
 
 # exp() of float64 underflows below about -745; clipping there keeps -log finite everywhere.
 _LOWEST_LOG_RATIO = -700.0
@@ -40,38 +41,55 @@ class ScoringConstants:
     part_score: tuple[float, float] | None = None
 
     def to_json(self) -> dict:
-        data = {"log_likelihood_reference": list(self.log_likelihood_reference), "blur_sigma": self.blur_sigma}
-        if self.part_score is not None:
-            data["part_score"] = {"scale": self.part_score[0], "offset": self.part_score[1]}
-        return data
+        part = None if self.part_score is None else PartScoreJson(scale=self.part_score[0], offset=self.part_score[1])
+        data = ScoringJson(log_likelihood_reference=list(self.log_likelihood_reference), blur_sigma=self.blur_sigma, part_score=part)
+        return data.model_dump(exclude_none=True)
 
     @classmethod
-    def from_json(cls, data: dict) -> "ScoringConstants":
-        part = data.get("part_score")
-        return cls(
-            tuple(float(v) for v in data["log_likelihood_reference"]),
-            float(data["blur_sigma"]),
-            (float(part["scale"]), float(part["offset"])) if part is not None else None,
-        )
+    def from_json(cls, data: dict) -> ScoringConstants:
+        """Raises pydantic's ValidationError (a ValueError) naming the bad key."""
+        return ScoringJson.model_validate(data).constants()
 
-    def subset(self, scales: tuple[int, ...]) -> "ScoringConstants":
+    def subset(self, scales: tuple[int, ...]) -> ScoringConstants:
         """The constants of some scales alone, without the part score (it pools every scale)."""
         return ScoringConstants(tuple(self.log_likelihood_reference[i] for i in scales), self.blur_sigma)
 
     def part_scores(self, part_distances: np.ndarray) -> np.ndarray:
+        if self.part_score is None:
+            raise ValueError("these scoring constants have no part score")
         scale, offset = self.part_score
         return scale * np.asarray(part_distances, dtype=np.float64) + offset
 
 
+class _Json(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a key this version does not know is refused, not dropped
+
+
+class PartScoreJson(_Json):
+    scale: StrictFloat
+    offset: StrictFloat
+
+
+class ScoringJson(_Json):
+    """The manifest's `scoring` section as written (engines/bundle.py reads it as part of the manifest)."""
+
+    log_likelihood_reference: list[StrictFloat]
+    blur_sigma: StrictFloat
+    part_score: PartScoreJson | None = None  # written only where the bundle has a part model
+
+    def constants(self) -> ScoringConstants:
+        part = None if self.part_score is None else (self.part_score.scale, self.part_score.offset)
+        return ScoringConstants(tuple(self.log_likelihood_reference), self.blur_sigma, part)
+
+
 def relative_likelihoods(log_likelihoods: list[np.ndarray], constants: ScoringConstants) -> list[np.ndarray]:
-    return [
-        np.exp(np.clip(ll.astype(np.float64) - reference, _LOWEST_LOG_RATIO, 0.0))
-        for ll, reference in zip(log_likelihoods, constants.log_likelihood_reference)
-    ]
+    return [np.exp(np.clip(ll.astype(np.float64) - reference, _LOWEST_LOG_RATIO, 0.0)) for ll, reference in zip(log_likelihoods, constants.log_likelihood_reference)]
 
 
 def anomaly_maps(
-    log_likelihoods: list[np.ndarray], constants: ScoringConstants, output_size: tuple[int, int],
+    log_likelihoods: list[np.ndarray],
+    constants: ScoringConstants,
+    output_size: tuple[int, int],
     part_distances: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(B, h_s, w_s) log-likelihood per channel at each scale -> maps (B, H, W) float32, scores (B,).
@@ -83,7 +101,7 @@ def anomaly_maps(
     batch = scales[0].shape[0]
     maps = np.empty((batch, height, width), dtype=np.float32)
     for b in range(batch):
-        likelihood = np.zeros((height, width), dtype=np.float64)
+        likelihood: np.ndarray = np.zeros((height, width), dtype=np.float64)
         for scale_map in scales:
             likelihood += cv2.resize(scale_map[b], (width, height), interpolation=cv2.INTER_LINEAR)
         likelihood /= len(scales)

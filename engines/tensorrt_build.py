@@ -11,6 +11,7 @@ falling back.
 Written against NVIDIA's documented Python API (tensorrt.Builder, OnnxParser, IBuilderConfig);
 tested where TensorRT and a GPU exist (tests/test_tensorrt.py says why it skips elsewhere).
 """
+
 from __future__ import annotations
 
 import time

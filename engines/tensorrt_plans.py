@@ -5,12 +5,14 @@ from. Each is named by the first two and recorded with the third's sha256 in
 `<bundle>/engines/manifest.json`, so a plan is never loaded blind. No TensorRT import here:
 this logic is tested on every machine.
 """
+
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 from engines.atomic_file import write_atomically
 from engines.backends.base import BackendError
@@ -62,7 +64,8 @@ class PlanRecord:
 
     @property
     def target(self) -> EngineTarget:
-        return EngineTarget(self.tensorrt_version, tuple(self.compute_capability), self.precision)
+        # tuple(): a record built by hand may hold a list (JSON gives one); it is (major, minor)
+        return EngineTarget(self.tensorrt_version, cast("tuple[int, int]", tuple(self.compute_capability)), self.precision)
 
 
 def plan_name(graph: str, target: EngineTarget) -> str:
@@ -123,9 +126,7 @@ def select_plans(bundle: Bundle, target: EngineTarget, directory: Path) -> dict[
         if record.target != target:
             raise PlanMismatch(f"{directory / name}: its manifest says it was built for {record.target.describe()}, not {target.describe()}; {rebuild_hint(bundle, target.precision)}")
         if record.onnx != onnx or record.onnx_sha256 != bundle.manifest.files[onnx]:
-            raise PlanMismatch(
-                f"{directory / name} was built from a different {onnx} (the bundle was re-calibrated since); {rebuild_hint(bundle, target.precision)}"
-            )
+            raise PlanMismatch(f"{directory / name} was built from a different {onnx} (the bundle was re-calibrated since); {rebuild_hint(bundle, target.precision)}")
         if sha256_file(directory / name) != record.plan_sha256:
             raise PlanMismatch(f"{directory / name}: checksum mismatch (corrupt or modified); {rebuild_hint(bundle, target.precision)}")
         chosen[graph] = directory / name

@@ -85,6 +85,20 @@ BAD = [
     ("timeout is text", "cameras.0.trigger_timeout_s", "soon", "cameras[0].trigger_timeout_s"),
     ("keepalive too short", "mqtt.keepalive_s", 1, "mqtt.keepalive_s"),
     ("loop is not a boolean", "cameras.0.source.loop", "yes please", "cameras[0].source.loop"),
+    # "." is the config file's own folder: relative paths resolve against it.
+    ("duplicate station", "cameras", [{"station": "s1", "source": {"type": "folder", "path": "."}}] * 2, "cameras[1].station"),
+    ("folder source path missing", "cameras.0.source", {"type": "folder", "path": "no-such-folder"}, "cameras[0].source.path"),
+    ("v4l2 without device", "cameras.0.source", {"type": "v4l2"}, "cameras[0].source"),
+    ("gstreamer without pipeline", "cameras.0.source", {"type": "gstreamer"}, "cameras[0].source"),
+    ("stream url missing", "cameras.0.source", {"type": "stream"}, "cameras[0].source"),
+    ("source type missing", "cameras.0.source.type", _DELETE, "cameras[0].source.type"),
+    ("min_region_area 0", "cameras.0.min_region_area", 0, "cameras[0].min_region_area"),
+    ("trigger_timeout_s 0", "cameras.0.trigger_timeout_s", 0, "cameras[0].trigger_timeout_s"),
+    ("stats_interval_s 0.1", "publish.stats_interval_s", 0.1, "publish.stats_interval_s"),
+    ("audit_max_bytes 5", "audit_max_bytes", 5, "audit_max_bytes"),
+    ("url on a file source", "cameras.0.source.url", "rtsp://cam/1", "cameras[0].source.url"),
+    ("camera is not a mapping", "cameras", ["usb0"], "cameras[0]"),
+    ("password written in the file", "mqtt.password", SECRET, "mqtt.password"),
 ]
 
 

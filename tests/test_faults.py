@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.station import parse_trigger
+from edge.triggers import parse_trigger
 from tests.conftest import METAL_PLATE, require, run_scenario
 from tests.mqtt_helpers import Subscriber
 from tests.scenarios import broker_outages, parts_video, power_cuts
@@ -143,12 +143,12 @@ def test_a_part_in_flight_is_not_read_again_when_its_folder_blinks(tmp_path):
     """A network mount that briefly shows an empty folder makes the source forget what it has
     seen; a part still being inspected must not come round a second time."""
     from edge.capture import FolderSource, NoFrameYet
-    from edge.config import SourceConfig
+    from edge.config import source_config
 
     folder, done = tmp_path / "drop", tmp_path / "done"
     folder.mkdir()
     cv2.imwrite(str(folder / "A-1.png"), cv2.imread(str(sorted((require(METAL_PLATE) / "train" / "good").glob("*.png"))[0])))
-    source = FolderSource(SourceConfig(type="folder", path=str(folder), done_dir=str(done), poll_interval_s=0.01))
+    source = FolderSource(source_config(type="folder", path=str(folder), done_dir=str(done), poll_interval_s=0.01))
     source.open()
     first = source.read(0)
     assert first.part_id == "A-1" and first.image is not None

@@ -370,3 +370,16 @@ def test_watchdog_interval(monkeypatch):
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
     monkeypatch.setenv("WATCHDOG_USEC", "3000000")
     assert notifier.watchdog_interval_s() == 1.5
+
+
+@pytest.mark.parametrize("unit", [SERVICE, TEMPLATE], ids=lambda p: p.name)
+def test_the_stop_budget_fits_the_units_stop_timeout(unit):
+    """Everything a stop may wait for (edge/stop_budget.py) ends before systemd's SIGKILL, with
+    room for the process to exit: a budget raised without the unit, or a unit whose timeout was
+    lowered, fails here instead of killing a drain on the line."""
+    from edge.stop_budget import STOP_BUDGET
+
+    found = re.findall(r"^TimeoutStopSec=(\d+)s?$", unit.read_text(), flags=re.MULTILINE)
+    assert len(found) == 1, f"{unit.name}: expected one TimeoutStopSec= line, found {found}"
+    timeout_s = float(found[0])
+    assert STOP_BUDGET.total_s + 2.0 <= timeout_s, f"{unit.name}: the stop may take {STOP_BUDGET.total_s:g} s, TimeoutStopSec={timeout_s:g}"

@@ -13,8 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.daemon import cores_within_quota, plan_inference, usable_cores
-from edge.station import FrameQueue, QueueClosed
+from edge.answer import Answer, Outcome
+from edge.capture import Frame
+from edge.pipeline import OrderedPipeline
+from edge.station_engine import cores_within_quota, plan_inference, usable_cores
 from tests.conftest import METAL_PLATE, require
 from tests.mqtt_helpers import Subscriber
 from tests.stream_server import MjpegCamera
@@ -129,8 +131,9 @@ def test_workers_publish_in_capture_order_and_failed_parts_are_rejected(small_bu
 HANGING_ENGINE_LAUNCHER = """
 import os, sys, time
 from edge import daemon
+from edge.stop_budget import StopBudget
 from engines.backends import onnxruntime_backend
-daemon.DRAIN_TIMEOUT_S = 3.0
+daemon.STOP_BUDGET = StopBudget(drain_s=3.0)
 real = onnxruntime_backend.OnnxRuntimeBackend.infer
 def hanging(self, images):
     if (images == 32).all():
@@ -238,21 +241,46 @@ def test_triggered_parts_dropped_by_a_live_camera_are_rejected(small_bundle, bro
     subscriber.close()
 
 
-def test_frame_queue_tickets_every_item_in_capture_order_and_a_close_leaves_none_between():
-    stop = threading.Event()
-    frames = FrameQueue(size=2)
-    assert frames.put("a", blocking=False, stop=stop) == []
-    assert frames.get(timeout=0) == (0, "a")  # handed out: in flight until done
-    frames.put("b", blocking=False, stop=stop)
-    frames.put("c", blocking=False, stop=stop)
-    assert frames.put("d", blocking=False, stop=stop) == [(1, "b")]  # a live camera drops the oldest, with its ticket
-    assert frames.get(timeout=0) == (2, "c")
-    frames.done(1)
-    frames.done(2)
-    # A stop: what is in flight (a) and what is queued (d, ticketed now), in one step.
-    assert frames.close_and_take() == {0: "a", 3: "d"}
-    with pytest.raises(QueueClosed):
-        frames.put("e", blocking=True, stop=stop)  # capture answers for it itself
+def _answered(frame: Frame, why: str) -> Answer:
+    return Answer.not_inspected("s", frame.part_id or "", Outcome.NOT_INSPECTED, why, "b", frame)
+
+
+def _frame(part_id: str) -> Frame:
+    return Frame(None, 0, 0.0, part_id=part_id)
+
+
+def test_pipeline_answers_every_frame_once_in_capture_order_and_a_close_leaves_none_between():
+    pipeline = OrderedPipeline(2, _answered)
+    assert pipeline.put(_frame("a"), blocking=False) == 0
+    taken_a = pipeline.take(timeout=0)
+    assert taken_a is not None and taken_a[0] == 0  # handed out: in flight until finished
+    pipeline.put(_frame("b"), blocking=False)
+    pipeline.put(_frame("c"), blocking=False)
+    assert pipeline.put(_frame("d"), blocking=False) == 1  # a live camera drops the oldest (b), answered
+    taken_c = pipeline.take(timeout=0)
+    assert taken_c is not None and taken_c[1].part_id == "c"
+    pipeline.answer(Answer.not_inspected("s", "T-1", Outcome.NO_FRAME, "no frame", "b"))  # a trigger's answer takes its turn
+    c_done = Answer.of_inspection("s", taken_c[1], _pass_verdict(), "b", None)  # type: ignore[arg-type]
+    assert pipeline.finish(taken_c[0], c_done)
+    assert pipeline.ready(timeout=0) == []  # c and b wait for a, captured first
+    # A stop: what is in flight (a) and what is queued (d), answered in one step.
+    assert pipeline.close() == 2
+    assert not pipeline.finish(taken_a[0], c_done)  # a worker that comes back late is not answered twice
+    pipeline.put(_frame("e"), blocking=True)  # after the close: answered at once, never waits
+    pipeline.end_input()
+    answers = pipeline.ready(timeout=0)
+    assert [a.part_id for a in answers] == ["a", "b", "c", "d", "T-1", "e"][: len(answers)]
+    assert [(a.part_id, a.outcome) for a in answers] == [
+        ("a", Outcome.NOT_INSPECTED), ("b", Outcome.NOT_INSPECTED), ("c", Outcome.PASS),
+        ("d", Outcome.NOT_INSPECTED), ("T-1", Outcome.NO_FRAME), ("e", Outcome.NOT_INSPECTED),
+    ]
+    assert pipeline.drained and pipeline.exhausted
+
+
+def _pass_verdict():
+    from edge.decision import Verdict
+
+    return Verdict(False, 0.5, 1.0, ())
 
 
 def test_a_part_file_leaves_the_folder_only_once_answered(small_bundle, broker, tmp_path):

@@ -1,14 +1,18 @@
 """Backends by name. Each is imported only when chosen, so the daemon never pulls in torch
 unless the torch backend is asked for."""
+
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal, get_args
 
 from engines.backends.base import BackendError, InferenceBackend, ModelOutput
 from engines.bundle import Bundle
 
-BACKEND_NAMES = ("auto", "onnxruntime", "torch", "tensorrt")
+# The one list of backend names: the daemon's config accepts exactly these (edge/config.py).
+BackendName = Literal["auto", "onnxruntime", "torch", "tensorrt"]
+BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)
 log = logging.getLogger("engines.backends")
 
 
@@ -44,6 +48,7 @@ def _auto_choice() -> str:
         return "onnxruntime"
     try:
         import tensorrt  # noqa: F401
+
         from engines.backends.tensorrt_backend import _cudart
 
         _cudart()
@@ -51,11 +56,12 @@ def _auto_choice() -> str:
         log.warning(
             "backend auto: GPU %s found but TensorRT or cuda-python is missing (%s); using ONNX Runtime on the CPU. "
             "Install TensorRT (pip install 'edge-inspect[gpu]'), or set backend: torch where torch with CUDA is installed",
-            gpu.reason, error,
+            gpu.reason,
+            error,
         )
         return "onnxruntime"
     log.info("backend auto: TensorRT on %s", gpu.reason)
     return "tensorrt"
 
 
-__all__ = ["BACKEND_NAMES", "BackendError", "InferenceBackend", "ModelOutput", "open_backend", "resolve_backend_name"]
+__all__ = ["BACKEND_NAMES", "BackendName", "BackendError", "InferenceBackend", "ModelOutput", "open_backend", "resolve_backend_name"]

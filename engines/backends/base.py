@@ -1,4 +1,5 @@
 """What every inference backend provides: model-input images in, log-likelihood maps out."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,13 +20,13 @@ class ModelOutput:
     part_distances: np.ndarray | None = None  # (B,) float32; None for a bundle without a part appearance model
 
     @classmethod
-    def from_graph_outputs(cls, outputs: list[np.ndarray], scales: int) -> "ModelOutput":
+    def from_graph_outputs(cls, outputs: list[np.ndarray], scales: int) -> ModelOutput:
         """The flows graph's outputs in order: one log-likelihood map per scale, then the part
         distance where the graph has one."""
         return cls(list(outputs[:scales]), outputs[scales] if len(outputs) > scales else None)
 
     @classmethod
-    def concatenate(cls, batches: list["ModelOutput"]) -> "ModelOutput":
+    def concatenate(cls, batches: list[ModelOutput]) -> ModelOutput:
         """Batches run one after another, as one output."""
         scales = len(batches[0].log_likelihoods)
         maps = [np.concatenate([b.log_likelihoods[s] for b in batches]) for s in range(scales)]

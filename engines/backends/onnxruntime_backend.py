@@ -1,4 +1,5 @@
 """ONNX Runtime on the CPU: the default backend of a line PC without an NVIDIA GPU."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -8,6 +8,7 @@ As NVIDIA's samples do: tensors looked up by name, pinned host buffers and devic
 allocated once for the largest batch, inputs copied in with np.copyto, execute_async_v3 on the
 backend's own stream, every CUDA status checked, everything freed explicitly in close().
 """
+
 from __future__ import annotations
 
 import ctypes

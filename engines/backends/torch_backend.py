@@ -1,5 +1,6 @@
 """The torch model itself, rebuilt from the bundle (encoder from its pinned weights, flows from
 flows.pt): the reference the exported graphs are checked against, and the CUDA path."""
+
 from __future__ import annotations
 
 import threading
@@ -21,9 +22,7 @@ def build_torch_model(bundle: Bundle):
 
     manifest = bundle.manifest
     try:
-        encoder, info = load_encoder(
-            manifest.encoder.name, tap_channels=manifest.encoder.tap_channels, tap_strides=manifest.encoder.tap_strides
-        )
+        encoder, info = load_encoder(manifest.encoder.name, tap_channels=manifest.encoder.tap_channels, tap_strides=manifest.encoder.tap_strides)
     except EncoderError as error:
         raise BackendError(f"{bundle.path}: {error}") from None
     if info.weights_sha256 != manifest.encoder.weights_sha256:
@@ -83,7 +82,7 @@ class TorchBackend:
         self.encoder = encoder.to(self.device).eval()
         self.flows = FlowsGraph(FoldedDecoders(decoders, dtype), part_appearance, bundle.manifest.flow_taps).to(self.device).eval()
         self.scales = len(decoders.shapes)
-        self.input_size = tuple(bundle.manifest.input_size)
+        self.input_size = bundle.manifest.input_size
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels once
@@ -110,7 +109,7 @@ class TorchBackend:
                 outputs = [o.cpu().numpy() for o in self._forward(self.torch.from_numpy(images).to(self.device))]
         return ModelOutput.from_graph_outputs(outputs, self.scales)
 
-    def _graph_for(self, batch: int) -> "_CapturedBatch | None":
+    def _graph_for(self, batch: int) -> _CapturedBatch | None:
         if batch not in self.graphs and len(self.graphs) < self.MAX_CAPTURED_BATCH_SIZES:
             self.graphs[batch] = _CapturedBatch(self.torch, self._forward, batch, self.input_shape, self.device)
         return self.graphs.get(batch)
@@ -122,7 +121,7 @@ class TorchBackend:
     def close(self) -> None:
         with self.lock:
             self.graphs.clear()
-            self.encoder = self.flows = None
+            self.encoder = self.flows = None  # type: ignore[assignment]  # freed for their memory; a closed backend is not called again
             if self.device.type == "cuda":
                 self.torch.cuda.empty_cache()
 

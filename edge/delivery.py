@@ -1,0 +1,58 @@
+"""Where an answer leaves the station: the reject outbox and MQTT, the audit log, the stats, and
+the source's file. Called by the station's publish thread alone, one answer at a time, in
+capture order."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from edge.answer import Answer, Outcome
+from edge.audit import AuditLog
+from edge.config import PublishConfig
+from edge.heatmap import render_heatmap
+from edge.publisher import StationPublisher
+from edge.stats import StationStats
+
+log = logging.getLogger("edge.delivery")
+
+
+class AnswerDelivery:
+    def __init__(self, station: str, publisher: StationPublisher, audit: AuditLog, stats: StationStats, publish: PublishConfig, source):
+        self.station = station
+        self.publisher = publisher
+        self.audit = audit
+        self.stats = stats
+        self.publish = publish
+        self.source = source
+
+    def deliver(self, answer: Answer) -> None:
+        recorded = self._record(answer) if answer.published else True
+        # Only now, with the answer in the outbox and the audit log (synced: a pass has no outbox
+        # file), is a file source's part done: a power cut before this re-inspects it on restart.
+        # A full disk that refused the answer keeps the file where it is, for the same reason.
+        if self.source.moves_files:
+            recorded = self.audit.sync() and recorded
+            if not recorded:
+                log.warning("%s: the answer for part %s is not on disk (state directory full); its file stays in the folder", self.station, answer.part_id)
+        if answer.frame is not None:
+            self.source.finish(answer.frame, keep_file=not recorded)
+
+    def _record(self, answer: Answer) -> bool:
+        """Publish and audit one answer; True if it is on disk (the outbox for a reject, the audit log)."""
+        payload = answer.payload()
+        saved = self.publisher.publish_reject(payload) if answer.is_reject else True  # through the outbox: never lost
+        if self.publish.results:
+            self.publisher.publish_result(payload)
+        record = payload
+        verdict = answer.verdict
+        if verdict is not None:
+            policy = self.publish.heatmaps
+            if policy == "all" or (policy == "rejects" and verdict.reject):
+                self.publisher.publish_heatmap(render_heatmap(answer, self.publish.heatmap_quality))
+            latency_ms = answer.latency_ms(time.time()) or 0.0
+            record = {**payload, "latency_ms": round(latency_ms, 2)}
+            self.stats.record(latency_ms, verdict.score, verdict.reject)
+        elif answer.outcome is Outcome.NOT_INSPECTED:
+            self.stats.not_inspected.add()
+        return self.audit.append(record) and saved

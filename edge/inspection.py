@@ -1,0 +1,52 @@
+"""One frame to one Answer: ROI crop, model input, anomaly map, decision.
+
+A pure function of the frame, the station's camera settings and the bundle's engine: nothing
+here depends on other frames, threads or the broker."""
+
+from __future__ import annotations
+
+from edge.answer import Answer, Inspected, Outcome
+from edge.capture import LIVE_SOURCES, Frame
+from edge.config import CameraConfig
+from edge.decision import decide
+from edge.station_engine import StationEngine
+from engines.preprocess import FrameError
+
+
+def answers_every_frame(camera: CameraConfig) -> bool:
+    """Whether each frame is a part that must be answered: a triggered frame is one the PLC
+    asked about, a file is one the line camera delivered. A free-running live camera's frames are
+    views of the line: skipping one it cannot inspect is how it keeps up."""
+    return camera.mode == "triggered" or camera.source.type not in LIVE_SOURCES
+
+
+def cannot_inspect(frame: Frame, why: str, camera: CameraConfig, bundle_id: str, outcome: Outcome = Outcome.ERROR) -> Answer:
+    """The answer for a frame that was not inspected: a reject if it is a part, else a skipped view."""
+    outcome = outcome if answers_every_frame(camera) else Outcome.SKIPPED
+    return Answer.not_inspected(camera.station, frame.part_id or str(frame.frame_id), outcome, why, bundle_id, frame)
+
+
+def inspect_frame(frame: Frame, engine: StationEngine, camera: CameraConfig, worker: int = 0) -> Answer:
+    """Inspect one frame with the engine's inspector for `worker`. A frame that cannot be
+    inspected (unreadable, smaller than the ROI, an image the model cannot take) is answered as
+    such; an engine failure raises, for the caller to log and answer."""
+    bundle = engine.bundle
+    if frame.unreadable or frame.image is None:
+        return cannot_inspect(frame, f"cannot be inspected: {frame.unreadable or 'no image'}", camera, bundle.bundle_id)
+    image = frame.image
+    height, width = image.shape[:2] if image.ndim >= 2 else (0, 0)
+    box = (0, 0, width, height)
+    if camera.roi is not None:
+        x, y, w, h = camera.roi
+        if x + w > width or y + h > height:
+            return cannot_inspect(frame, f"cannot be inspected: {width}x{height} is smaller than the ROI", camera, bundle.bundle_id)
+        image, box = image[y : y + h, x : x + w], (x, y, w, h)
+    inspector = engine.inspectors[worker]
+    try:
+        model_input = inspector.model_input(image)
+    except FrameError as error:
+        return cannot_inspect(frame, f"cannot be inspected: {error}", camera, bundle.bundle_id)
+    maps, scores = inspector.inspect_batch(model_input[None])
+    thresholds = bundle.manifest.thresholds
+    verdict = decide(maps[0], float(scores[0]), thresholds.image, thresholds.pixel, camera.min_region_area, box)
+    return Answer.of_inspection(camera.station, frame, verdict, bundle.bundle_id, Inspected(maps[0], image, box))

@@ -1,0 +1,122 @@
+"""Bundles opened for inspection: how many frames each station inspects at once, and one
+engine (a bundle with an inspector per worker) per distinct bundle."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.config import CameraConfig, Config
+from edge.sdnotify import SystemdNotifier
+from engines.backends import open_backend
+from engines.bundle import Bundle, open_bundle
+from engines.inspector import Inspector
+
+log = logging.getLogger("edge.station_engine")
+
+# Left at 0, `workers` grows with the cores only this far: each worker holds its own sessions
+# (about 70 MiB at Lite0 256), and a reload opens them all while the watchdog waits.
+MAX_AUTO_WORKERS = 8
+
+
+@dataclass(frozen=True)
+class StationEngine:
+    bundle: Bundle
+    inspectors: tuple[Inspector, ...]  # one per inference worker; stations on this bundle share them
+
+    def close(self) -> None:
+        for inspector in self.inspectors:
+            try:
+                inspector.backend.close()
+            except Exception as error:  # the others must still be freed
+                log.error("closing a %s backend of bundle %s failed: %s", inspector.backend.name, self.bundle.bundle_id, error)
+
+
+@dataclass(frozen=True)
+class InferencePlan:
+    backend: str
+    workers: int
+    threads_per_worker: int
+
+
+def plan_inference(backend: str, threads: int, workers: int, cores: int, stations: int = 1) -> InferencePlan:
+    """How many frames each station inspects at once, and with how many threads each.
+
+    On the CPU, whole frames in parallel beat one frame spread over the cores: ONNX Runtime's
+    per-operator threading gains little on maps this small (each convolution is a few hundred
+    microseconds of work, and the threads sleep between operators), while separate sessions need
+    no synchronisation at all. Lite0 256 on 2 cores: one session with 2 threads ran 70-86
+    frames/s, two single-threaded sessions 132-133 (bench/README.md). A worker keeps one frame's
+    latency where a single thread puts it. TensorRT has one GPU stream, and torch's thread count
+    is process-wide, so both run one worker. `threads` (or the cores) is shared by all stations.
+    """
+    if backend != "onnxruntime":
+        return InferencePlan(backend, 1, threads)
+    total = threads or cores
+    count = workers or max(1, min(MAX_AUTO_WORKERS, total // stations))
+    return InferencePlan(backend, count, max(1, total // (count * stations)))
+
+
+def usable_cores() -> int:
+    """Cores this process may use: its CPU affinity (systemd's CPUAffinity=, cpusets), capped by
+    a cgroup v2 CPU quota (systemd's CPUQuota=, docker --cpus) where one is set."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    try:
+        return cores_within_quota(cores, Path("/sys/fs/cgroup/cpu.max").read_text())
+    except OSError:
+        return cores  # cgroup v1 or no cgroup filesystem: the affinity is all there is
+
+
+def cores_within_quota(cores: int, cpu_max: str) -> int:
+    """`cores` capped by a cgroup v2 cpu.max ("QUOTA PERIOD" or "max PERIOD"), rounded up."""
+    fields = cpu_max.split()
+    if len(fields) < 2 or fields[0] == "max" or not (fields[0].isdigit() and fields[1].isdigit()) or int(fields[1]) == 0:
+        return cores
+    return min(cores, max(1, math.ceil(int(fields[0]) / int(fields[1]))))
+
+
+def bundle_path(config: Config, camera: CameraConfig) -> str:
+    """The resolved bundle directory a camera inspects with (its own, else the top-level one)."""
+    return str(Path(config.bundle_of(camera)).resolve())
+
+
+def load_engines(config: Config, plan: InferencePlan, notifier: SystemdNotifier | None = None) -> dict[str, StationEngine]:
+    """One engine per distinct bundle path, opened, verified and warmed up (the first call of an
+    ONNX Runtime or TensorRT session is far slower than the rest)."""
+    engines: dict[str, StationEngine] = {}
+    for camera in config.cameras:
+        path = bundle_path(config, camera)
+        if path not in engines:
+            engines[path] = _open_engine(path, config, plan, notifier)
+    return engines
+
+
+def _open_engine(path: str, config: Config, plan: InferencePlan, notifier: SystemdNotifier | None) -> StationEngine:
+    bundle = open_bundle(path)
+    height, width = bundle.manifest.input_size
+    inspectors = []
+    for _ in range(plan.workers):
+        backend = open_backend(plan.backend, bundle, threads=plan.threads_per_worker, state_dir=Path(config.state_dir), notifier=notifier)
+        inspector = Inspector(bundle, backend)
+        inspector.inspect_batch(np.zeros((1, height, width, 3), np.uint8))
+        inspectors.append(inspector)
+    log.info(
+        "bundle %s (%s) on %s: %s, %dx%d, %d worker(s) x %s thread(s)",
+        bundle.bundle_id,
+        path,
+        plan.backend,
+        bundle.manifest.encoder.name,
+        width,
+        height,
+        plan.workers,
+        plan.threads_per_worker or "all",
+    )
+    return StationEngine(bundle, tuple(inspectors))
