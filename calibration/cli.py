@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 from calibration.calibrate import AugmentConfig, CalibrationSettings, calibrate
 from engines.encoders import ENCODER_NAMES, TAP_STRIDES
+from engines.version import version_line
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -44,8 +49,124 @@ def fraction(text: str) -> float:
     return value
 
 
+def whole_number(low: int, high: int | None = None):
+    """An argparse type: an integer from low (to high); argparse names the option in its message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text}: must be at least {low}" + (f" and at most {high}" if high is not None else ""))
+        return value
+
+    return parse
+
+
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
+    if not (math.isfinite(value) and value > 0):  # nan and inf would train forever or not at all
+        raise argparse.ArgumentTypeError(f"{text}: must be a number above 0")
+    return value
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse's refusals as one line naming the option, not the whole usage text above it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+class BadInput(ValueError):
+    """An input refused before any work starts; the message names the file or option."""
+
+
+def os_error_line(error: OSError) -> str:
+    """One line naming the file, where str(OSError) would put the errno first."""
+    if error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
+
+
+def check_image_folder(folder: Path, label: str) -> None:
+    """Refused when it is not a folder or holds no image. Reads names only: calibrate() reads every
+    image (and names each bad one) before the model is loaded."""
+    from calibration.images import IMAGE_SUFFIXES, ImageFolderError, list_images
+
+    if not folder.exists():
+        raise BadInput(f"{label} {folder}: not a folder (it does not exist)")
+    if not folder.is_dir():
+        raise BadInput(f"{label} {folder}: not a folder (it is a file)")
+    try:
+        images = list_images(folder)
+    except (ImageFolderError, OSError) as error:
+        raise BadInput(f"{label} {folder}: cannot be listed ({error})") from None
+    if not images:
+        raise BadInput(f"{label} {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+
+
+def check_can_create_in(folder: Path, named: Path, option: str) -> None:
+    """Refuse when `folder` cannot be made or written: a file in its way, or a nearest existing
+    folder that cannot be written. Nothing is left behind; missing folders are made when writing."""
+    folder = folder.absolute()
+    # os.path.exists: False rather than an error below a file or an unreadable folder; / exists.
+    existing = next(p for p in (folder, *folder.parents) if os.path.exists(p))
+    if not existing.is_dir():
+        raise BadInput(f"{option} {named}: {existing} is a file, not a folder")
+    reason = None if os.access(existing, os.W_OK | os.X_OK) else "permission denied"
+    if reason is None:
+        # root passes os.access everywhere; making a folder is what finds a read-only filesystem.
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=f".{named.name}.check.", dir=existing))
+        except OSError as error:
+            reason = error.strerror or str(error)
+    if reason is not None:
+        raise BadInput(f"{option} {named}: cannot write in {existing} ({reason}); choose a writable location")
+
+
+def check_output(output: Path, force: bool) -> None:
+    """-o/--output, checked before training so that minutes of work are not thrown away at the end."""
+    from engines.bundle import MANIFEST
+
+    option = "-o/--output"
+    if output.is_file():
+        raise BadInput(f"{option} {output}: is a file, not a bundle folder; choose another path")
+    if output.exists():
+        if not force:
+            raise BadInput(f"{option} {output}: already exists; choose another output path or pass --force to replace it")
+        # --force removes what is there: only ever an earlier bundle (or an empty folder).
+        if not (output / MANIFEST).is_file() and any(output.iterdir()):
+            raise BadInput(f"{option} {output}: is a folder but not a bundle (no {MANIFEST}); --force replaces only a bundle, choose another path")
+    # The bundle is written into a temporary folder beside it, then renamed into place.
+    check_can_create_in(output.absolute().parent, output, option)
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    check_image_folder(args.good, "GOOD folder")
+    if args.holdout is not None:
+        check_image_folder(args.holdout, "--holdout")
+        if args.holdout.resolve() == args.good.resolve():
+            raise BadInput(f"--holdout {args.holdout}: is the GOOD folder; held-out parts must not be trained on (leave --holdout out to hold out part of GOOD)")
+    if args.defects is not None:
+        check_image_folder(args.defects, "--defects")
+    if args.masks is not None and not args.masks.is_dir():
+        raise BadInput(f"--masks {args.masks}: not a folder")
+    check_output(args.output, args.force)
+    if args.sign_key is not None:
+        from engines.signing import SigningError, check_private_key
+
+        try:
+            check_private_key(args.sign_key)
+        except SigningError as error:
+            raise BadInput(f"--sign-key {error}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="edge-calibrate",
         description="Train CFLOW-AD on a folder of good part images and write a bundle for edge-inspect.",
     )
@@ -75,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--masks", type=Path,
         help="with --choose-strides: folder of the --defects images' masks (<stem>_mask.png or <stem>.png, defect pixels non-zero)",
     )
-    parser.add_argument("--coupling-blocks", type=int, default=8)
+    parser.add_argument("--coupling-blocks", type=whole_number(1), default=8)
     parser.add_argument(
         "--feature-pooling", type=int, choices=(1, 3, 5), default=1, metavar="K",
         help="average the features over K x K neighbours (1, 3 or 5; default 1: none). 3 helps large, faint "
@@ -85,12 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-part-appearance", dest="part_appearance", action="store_false",
         help="score parts by the anomaly map alone, without the whole-part appearance model (default: both)",
     )
-    parser.add_argument("--epochs", type=float, default=None, help="passes over the finest scale's fibers (default from the training config)")
-    parser.add_argument("--max-steps", type=int, default=None, help="cap on optimiser steps per scale (a quick trial run)")
-    parser.add_argument("--augment", type=int, default=0, metavar="COPIES", help="add COPIES shifted/rotated copies of each good image (unfixtured parts)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=positive_number, default=None, help="passes over the finest scale's fibers (default from the training config)")
+    parser.add_argument("--max-steps", type=whole_number(1), default=None, help="cap on optimiser steps per scale (a quick trial run)")
+    parser.add_argument("--augment", type=whole_number(0), default=0, metavar="COPIES", help="add COPIES shifted/rotated copies of each good image (unfixtured parts)")
+    parser.add_argument("--threads", type=whole_number(0), default=0, help="CPU threads (default: all cores)")
+    parser.add_argument("--seed", type=whole_number(0, 2**63 - 1), default=0)  # what numpy and torch both take
     parser.add_argument("--json", action="store_true", help="print the calibration report as JSON on stdout")
+    parser.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM): sign the bundle for stations that require signed bundles")
+    parser.add_argument("--version", action="version", version=version_line("edge-calibrate"))
     return parser
 
 
@@ -99,14 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     from dataclasses import replace
 
     from calibration.images import ImageFolderError
+    from calibration.train import TrainConfig
     from engines.bundle import BundleError
     from engines.encoders import EncoderError
     from engines.flow import FlowConfig
-    from calibration.train import TrainConfig
 
-    if args.coupling_blocks < 1:
-        print("edge-calibrate: --coupling-blocks must be at least 1", file=sys.stderr)
-        return EXIT_BAD_INPUT
     choosing = args.choose_strides is not None
     if choosing and args.strides is not None:
         print("edge-calibrate: give either --strides or --choose-strides, not both", file=sys.stderr)
@@ -117,13 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.masks is not None and not choosing:
         print("edge-calibrate: --masks is used with --choose-strides", file=sys.stderr)
         return EXIT_BAD_INPUT
+    try:
+        check_inputs(args)
+    except BadInput as error:
+        print(f"edge-calibrate: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:  # a folder on the way that cannot be looked into
+        print(f"edge-calibrate: {os_error_line(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     train = TrainConfig(seed=args.seed)
     if args.epochs is not None:
         train = replace(train, epochs=args.epochs, steps_per_scale=None)
     if args.max_steps is not None:
-        if args.max_steps < 1:
-            print("edge-calibrate: --max-steps must be at least 1", file=sys.stderr)
-            return EXIT_BAD_INPUT
         train = replace(train, max_steps_per_scale=args.max_steps, min_steps_per_scale=min(train.min_steps_per_scale, args.max_steps))
     settings = CalibrationSettings(
         encoder=args.encoder,
@@ -152,8 +277,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             bundle, report = calibrate(args.good, args.output, settings, args.holdout, args.defects, args.force, log=log)
-    except (ImageFolderError, FileExistsError, BundleError, EncoderError) as error:
+        if args.sign_key is not None:
+            from engines.signing import sign_manifest
+
+            sign_manifest(bundle.path, args.sign_key)
+            log(f"signed {bundle.path} with {args.sign_key}")
+    except (ImageFolderError, BundleError, EncoderError) as error:
         print(f"edge-calibrate: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:  # FileExistsError included; e.g. the disk filled while writing
+        print(f"edge-calibrate: {os_error_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("edge-calibrate: interrupted; nothing was written", file=sys.stderr)

@@ -1,11 +1,28 @@
 """edge-evaluate: how well a bundle separates good from defective parts of an MVTec-layout category."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from calibration.cli import BadInput, OneLineErrors, check_can_create_in, os_error_line, whole_number
+from engines.version import version_line
+
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
+
+
+def default_output(bundle: Path) -> Path:
+    """BUNDLE.evaluation beside the bundle: a bundle holds only the files its manifest lists."""
+    bundle = bundle.resolve()  # "." and ".." have no name to add to
+    return bundle.with_name(bundle.name + ".evaluation")
+
+
+def check_output(output: Path, bundle: Path) -> None:
+    option = "-o/--output"
+    if output.is_file():
+        raise BadInput(f"{option} {output}: is a file, not a folder; choose another path")
+    if output.resolve().is_relative_to(bundle.resolve()):
+        raise BadInput(f"{option} {output}: inside the bundle {bundle}; a file added there fails the bundle's check, choose a folder outside it")
+    check_can_create_in(output, output, option)
 
 
 def format_row(name: str, m: dict) -> str:
@@ -17,12 +34,13 @@ def format_row(name: str, m: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edge-evaluate", description=__doc__)
+    parser = OneLineErrors(prog="edge-evaluate", description=__doc__)
     parser.add_argument("bundle", type=Path, help="bundle directory written by edge-calibrate")
     parser.add_argument("category", type=Path, help="category folder: train/good, test/<type>, ground_truth/<type>/<stem>_mask.png")
-    parser.add_argument("-o", "--output", type=Path, help="folder for evaluation.json and contact_sheet.png (default: BUNDLE/evaluation)")
+    parser.add_argument("-o", "--output", type=Path, help="folder for evaluation.json and contact_sheet.png (default: BUNDLE.evaluation, beside the bundle)")
     parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=whole_number(0), default=0, help="CPU threads (default: all cores)")
+    parser.add_argument("--version", action="version", version=version_line("edge-evaluate"))
     args = parser.parse_args(argv)
 
     from calibration.datasets import open_category
@@ -32,14 +50,23 @@ def main(argv: list[str] | None = None) -> int:
     from engines.bundle import BundleError, open_bundle
 
     try:
+        if not args.bundle.is_dir():
+            raise BadInput(f"BUNDLE {args.bundle}: not a folder; give the bundle directory edge-calibrate wrote")
         bundle = open_bundle(args.bundle)
+        if not args.category.is_dir():
+            raise BadInput(f"CATEGORY {args.category}: not a folder")
         category = open_category(args.category)
+        output = args.output or default_output(args.bundle)
+        check_output(output, args.bundle)
         scored = score_category(bundle, category, args.backend, threads=args.threads)
-    except (BundleError, ImageFolderError, BackendError) as error:
+        result = evaluate_scored(bundle, scored)
+        json_path, png_path = write_outputs(result, contact_sheet(bundle, scored), output)
+    except (BadInput, BundleError, ImageFolderError, BackendError) as error:
         print(f"edge-evaluate: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    result = evaluate_scored(bundle, scored)
-    json_path, png_path = write_outputs(result, contact_sheet(bundle, scored), args.output or args.bundle / "evaluation")
+    except OSError as error:
+        print(f"edge-evaluate: {os_error_line(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(f"{category.name}  threshold {result['threshold']:.3f}  ({result['seconds_per_image'] * 1000:.1f} ms/image, {args.backend})")
     print(f"{'':<16} {'n':>5} {'imAUC':>6} {'pxAUC':>6} {'PRO':>6} {'FRR':>6} {'miss':>6}")
     print(format_row("overall", result["overall"]))

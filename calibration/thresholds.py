@@ -40,26 +40,25 @@ def gumbel_quantile(scores: np.ndarray, probability: float) -> float:
     return location - beta * math.log(-math.log(probability))
 
 
-def choose_thresholds(
-    good_scores: np.ndarray, good_maps: np.ndarray, target_frr: float, target_pixel_fpr: float
-) -> Thresholds:
-    """Image threshold for the target false-reject rate on held-out good parts.
-
-    With enough parts (at least 10 expected rejects) the empirical quantile is used; with fewer,
-    the quantile of a fitted Gumbel law, never below the empirical quantile. The pixel threshold
-    marks defect regions: the level that target_pixel_fpr of good pixels exceed.
-    """
+def image_threshold(good_scores: np.ndarray, target_frr: float) -> tuple[float, str]:
+    """Image threshold for the target false-reject rate on held-out good parts, and how it was
+    chosen. With enough parts (at least 10 expected rejects) the empirical quantile is used; with
+    fewer, the quantile of a fitted Gumbel law, never below the empirical quantile."""
     scores = np.sort(np.asarray(good_scores, dtype=np.float64))
     n = len(scores)
     empirical = float(np.quantile(scores, 1.0 - target_frr, method="higher"))
     if n * target_frr >= 10:
-        image, method = empirical, f"empirical {100 * (1 - target_frr):g}% quantile of {n} held-out good parts"
-    else:
-        image = max(gumbel_quantile(scores, 1.0 - target_frr), empirical)
-        method = (
-            f"Gumbel fit to {n} held-out good parts' scores (too few for an empirical "
-            f"{100 * (1 - target_frr):g}% quantile), not below the empirical one"
-        )
+        return empirical, f"empirical {100 * (1 - target_frr):g}% quantile of {n} held-out good parts"
+    method = f"Gumbel fit to {n} held-out good parts' scores (too few for an empirical {100 * (1 - target_frr):g}% quantile), not below the empirical one"
+    return max(gumbel_quantile(scores, 1.0 - target_frr), empirical), method
+
+
+def choose_thresholds(good_scores: np.ndarray, good_maps: np.ndarray, target_frr: float, target_pixel_fpr: float) -> Thresholds:
+    """The image threshold (image_threshold) and the pixel threshold that marks defect regions:
+    the level that target_pixel_fpr of good pixels exceed. The scores are kept, sorted, so the
+    image threshold can be chosen again for another target without the images."""
+    scores = np.sort(np.asarray(good_scores, dtype=np.float64))
+    image, method = image_threshold(scores, target_frr)
     pixel = float(np.quantile(good_maps.ravel(), 1.0 - target_pixel_fpr))
     quantiles = {f"q{q:g}": float(np.quantile(scores, q / 100.0)) for q in (50, 90, 95, 99, 100)}
     return Thresholds(
@@ -68,6 +67,7 @@ def choose_thresholds(
         target_false_reject_rate=target_frr,
         target_pixel_false_positive_rate=target_pixel_fpr,
         method=method,
-        good_parts=n,
+        good_parts=len(scores),
         good_score_quantiles=quantiles,
+        good_scores=tuple(round(float(v), 6) for v in scores),
     )

@@ -58,6 +58,7 @@ class Answer:
     verdict: Verdict | None = None  # inspected parts only
     inspected: Inspected | None = field(default=None, repr=False)
     error: str | None = None  # why a part was not inspected
+    fault: str | None = None  # a station fault behind it that raises an alarm (edge/alarms.py)
     answered_at: float = field(default_factory=time.time)
 
     @classmethod

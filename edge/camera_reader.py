@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from edge.alarms import CAMERA_LOST, Alarms
 from edge.capture import EndOfStream, Frame, NoFrameYet, SourceUnavailable
 from edge.frame_numbers import FrameNumbers
 
@@ -16,8 +17,9 @@ MAX_BACKOFF_S = 2.0
 
 
 class CameraReader:
-    def __init__(self, station: str, source, frame_numbers: FrameNumbers, stop: threading.Event):
+    def __init__(self, station: str, source, frame_numbers: FrameNumbers, stop: threading.Event, alarms: Alarms):
         self.station = station
+        self.alarms = alarms
         self.source = source
         self.frame_numbers = frame_numbers  # a free-run part id is its frame number: never reused
         self.stop = stop
@@ -33,11 +35,13 @@ class CameraReader:
                 self.source.open()
                 if self.state != "starting":
                     log.info("%s: %s is back", self.station, self.source.description)
+                    self.alarms.clear(CAMERA_LOST)
                 self.state, self.backoff = "ok", FIRST_BACKOFF_S
             return self._read()
         except SourceUnavailable as error:
             if self.state != "lost":
                 log.error("%s: camera lost: %s; retrying with backoff", self.station, error)
+                self.alarms.raise_alarm(CAMERA_LOST, f"{error}; retrying")
             self.state = "lost"
             self.stop.wait(self.backoff)
             self.backoff = min(self.backoff * 2, MAX_BACKOFF_S)

@@ -18,6 +18,7 @@ import numpy as np
 
 from edge.config import FileSourceConfig, FolderSourceConfig, GstreamerSourceConfig, SourceConfig, StreamSourceConfig, V4l2SourceConfig, VideoSourceConfig
 from edge.counters import ThrottledLog
+from edge.triggers import MAX_PART_ID, printable, valid_part_id
 
 log = logging.getLogger("edge.capture")
 # Sources that deliver a view of the line now, rather than parts that wait to be read.
@@ -166,6 +167,8 @@ class FolderSource:
         self.pending_lock = threading.Lock()
         # A misconfigured done_dir must not flood the journal.
         self.move_failures = ThrottledLog(log, logging.WARNING)
+        self.ignored: set[str] = set()  # files here that are not images, each said once while present
+        self.ignored_log = ThrottledLog(log, logging.WARNING, first=20, every=1000)
 
     @property
     def moves_files(self) -> bool:
@@ -183,9 +186,11 @@ class FolderSource:
 
     def _candidates(self) -> list[os.DirEntry]:
         try:
-            files = [e for e in os.scandir(self.folder) if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)]
+            everything = [e for e in os.scandir(self.folder) if e.is_file() and not e.name.startswith(".")]
         except OSError:
             raise SourceUnavailable(f"folder {self.folder} not readable (unmounted?)") from None
+        files = [e for e in everything if e.name.lower().endswith(IMAGE_SUFFIXES)]
+        self._say_ignored({e.name for e in everything} - {e.name for e in files})
         # Forget files that are gone (moved or cleaned up by the line), so a months-long run
         # does not remember every part it ever saw.
         present = {e.name for e in files}
@@ -197,6 +202,11 @@ class FolderSource:
         entries = [e for e in files if e.name not in self.seen]
         return sorted(entries, key=lambda e: (e.stat().st_mtime_ns, e.name))
 
+    def _say_ignored(self, others: set[str]) -> None:
+        for name in sorted(others - self.ignored):
+            self.ignored_log("folder %s: ignoring %s: not an image (%s)", self.folder, printable(name), ", ".join(IMAGE_SUFFIXES))
+        self.ignored = others
+
     def read(self, frame_id: int, stop=None) -> Frame:
         """The next settled file; NoFrameYet after WAIT_SLICE_S without one."""
         deadline = time.monotonic() + WAIT_SLICE_S
@@ -207,9 +217,9 @@ class FolderSource:
                     # First sighting or still growing: look again next poll.
                     self.sizes[entry.name] = size
                     continue
-                self.seen.add(entry.name)
                 self.sizes.pop(entry.name, None)
                 with self.pending_lock:
+                    self.seen.add(entry.name)
                     self.pending.add(entry.name)
                 return self._load(Path(entry.path), frame_id)
             if time.monotonic() >= deadline:
@@ -218,7 +228,11 @@ class FolderSource:
         raise EndOfStream()
 
     def _load(self, path: Path, frame_id: int) -> Frame:
-        frame = Frame(image=None, frame_id=frame_id, t_capture=time.time(), part_id=path.stem, source_name=path.name)
+        part_id = valid_part_id(path.stem)
+        if part_id is None:
+            part_id = printable(path.stem)[:MAX_PART_ID] or f"frame-{frame_id}"
+            log.warning("folder %s: %s is no usable part id (empty, over %d characters, or control characters); the part is %s", self.folder, printable(path.name), MAX_PART_ID, part_id)
+        frame = Frame(image=None, frame_id=frame_id, t_capture=time.time(), part_id=part_id, source_name=path.name)
         try:
             data = np.fromfile(str(path), dtype=np.uint8)
         except OSError as error:
@@ -233,29 +247,76 @@ class FolderSource:
     def finish(self, frame: Frame, keep_file: bool = False) -> None:
         """The part is answered: its file may leave the folder if the answer is on disk (outbox,
         audit). Until then, or with `keep_file`, it stays, so a daemon killed mid-part (or one whose
-        answer a full disk refused) inspects it again on its next start. It stays seen meanwhile."""
+        answer a full disk refused) inspects it again on its next start. It stays seen meanwhile;
+        once moved, its name is free again: the camera may reuse it for a new part at once."""
         if frame.source_name:
-            if not keep_file:
-                self._move_to_done(frame.source_name)
+            moved = not keep_file and self._move_to_done(frame.source_name)
             with self.pending_lock:
                 self.pending.discard(frame.source_name)
+                if moved:
+                    self.seen.discard(frame.source_name)
 
-    def _move_to_done(self, name: str) -> None:
+    def _move_to_done(self, name: str) -> bool:
         if not self.done_dir:
-            return
+            return False
+        target = self.done_dir / name
+        for n in range(1, 10_000):
+            if not target.exists():
+                break
+            # A reused file name: keep both, the earlier part's image stays as it was.
+            target = self.done_dir / f"{Path(name).stem}.{n}{Path(name).suffix}"
+        if target.name != name:
+            log.warning("folder %s: %s is already in %s; kept both, this one as %s", self.folder, printable(name), self.done_dir, printable(target.name))
         try:
-            os.replace(self.folder / name, self.done_dir / name)
+            os.replace(self.folder / name, target)
         except OSError as error:
             self.move_failures(
                 "folder %s: could not move %s to %s (%s); it stays and is inspected again after a restart",
                 self.folder,
-                name,
+                printable(name),
                 self.done_dir,
                 error.strerror or error,
             )
+            return False
+        return True
 
     def close(self) -> None:
         pass
+
+
+def known_frame_size(config: SourceConfig) -> tuple[int, int] | None:
+    """(width, height) of the frames a source will deliver, where that is known before the
+    first frame: a video file's, a V4L2 device's asked-for size, the oldest image waiting in a
+    folder. None where only the first frame will tell."""
+    if isinstance(config, V4l2SourceConfig):
+        return (config.width, config.height) if config.width and config.height else None
+    if isinstance(config, FileSourceConfig):
+        capture = cv2.VideoCapture(config.path, cv2.CAP_FFMPEG)
+        try:
+            size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        finally:
+            capture.release()
+        return size if size[0] > 0 and size[1] > 0 else None
+    if isinstance(config, FolderSourceConfig):
+        try:
+            images = sorted((e for e in os.scandir(config.path) if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)), key=lambda e: e.stat().st_mtime_ns)
+        except OSError:
+            return None
+        for entry in images[:5]:  # the first readable one
+            image = cv2.imread(entry.path, cv2.IMREAD_UNCHANGED)
+            if image is not None:
+                return image.shape[1], image.shape[0]
+    return None
+
+
+def roi_outside(roi: tuple[int, ...] | None, width: int, height: int) -> str | None:
+    """Why the ROI does not fit frames of this size, or None if it does."""
+    if roi is None:
+        return None
+    x, y, w, h = roi
+    if x + w <= width and y + h <= height:
+        return None
+    return f"the ROI [{x}, {y}, {w}, {h}] reaches outside the {width}x{height} frames (it ends at x={x + w}, y={y + h})"
 
 
 def open_source(config: SourceConfig) -> FolderSource | VideoCaptureSource:

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from engines.version import version_line
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 
 
@@ -14,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--validate-config", action="store_true", help="check the config (and its bundles) and exit")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--version", action="version", version=version_line("edge-inspect"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -22,14 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     from engines.bundle import BundleError, open_bundle
 
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, check_frames=args.validate_config)
     except ConfigError as error:
         print(f"edge-inspect: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     if args.validate_config:
         try:
             for camera in config.cameras:
-                open_bundle(config.bundle_of(camera))
+                open_bundle(config.bundle_of(camera), public_key=config.bundle_public_key)
         except BundleError as error:
             print(f"edge-inspect: {error}", file=sys.stderr)
             return EXIT_BAD_CONFIG

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import typing
 from pathlib import Path
 from typing import Annotated, Literal
@@ -107,6 +108,35 @@ def _valid_topic_part(text: str, allow_slash: bool) -> bool:
 # a mistake to report, not to convert. Floats take whole numbers (fps: 25).
 PathSetting = Annotated[str, AfterValidator(_resolve)]
 ReadableFile = Annotated[str, AfterValidator(_resolve), AfterValidator(_readable)]
+
+
+def _writable_directory(value: str) -> str:
+    """A directory the daemon can write (its outbox, audit log and frame numbers), or one it can
+    create: refused here rather than in a restart loop under systemd."""
+    path = Path(value)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{existing} is a file, not a directory" if existing == path else f"{existing} is a file, so {value} cannot be a directory")
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as error:
+        raise ValueError(f"cannot write in {existing} ({error.strerror or error}); the daemon keeps its outbox and audit log there") from None
+    return value
+
+
+def _public_key(value: str) -> str:
+    from engines.signing import SigningError, check_public_key
+
+    try:
+        check_public_key(Path(value))
+    except SigningError as error:
+        raise ValueError(str(error)) from None
+    return value
+
+
+PublicKeyFile = Annotated[ReadableFile, AfterValidator(_public_key)]
 Positive = Annotated[StrictFloat, Field(gt=0)]
 
 
@@ -235,10 +265,12 @@ def _default_state_dir() -> str:
 class Config(_Section):
     cameras: Annotated[tuple[CameraConfig, ...], AfterValidator(_some_cameras)]
     bundle: PathSetting | None = None
+    # Ed25519 public key (PEM): when set, only bundles signed with its private key are run.
+    bundle_public_key: PublicKeyFile | None = None
     backend: BackendName = "auto"
     threads: Annotated[StrictInt, Field(ge=0)] = 0  # CPU cores inference may use, all stations together; 0: every core this process may use
     workers: Annotated[StrictInt, Field(ge=0, le=64)] = 0  # frames each station inspects at once (ONNX Runtime only); 0: one per core of its share, at most 8
-    state_dir: PathSetting = Field(default_factory=_default_state_dir, validate_default=True)
+    state_dir: Annotated[PathSetting, AfterValidator(_writable_directory)] = Field(default_factory=_default_state_dir, validate_default=True)
     queue_size: Annotated[StrictInt, Field(ge=1, le=1000)] = 4
     audit_max_bytes: Annotated[StrictInt, Field(ge=10_000)] = 50_000_000
     audit_backups: Annotated[StrictInt, Field(ge=0, le=1000)] = 5
@@ -254,8 +286,10 @@ class Config(_Section):
         return bundle
 
 
-def load_config(path: str | os.PathLike) -> Config:
-    """Parse and validate; raises ConfigError with the file, key and line."""
+def load_config(path: str | os.PathLike, check_frames: bool = False) -> Config:
+    """Parse and validate; raises ConfigError with the file, key and line. `check_frames` also
+    opens the sources whose frame size is known before the first frame (--validate-config): the
+    daemon itself starts anyway and raises an alarm, so parts are rejected, not left unanswered."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -266,7 +300,7 @@ def load_config(path: str | os.PathLike) -> Config:
         config = Config.model_validate(data, context={"base": path.parent})
     except ValidationError as error:
         raise ConfigError("\n".join(_message(path, root, e) for e in error.errors(include_url=False))) from None
-    problem = _check_cameras(config)
+    problem = _check_cameras(config) or (_check_frames(config) if check_frames else None)
     if problem is not None:
         keys, message = problem
         raise ConfigError(_located(path, root, keys, message))
@@ -318,6 +352,17 @@ def _check_cameras(config: Config) -> tuple[list, str] | None:
             return ["cameras", i, "bundle"], "no bundle: set 'bundle' at the top level or per camera"
         if not Path(bundle).is_dir():
             return (["cameras", i, "bundle"] if camera.bundle else ["bundle"]), f"bundle directory {bundle} not found (run edge-calibrate first)"
+    return None
+
+
+def _check_frames(config: Config) -> tuple[list, str] | None:
+    from edge.capture import known_frame_size, roi_outside
+
+    for i, camera in enumerate(config.cameras):
+        size = known_frame_size(camera.source) if camera.roi is not None else None
+        outside = roi_outside(camera.roi, *size) if size else None
+        if outside:
+            return ["cameras", i, "roi"], f"{outside} of {camera.source.type} source; fix the ROI or the source"
     return None
 
 

@@ -5,8 +5,11 @@ here depends on other frames, threads or the broker."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from edge.alarms import ROI_OUTSIDE_FRAME
 from edge.answer import Answer, Inspected, Outcome
-from edge.capture import LIVE_SOURCES, Frame
+from edge.capture import LIVE_SOURCES, Frame, roi_outside
 from edge.config import CameraConfig
 from edge.decision import decide
 from edge.station_engine import StationEngine
@@ -37,9 +40,10 @@ def inspect_frame(frame: Frame, engine: StationEngine, camera: CameraConfig, wor
     height, width = image.shape[:2] if image.ndim >= 2 else (0, 0)
     box = (0, 0, width, height)
     if camera.roi is not None:
+        outside = roi_outside(camera.roi, width, height)
+        if outside:
+            return replace(cannot_inspect(frame, f"cannot be inspected: {outside}", camera, bundle.bundle_id), fault=ROI_OUTSIDE_FRAME)
         x, y, w, h = camera.roi
-        if x + w > width or y + h > height:
-            return cannot_inspect(frame, f"cannot be inspected: {width}x{height} is smaller than the ROI", camera, bundle.bundle_id)
         image, box = image[y : y + h, x : x + w], (x, y, w, h)
     inspector = engine.inspectors[worker]
     try:

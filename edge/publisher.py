@@ -50,10 +50,11 @@ class Topics:
     heatmap: str
     stats: str
     trigger: str
+    alarm: str
 
     @classmethod
     def under(cls, base: str) -> Topics:
-        return cls(base, *(f"{base}/{name}" for name in ("status", "reject", "result", "heatmap", "stats", "trigger")))
+        return cls(base, *(f"{base}/{name}" for name in ("status", "reject", "result", "heatmap", "stats", "trigger", "alarm")))
 
 
 class StationPublisher:
@@ -88,6 +89,7 @@ class StationPublisher:
             threading.Thread(target=self._acknowledgement_loop, name=f"acks-{station}", daemon=True),
             threading.Thread(target=self._flush_loop, name=f"flush-{station}", daemon=True),
         ]
+        self.alarms: dict | None = None  # the last set of active alarms (edge/alarms.py)
         self.stopping = False
         self.answered = False  # the broker answered this connection's CONNECT (accepted or refused)
         self.client = self._client(station)
@@ -163,6 +165,8 @@ class StationPublisher:
         self.counters.last_error = ""
         log.info("%s: connected to %s:%d", self.topics.base, self.config.host, self.config.port)
         client.publish(self.topics.status, "online", qos=1, retain=True)
+        if self.alarms is not None:  # what changed while the broker was away
+            client.publish(self.topics.alarm, json.dumps(self.alarms), qos=1, retain=True)
         client.subscribe(self.topics.trigger, qos=1)
         # Not here on paho's network thread: paho re-sends what it held only after this callback
         # returns, and acknowledgements arrive on this thread.
@@ -322,6 +326,12 @@ class StationPublisher:
     def publish_heatmap(self, jpeg: bytes) -> None:
         if self.connected.is_set() and jpeg:
             self.client.publish(self.topics.heatmap, jpeg, qos=0)
+
+    def publish_alarms(self, alarms: dict) -> None:
+        """The set of active alarms, retained; kept for the next connect if the broker is away."""
+        self.alarms = alarms
+        if self.connected.is_set():
+            self.client.publish(self.topics.alarm, json.dumps(alarms), qos=1, retain=True)
 
     def publish_stats(self, stats: dict) -> None:
         if self.connected.is_set():

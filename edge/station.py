@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 
+from edge.alarms import ROI_OUTSIDE_FRAME, Alarms
 from edge.answer import Answer, Outcome
 from edge.audit import AuditLog
 from edge.camera_reader import CameraReader
-from edge.capture import LIVE_SOURCES, EndOfStream, Frame, open_source
+from edge.capture import LIVE_SOURCES, EndOfStream, Frame, known_frame_size, open_source, roi_outside
 from edge.config import CameraConfig, PublishConfig
 from edge.counters import ThrottledLog
 from edge.delivery import AnswerDelivery
@@ -27,7 +28,7 @@ from edge.publisher import StationPublisher
 from edge.station_engine import StationEngine
 from edge.stats import StationStats
 from edge.stop_budget import STOP_BUDGET
-from edge.triggers import PendingTriggers, parse_trigger
+from edge.triggers import PendingTriggers, RecentPartIds, parse_trigger
 
 log = logging.getLogger("edge.station")
 
@@ -55,14 +56,17 @@ class Station:
         self.triggers = PendingTriggers(camera.trigger_timeout_s)
         self.pipeline = OrderedPipeline(queue_size, self._not_inspected)
         self.delivery = AnswerDelivery(self.name, publisher, audit, stats, publish, self.source)
+        self.alarms = Alarms(self.name, publisher.publish_alarms)
+        self.recent_ids = RecentPartIds()
         self.stop_capture = threading.Event()
-        self.reader = CameraReader(self.name, self.source, frame_numbers, self.stop_capture)
+        self.reader = CameraReader(self.name, self.source, frame_numbers, self.stop_capture, self.alarms)
         self.publish_done = threading.Event()
         workers = len(engine.inspectors)
         self.heartbeats = Heartbeats(self.name, ["capture", *(f"inference-{i}" for i in range(workers)), "publish"])
         self.bad_triggers = ThrottledLog(log, logging.WARNING, first=5, every=100)
         self.bad_frames = ThrottledLog(log, logging.WARNING, first=20, every=100)
         self.inference_errors = ThrottledLog(log, logging.ERROR, first=5, every=100)
+        self.repeated_ids = ThrottledLog(log, logging.WARNING, first=1000, every=100)  # each one says something
         self.threads = [
             threading.Thread(target=self._capture_loop, name=f"capture-{self.name}", daemon=True),
             *(threading.Thread(target=self._inference_loop, args=(i,), name=f"inference-{self.name}-{i}", daemon=True) for i in range(workers)),
@@ -71,6 +75,11 @@ class Station:
 
     # -- control ------------------------------------------------------------------------------
     def start(self) -> None:
+        """Check what can be checked before the first frame, then run."""
+        size = known_frame_size(self.camera.source) if self.camera.roi is not None else None
+        outside = roi_outside(self.camera.roi, *size) if size else None
+        if outside:
+            self.alarms.raise_alarm(ROI_OUTSIDE_FRAME, f"{outside}; every part is rejected until the ROI or the camera is fixed")
         for thread in self.threads:
             thread.start()
 
@@ -180,6 +189,9 @@ class Station:
             self.source.finish(frame)  # triggered mode and nobody asked for this frame
             return
         frame.part_id = part_id
+        if self.recent_ids.seen_again(part_id):
+            self.stats.repeated_part_ids.add()
+            self.repeated_ids("%s: part id %s was inspected before (a repeated trigger or file name); inspected again", self.name, part_id)
         dropped = self.pipeline.put(frame, blocking=not self.live)
         if dropped:
             self.stats.dropped.add(dropped)
@@ -204,6 +216,10 @@ class Station:
             self.stats.inference_errors.add()
             self.inference_errors("%s: inspecting part %s failed: %s", self.name, frame.part_id, why, exc_info=True)
             return self._failed(frame, why)
+        if answer.fault is not None:
+            self.alarms.raise_alarm(answer.fault, f"{answer.error}; every part is rejected until this is fixed")
+        elif answer.verdict is not None:
+            self.alarms.clear(ROI_OUTSIDE_FRAME)
         if answer.verdict is None:
             self.stats.bad_frames.add()
             self.bad_frames("%s: skipped %s: %s", self.name, frame.source_name or f"frame {frame.frame_id}", answer.error)

@@ -100,7 +100,7 @@ def load_engines(config: Config, plan: InferencePlan, notifier: SystemdNotifier 
 
 
 def _open_engine(path: str, config: Config, plan: InferencePlan, notifier: SystemdNotifier | None) -> StationEngine:
-    bundle = open_bundle(path)
+    bundle = open_bundle(path, public_key=config.bundle_public_key)
     height, width = bundle.manifest.input_size
     inspectors = []
     for _ in range(plan.workers):

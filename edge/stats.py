@@ -27,6 +27,7 @@ class StationStats:
         self.bad_triggers = Counter()
         self.inference_errors = Counter()
         self.not_inspected = Counter()
+        self.repeated_part_ids = Counter()
         self.started = time.monotonic()
 
     def record(self, latency_ms: float, score: float, reject: bool) -> None:
@@ -71,6 +72,7 @@ class StationStats:
                 "bad_triggers": self.bad_triggers.value,
                 "inference_errors": self.inference_errors.value,
                 "not_inspected": self.not_inspected.value,
+                "repeated_part_ids": self.repeated_part_ids.value,
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "drift": self._drift(),
             }

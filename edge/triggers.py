@@ -6,9 +6,29 @@ import collections
 import json
 import threading
 import time
+import unicodedata
 
 MAX_TRIGGER_BYTES = 256
+MAX_PART_ID = 128  # characters: a serial number, a barcode, a file name's stem
 WAITING_TRIGGERS = 1000  # beyond this the oldest is forgotten: a PLC this far ahead is misconfigured
+REMEMBERED_IDS = 10_000  # how far back a repeated part id is noticed
+
+
+def valid_part_id(text: str) -> str | None:
+    """The part id, stripped, or None if it cannot be one: empty, longer than MAX_PART_ID, or
+    with control or format characters (terminal escapes, NUL, newlines, bidi overrides), which
+    would go into the journal, the audit file and the PLC's messages as they are."""
+    text = text.strip()
+    if not text or len(text) > MAX_PART_ID:
+        return None
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn") for c in text):
+        return None
+    return text
+
+
+def printable(text: str) -> str:
+    """A name for the log: control characters escaped, so the journal shows them, not runs them."""
+    return "".join(c if unicodedata.category(c)[0] != "C" else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def parse_trigger(payload: bytes) -> str | None:
@@ -30,9 +50,9 @@ def parse_trigger(payload: bytes) -> str | None:
         value = value.get("part_id")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not value.strip() or any(c in value for c in "\0\n\r"):
+    if not isinstance(value, str):
         return None
-    return value.strip()
+    return valid_part_id(value)
 
 
 class PendingTriggers:
@@ -61,3 +81,22 @@ class PendingTriggers:
             while self.waiting and (everything or now - self.waiting[0][1] > self.timeout_s):
                 out.append(self.waiting.popleft()[0])
         return out
+
+
+class RecentPartIds:
+    """The last REMEMBERED_IDS part ids a station inspected (its capture thread alone), to say when
+    one comes again: a PLC that re-triggers, or a camera that reuses a file name."""
+
+    def __init__(self, size: int = REMEMBERED_IDS):
+        self.order: collections.deque[str] = collections.deque()
+        self.seen: set[str] = set()
+        self.size = size
+
+    def seen_again(self, part_id: str) -> bool:
+        if part_id in self.seen:
+            return True
+        self.order.append(part_id)
+        self.seen.add(part_id)
+        if len(self.order) > self.size:
+            self.seen.discard(self.order.popleft())
+        return False

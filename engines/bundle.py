@@ -24,12 +24,20 @@ from engines.scoring import ScoringConstants, ScoringJson
 # part_distance output of the flows graph). A daemon that reads only version 1 would ignore it
 # and judge parts against a threshold calibrated for more than it computes, so it must refuse.
 # 3: the flows may model fewer scales than the encoder taps (flow.strides); the whole-part model
-# still pools every tap. Written only where they differ, so other bundles stay readable by
-# daemons that know version 2.
-FORMAT_VERSION = 2
-FLOW_SUBSET_FORMAT_VERSION = 3
-READABLE_FORMAT_VERSIONS = (1, 2, 3)
+# still pools every tap.
+# 4: the manifest carries a digest of its own content (`integrity`), a `history` of the
+# supported changes made to it since calibration, and the held-out good parts' scores
+# (thresholds.good_scores) that a threshold can be re-chosen from. Bundles before it cannot be
+# told from hand-edited ones, so they are refused; `edge-bundle reseal` carries one over.
+FORMAT_VERSION = 4
+READABLE_FORMAT_VERSIONS = (4,)
+UNSEALED_FORMAT_VERSIONS = (1, 2, 3)  # what `edge-bundle reseal` reads
 MANIFEST = "manifest.json"
+# Ed25519 signature of manifest.json's bytes, for plants that sign their bundles (engines/signing.py).
+SIGNATURE = "manifest.sig"
+# TensorRT plans built on the target machine (engines/tensorrt_plans.py): the only folder a bundle may hold.
+PLANS_DIRECTORY = "engines"
+INTEGRITY = "integrity"
 ENCODER_ONNX = "encoder.onnx"
 FLOWS_ONNX = "flows.onnx"
 # Mixed-precision graphs (half convolutions, float32 reductions) that GPU engines are built from.
@@ -90,6 +98,9 @@ class Thresholds:
     method: str
     good_parts: int
     good_score_quantiles: dict[str, float] = field(default_factory=dict)
+    # The held-out good parts' image scores, sorted: a new target false-reject rate is chosen
+    # from them without the images (edge-bundle retune). Empty in bundles resealed from format 3.
+    good_scores: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,12 +116,16 @@ class Manifest:
     thresholds: Thresholds
     training: dict
     files: dict[str, str]  # file name -> sha256
+    # Supported changes since calibration (edge-bundle), oldest first: time, who, why, what.
+    history: tuple[dict, ...] = ()
 
     def to_json(self) -> dict:
+        """The manifest's content, without its digest (seal() adds it)."""
         data = asdict(self)
         data["scoring"] = self.scoring.to_json()
+        data["history"] = list(self.history)
         if data["flow"]["strides"] is None:
-            del data["flow"]["strides"]  # a version-2 reader refuses keys it does not know
+            del data["flow"]["strides"]  # every tap has a flow: nothing to say
         return data
 
     @property
@@ -146,6 +161,7 @@ class _ManifestJson(BaseModel):
     thresholds: Thresholds
     training: dict[str, Any] = {}  # how the bundle was made: free-form
     files: dict[str, str]
+    history: tuple[dict[str, Any], ...] = ()
 
 
 def _first_problem(error: ValidationError) -> str:
@@ -168,8 +184,51 @@ def flow_tap_indices(tap_strides: tuple[int, ...], flow_strides: tuple[int, ...]
 
 
 def format_version_for(flow: FlowRecord) -> int:
-    """The oldest format that says everything this bundle needs a reader to know."""
-    return FLOW_SUBSET_FORMAT_VERSION if flow.strides is not None else FORMAT_VERSION
+    """The format a new bundle is written in (every new bundle carries its digest)."""
+    return FORMAT_VERSION
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def seal(content: dict) -> dict:
+    """The manifest content with its digest: over the whole canonical content, and per top-level
+    section so that a refusal can say which section was edited. Tamper evidence against hand
+    edits, not a security boundary: that is what signing is for (engines/signing.py)."""
+    body = {key: value for key, value in content.items() if key != INTEGRITY}
+    sections = {key: _sha256(_canonical(value)) for key, value in body.items()}
+    return {**body, INTEGRITY: {"manifest_sha256": _sha256(_canonical(body)), "sections": sections}}
+
+
+def manifest_bytes(manifest: Manifest) -> bytes:
+    """manifest.json as written: sealed, indented, keys sorted."""
+    return (json.dumps(seal(manifest.to_json()), indent=2, sort_keys=True) + "\n").encode()
+
+
+def check_seal(data: dict, manifest_path: Path) -> dict:
+    """The manifest content without its digest, if the digest matches; else BundleError naming
+    the sections that were changed and the supported way to change them."""
+    integrity = data.get(INTEGRITY)
+    body = {key: value for key, value in data.items() if key != INTEGRITY}
+    if not isinstance(integrity, dict) or not isinstance(integrity.get("sections"), dict):
+        raise BundleError(f"{manifest_path}: the manifest carries no digest (`{INTEGRITY}` is missing or malformed), so hand edits cannot be ruled out; {_SUPPORTED_WAY}")
+    if integrity.get("manifest_sha256") == _sha256(_canonical(body)):
+        return body
+    recorded = integrity["sections"]
+    changed = sorted(key for key in set(body) | set(recorded) if recorded.get(key) != (_sha256(_canonical(body[key])) if key in body else None))
+    what = ", ".join(changed) if changed else "the digest itself"
+    raise BundleError(f"{manifest_path}: edited after it was written ({what} changed); a bundle's manifest is never edited by hand. {_SUPPORTED_WAY}")
+
+
+_SUPPORTED_WAY = (
+    "To change the threshold, write a new bundle: `edge-bundle retune BUNDLE -o NEW --threshold X --why '...'` "
+    "(or --target-frr F instead of --threshold); it records who, why and when. For anything else, re-run edge-calibrate"
+)
 
 
 @dataclass(frozen=True)
@@ -226,7 +285,7 @@ def write_bundle(destination: Path, manifest_without_files: Manifest, write_file
         write_files(tmp)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = Manifest(**{**manifest_without_files.__dict__, "files": files})
-        (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
+        (tmp / MANIFEST).write_bytes(manifest_bytes(manifest))
         _fsync_tree(tmp)
         move_into_place(tmp, destination)
     except BaseException:
@@ -253,42 +312,83 @@ def amend_training(bundle: Bundle, key: str, value) -> None:
     """Add a record to a written bundle's manifest `training` section (how it was made; nothing
     any backend reads). The manifest is replaced atomically; the payload files stay as they are,
     so the bundle still verifies. Its id changes: open it again to use it."""
-    data = bundle.manifest.to_json()
-    data["training"] = {**data["training"], key: value}
-    write_atomically(bundle.path / MANIFEST, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    manifest = replace(bundle.manifest, training={**bundle.manifest.training, key: value})
+    write_atomically(bundle.path / MANIFEST, manifest_bytes(manifest))
     _fsync_dir(bundle.path)
 
 
-def open_bundle(path: str | os.PathLike) -> Bundle:
-    """Read and verify a bundle; raises BundleError naming what is wrong."""
+def open_bundle(path: str | os.PathLike, public_key: str | os.PathLike | None = None, unsealed: bool = False) -> Bundle:
+    """Read and verify a bundle; raises BundleError naming what is wrong.
+
+    Verified before anything is parsed: the signature (when a public key is given), the
+    manifest's digest, the format version, then every listed file's checksum, and that the
+    folder holds nothing else. `unsealed` reads a bundle from before manifests had a digest
+    (format 1 to 3): only `edge-bundle reseal` does that, on purpose, and records it."""
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{path}: no {MANIFEST}; is this a bundle written by edge-calibrate?")
     raw = manifest_path.read_bytes()
+    if public_key is not None:
+        from engines.signing import verify_manifest
+
+        verify_manifest(path, raw, Path(public_key))
+    data = _read_json(raw, manifest_path)
+    version = data.get("format_version")
+    if unsealed and version in UNSEALED_FORMAT_VERSIONS:
+        body = data
+    elif INTEGRITY not in data and version in UNSEALED_FORMAT_VERSIONS:
+        raise BundleError(
+            f"{manifest_path}: bundle format {version}, written before manifests carried a digest; this software reads format "
+            f"{FORMAT_VERSION}. Carry it over with `edge-bundle reseal {path} -o NEW --why '...'`, or re-calibrate"
+        )
+    else:
+        body = check_seal(data, manifest_path)
+        if version not in READABLE_FORMAT_VERSIONS:
+            raise BundleError(f"{manifest_path}: bundle format version {version!r}, this software reads version {FORMAT_VERSION}; re-calibrate with this version's edge-calibrate")
+    manifest = _parse_manifest(body, manifest_path)
+    _verify_files(path, manifest)
+    return Bundle(path, manifest, hashlib.sha256(raw).hexdigest()[:12])
+
+
+def _read_json(raw: bytes, manifest_path: Path) -> dict:
     try:
         data = json.loads(raw)
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BundleError(f"{manifest_path}: not valid JSON ({error}); re-run edge-calibrate") from None
-    version = data.get("format_version") if isinstance(data, dict) else None
-    if version not in READABLE_FORMAT_VERSIONS:
-        raise BundleError(
-            f"{manifest_path}: bundle format version {version!r}, this software reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}; re-calibrate with this version's edge-calibrate"
-        )
+    if not isinstance(data, dict):
+        raise BundleError(f"{manifest_path}: not a manifest (a JSON object is expected); re-run edge-calibrate")
+    return data
+
+
+def _parse_manifest(body: dict, manifest_path: Path) -> Manifest:
     try:
-        manifest = Manifest.from_json(data)
+        manifest = Manifest.from_json(body)
         _ = manifest.flow_taps  # flow strides that the encoder does not tap raise ValueError
     except ValidationError as error:
         raise BundleError(f"{manifest_path}: malformed manifest: {_first_problem(error)}; re-run edge-calibrate") from None
     except ValueError as error:
         raise BundleError(f"{manifest_path}: missing or malformed field ({error}); re-run edge-calibrate") from None
-    for name, expected in manifest.files.items():
-        file_path = path / name
-        if not file_path.is_file():
-            raise BundleError(f"{file_path}: listed in the manifest but missing; copy the whole bundle directory again")
-        if sha256_file(file_path) != expected:
-            raise BundleError(f"{file_path}: checksum mismatch (corrupt or modified); copy the bundle again or re-calibrate")
     for required in (ENCODER_ONNX, FLOWS_ONNX, FLOW_WEIGHTS):
         if required not in manifest.files:
             raise BundleError(f"{manifest_path}: the manifest lists no {required}; re-run edge-calibrate")
-    return Bundle(path, manifest, hashlib.sha256(raw).hexdigest()[:12])
+    return manifest
+
+
+def _verify_files(path: Path, manifest: Manifest) -> None:
+    """Every listed file present with its checksum, and nothing else: a bundle is a closed set
+    (a stray library or graph beside the listed ones is refused, not ignored)."""
+    for name, expected in manifest.files.items():
+        file_path = path / name
+        if "/" in name or name in (MANIFEST, SIGNATURE) or not file_path.is_file():
+            raise BundleError(f"{file_path}: listed in the manifest but missing; copy the whole bundle directory again")
+        if sha256_file(file_path) != expected:
+            raise BundleError(f"{file_path}: checksum mismatch (corrupt or modified); copy the bundle again or re-calibrate")
+    for entry in sorted(path.iterdir()):
+        if entry.name in manifest.files or entry.name in (MANIFEST, SIGNATURE):
+            continue
+        if entry.name == PLANS_DIRECTORY and entry.is_dir():
+            continue
+        raise BundleError(
+            f"{entry}: not part of the bundle (the manifest does not list it); a bundle is a closed set of files: remove it, or copy the bundle directory again from where edge-calibrate wrote it"
+        )

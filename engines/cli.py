@@ -18,6 +18,7 @@ from pathlib import Path
 from engines.backends.base import BackendError
 from engines.bundle import BundleError, open_bundle
 from engines.tensorrt_plans import PRECISIONS, PlanMismatch, PlansMissing, engines_directory, plans_directory, read_plan_manifest, select_plans
+from engines.version import version_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,10 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=8, help="largest batch the plans accept (default 8)")
     parser.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT builder workspace (default 1024 MiB)")
     parser.add_argument("--state-dir", type=Path, default=os.environ.get("STATE_DIRECTORY") or None, help="the daemon's state_dir (where it keeps plans for a read-only bundle)")
+    parser.add_argument("--version", action="version", version=version_line("edge-engines"))
     args = parser.parse_args(argv)
     try:
         bundle = open_bundle(args.bundle)
-    except BundleError as error:
+    except (BundleError, OSError) as error:  # OSError: a bundle this user cannot read names its path too
         print(f"edge-engines: {error}", file=sys.stderr)
         return 2
     directory = engines_directory(bundle, args.state_dir)

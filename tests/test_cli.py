@@ -129,7 +129,7 @@ def test_strides_drop_flows_but_the_part_model_keeps_every_stage(good_folder, tm
     import onnx
     import pytest
 
-    from engines.bundle import FLOWS_ONNX, MANIFEST, BundleError, open_bundle
+    from engines.bundle import FLOWS_ONNX, MANIFEST, BundleError, open_bundle, seal
 
     refused = run("calibration.cli", str(good_folder), "-o", str(tmp_path / "bad"), "--strides", "16,8")
     assert refused.returncode == 2 and "8,16,32" in refused.stderr and "Traceback" not in refused.stderr
@@ -140,7 +140,7 @@ def test_strides_drop_flows_but_the_part_model_keeps_every_stage(good_folder, tm
     assert '"part_appearance_statistics": 880' in result.stdout  # mean and deviation of 40 + 80 + 320 channels
     bundle = open_bundle(out)
     assert bundle.manifest.encoder.tap_strides == (8, 16, 32) and bundle.manifest.flow_strides == (8, 16)
-    assert bundle.manifest.format_version == 3 and len(bundle.manifest.scoring.log_likelihood_reference) == 2
+    assert bundle.manifest.format_version == 4 and len(bundle.manifest.scoring.log_likelihood_reference) == 2
     flows = onnx.load(str(bundle.file(FLOWS_ONNX))).graph
     assert [i.name for i in flows.input] == ["features_0", "features_1", "features_2"]
     assert [o.name for o in flows.output] == ["log_likelihood_0", "log_likelihood_1", "part_distance"]
@@ -149,10 +149,11 @@ def test_strides_drop_flows_but_the_part_model_keeps_every_stage(good_folder, tm
     assert onnx_maps.shape == (3, 64, 64) and np.isfinite(onnx_scores).all()
     assert np.abs(onnx_maps - torch_maps).max() < 1e-2 and np.abs(onnx_scores - torch_scores).max() < 1e-2
 
-    # A flow stride the encoder does not tap is a broken manifest, named as such.
+    # A flow stride the encoder does not tap is a broken manifest, named as such (even with
+    # the digest made to match: tests/test_bad_bundles.py has the hand edit).
     data = json.loads((out / MANIFEST).read_text())
     data["flow"]["strides"] = [8, 64]
-    (out / MANIFEST).write_text(json.dumps(data))
+    (out / MANIFEST).write_text(json.dumps(seal(data)))
     with pytest.raises(BundleError, match=r"malformed.*flow.strides \[8, 64\]"):
         open_bundle(out)
 
@@ -176,7 +177,7 @@ def test_strides_without_the_part_model_shorten_the_encoder(good_folder, tmp_pat
     assert result.returncode == 0, result.stderr
     bundle = open_bundle(out)
     assert bundle.manifest.encoder.tap_strides == (8, 16) and bundle.manifest.encoder.tap_channels == (40, 80)
-    assert bundle.manifest.format_version == 2 and bundle.manifest.flow.strides is None
+    assert bundle.manifest.format_version == 4 and bundle.manifest.flow.strides is None
 
     short, _ = load_encoder("efficientnet-lite0", tap_strides=(8, 16))
     full, info = load_encoder("efficientnet-lite0")

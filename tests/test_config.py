@@ -98,6 +98,11 @@ BAD = [
     ("audit_max_bytes 5", "audit_max_bytes", 5, "audit_max_bytes"),
     ("url on a file source", "cameras.0.source.url", "rtsp://cam/1", "cameras[0].source.url"),
     ("camera is not a mapping", "cameras", ["usb0"], "cameras[0]"),
+    ("state_dir is a file", "state_dir", "/etc/hostname", "state_dir"),
+    ("state_dir inside a file", "state_dir", "/etc/hostname/state", "state_dir"),
+    ("state_dir not writable", "state_dir", "/proc/edge-state", "state_dir"),
+    ("bundle public key missing", "bundle_public_key", "/nonexistent/key.pub", "bundle_public_key"),
+    ("bundle public key not a key", "bundle_public_key", "/etc/hostname", "bundle_public_key"),
     ("password written in the file", "mqtt.password", SECRET, "mqtt.password"),
 ]
 
@@ -150,3 +155,22 @@ def test_corrupt_bundle_is_refused_at_validation(setup, capsys, tmp_path_factory
     weights.write_bytes(weights.read_bytes()[:100])
     code, message = _run(tmp_path, yaml.safe_dump(_set(base, "bundle", str(copy_dir))), capsys)
     assert code == 2 and "flows.pt" in message and "checksum" in message
+
+
+def test_an_roi_outside_the_frames_of_a_known_source_is_refused_at_validation(setup, capsys):
+    """A video file's frame size is known before the first frame: an ROI reaching outside it is
+    refused with the key and line, instead of every part becoming an error reject at run time."""
+    import cv2
+    import numpy as np
+
+    base, tmp_path = setup
+    video = tmp_path / "small.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 10, (160, 120))
+    for _ in range(3):
+        writer.write(np.full((120, 160, 3), 90, np.uint8))
+    writer.release()
+    config = _set(_set(base, "cameras.0.source.path", str(video)), "cameras.0.roi", [100, 0, 80, 80])
+    code, message = _run(tmp_path, yaml.safe_dump(config, sort_keys=False), capsys)
+    assert code == 2 and "cameras[0].roi" in message and "(line " in message and "160x120" in message, message
+    code, message = _run(tmp_path, yaml.safe_dump(_set(config, "cameras.0.roi", [80, 40, 80, 80]), sort_keys=False), capsys)
+    assert code == 0, message  # ends exactly at the frame's edge

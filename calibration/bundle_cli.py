@@ -1,0 +1,107 @@
+"""edge-bundle: look at a bundle, and make the supported changes to one.
+
+  edge-bundle show BUNDLE                                  what it is, its thresholds and history
+  edge-bundle retune BUNDLE -o NEW --threshold X --why ..  a new bundle with another threshold
+  edge-bundle retune BUNDLE -o NEW --target-frr F --why .. ... chosen for another false-reject target
+  edge-bundle reseal OLD -o NEW --why ..                   carry a bundle from before format 4 over
+  edge-bundle sign BUNDLE --key PRIVATE.pem                sign it for stations that require signatures
+
+A bundle's manifest is never edited by hand (the daemon refuses one that was): these commands
+write a new bundle and record who, why and when in its history. Exit codes: 0 done, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from engines.version import version_line
+
+EXIT_OK, EXIT_BAD_INPUT = 0, 2
+
+
+def positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: must be a positive number")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = positive(text)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be between 0 and 1 (exclusive)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-bundle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_line("edge-bundle"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    show = commands.add_parser("show", help="what the bundle is, its thresholds and history")
+    show.add_argument("bundle", type=Path)
+    show.add_argument("--json", action="store_true", help="the whole manifest as JSON")
+    for name, text in (("retune", "a new bundle with another image threshold"), ("reseal", "carry a bundle from before format 4 over")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("bundle", type=Path)
+        command.add_argument("-o", "--output", type=Path, required=True, help="the new bundle's directory")
+        command.add_argument("--why", required=True, help="the reason, kept in the new bundle's history")
+        command.add_argument("--who", help="who asks for it (default: the login name)")
+        command.add_argument("--force", action="store_true", help="replace an existing bundle at --output")
+        if name == "retune":
+            choice = command.add_mutually_exclusive_group(required=True)
+            choice.add_argument("--threshold", type=positive, help="the new image threshold (the score a part must exceed to be rejected)")
+            choice.add_argument("--target-frr", type=fraction, help="choose the threshold for this false-reject rate on the calibration's held-out good parts")
+    sign = commands.add_parser("sign", help="sign the bundle's manifest with an Ed25519 private key")
+    sign.add_argument("bundle", type=Path)
+    sign.add_argument("--key", type=Path, required=True, help="PEM private key (openssl genpkey -algorithm ed25519)")
+    return parser
+
+
+def describe(bundle) -> str:
+    m = bundle.manifest
+    t = m.thresholds
+    lines = [
+        f"bundle {bundle.bundle_id} at {bundle.path} (format {m.format_version}, written {m.created} by {m.project_version})",
+        f"  {m.encoder.name}, input {m.input_size[1]}x{m.input_size[0]} {m.colour}, flows at strides {', '.join(map(str, m.flow_strides))}",
+        f"  image threshold {t.image:.4f} for a {100 * t.target_false_reject_rate:g}% false-reject target ({t.method})",
+        f"  pixel threshold {t.pixel:.4f}; {t.good_parts} held-out good parts",
+    ]
+    for entry in m.history:
+        lines.append(f"  {entry.get('time')} {entry.get('action')} by {entry.get('who')}: {entry.get('why')} {json.dumps(entry.get('changes'))}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from calibration.retune import reseal, retune
+    from engines.bundle import BundleError, open_bundle
+    from engines.signing import sign_manifest
+
+    try:
+        if args.command == "show":
+            bundle = open_bundle(args.bundle)
+            print(json.dumps(bundle.manifest.to_json(), indent=2) if args.json else describe(bundle))
+        elif args.command == "retune":
+            bundle = retune(open_bundle(args.bundle), args.output, args.why, args.threshold, args.target_frr, args.who, args.force)
+            print(describe(bundle))
+        elif args.command == "reseal":
+            bundle = reseal(open_bundle(args.bundle, unsealed=True), args.output, args.why, args.who, args.force)
+            print(describe(bundle))
+        else:
+            open_bundle(args.bundle)  # sign only what verifies
+            sign_manifest(args.bundle, args.key)
+            print(f"{args.bundle}: signed with {args.key}")
+    except (BundleError, OSError) as error:
+        print(f"edge-bundle: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Station faults an operator must act on, raised and cleared (DESIGN.md's retained `alarm` topic).
+
+The station keeps the set of active alarms; every change publishes the whole set, retained, so a
+console that connects later sees what is wrong now, and an empty set says all is well again."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+log = logging.getLogger("edge.alarms")
+
+# What can be raised; the key is what a PLC or console matches on.
+ROI_OUTSIDE_FRAME = "roi_outside_frame"
+CAMERA_LOST = "camera_lost"
+
+
+class Alarms:
+    def __init__(self, station: str, publish: Callable[[dict], None]):
+        self.station = station
+        self.publish = publish
+        self.lock = threading.Lock()
+        self.active: dict[str, dict] = {}
+
+    def raise_alarm(self, key: str, message: str) -> None:
+        """Raise (once; a repeat while active changes nothing) and publish the set."""
+        with self.lock:
+            if key in self.active:
+                return
+            self.active[key] = {"alarm": key, "message": message, "since": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+        log.error("%s: alarm %s: %s", self.station, key, message)
+        self.publish(self.message())
+
+    def clear(self, key: str) -> None:
+        with self.lock:
+            if self.active.pop(key, None) is None:
+                return
+        log.info("%s: alarm %s cleared", self.station, key)
+        self.publish(self.message())
+
+    def message(self) -> dict:
+        with self.lock:
+            active = sorted(self.active.values(), key=lambda a: a["since"])
+        return {"station": self.station, "active": active, "time": datetime.fromtimestamp(time.time(), timezone.utc).isoformat(timespec="milliseconds")}

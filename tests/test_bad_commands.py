@@ -1,0 +1,117 @@
+"""Bad part ids and bad folder contents at the line: refused or kept apart, counted and said
+once, never acted on blindly; and an ROI that does not fit the camera raises a retained alarm
+while its parts are rejected (real daemon, real Mosquitto, real image folders)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.triggers import MAX_PART_ID, parse_trigger
+from tests.conftest import METAL_PLATE, require
+from tests.mqtt_helpers import Subscriber
+from tests.test_daemon_e2e import finish, start_daemon, write_config
+
+BAD_TRIGGERS = [
+    ("empty", b""),
+    ("blank", b"   "),
+    ("terminal escape", b"P-1\x1b[2J"),
+    ("escape in JSON", b'{"part_id": "P-1\\u001b[31m"}'),
+    ("NUL", b"P\x001"),
+    ("newline", b"P-1\nP-2"),
+    ("bidi override", "P-\u202e1".encode()),
+    ("zero-width joiner", "P\u200d1".encode()),
+    ("too long", b"P" * (MAX_PART_ID + 1)),
+    ("huge payload", b"P" * 100_000),
+    ("not UTF-8", b"\xff\xfe\xfd"),
+    ("broken JSON", b'{"part_id": '),
+    ("JSON list", b'["P-1"]'),
+    ("JSON null id", b'{"part_id": null}'),
+    ("JSON boolean", b"true"),
+    ("JSON object id", b'{"part_id": {"a": 1}}'),
+    ("JSON without part_id", b'{"recipe": "A"}'),
+]
+
+
+@pytest.mark.parametrize("what, payload", BAD_TRIGGERS, ids=[b[0] for b in BAD_TRIGGERS])
+def test_a_bad_trigger_is_refused(what, payload):
+    assert parse_trigger(payload) is None, what
+
+
+@pytest.mark.parametrize("payload, part_id", [(b"P-1", "P-1"), (b' {"part_id": " A 7 "} ', "A 7"), (b"42", "42"), ("Teil-\u00e4".encode(), "Teil-\u00e4"), (b"P" * MAX_PART_ID, "P" * MAX_PART_ID)])
+def test_a_good_trigger_gives_its_part_id(payload, part_id):
+    assert parse_trigger(payload) == part_id
+
+
+def _part(path, image) -> None:
+    cv2.imwrite(str(path), image)
+    stamp = time.time() - 100 + len(os.listdir(path.parent))  # oldest first, in the order written
+    os.utime(path, (stamp, stamp))
+
+
+def test_folder_names_are_kept_apart_and_an_roi_outside_the_frame_raises_an_alarm(small_bundle, broker, tmp_path):
+    bundle, _ = small_bundle
+    good = cv2.imread(str(sorted((require(METAL_PLATE) / "train" / "good").glob("*.png"))[0]))
+    inbox, done, small = tmp_path / "inbox", tmp_path / "done", tmp_path / "small"
+    for folder in (inbox, small):
+        folder.mkdir()
+    _part(inbox / "A-1.png", good)
+    (inbox / "notes.txt").write_text("the camera's log, not a part")
+    _part(inbox / "B\x1b[31m.png", good)  # a file name with a terminal escape in it
+    _part(small / "S-1.png", cv2.resize(good, (64, 64)))  # smaller than the ROI below
+    subscriber = Subscriber(broker.port)
+    cameras = (
+        f"  - station: drop\n    source: {{type: folder, path: {inbox}, done_dir: {done}, poll_interval_s: 0.05}}\n"
+        f"  - station: tight\n    roi: [0, 0, 128, 128]\n    source: {{type: folder, path: {small}, poll_interval_s: 0.05}}\n"
+    )
+    process = start_daemon(write_config(tmp_path / "config.yaml", bundle.path, broker.port, cameras))
+    try:
+        assert subscriber.reached("result", 3, timeout=60)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (done / "A-1.png").exists():
+            time.sleep(0.05)
+        _part(inbox / "A-1.png", good)  # the same name again: a second part, not an overwrite
+        assert subscriber.reached("result", 4, timeout=30)
+        _part(small / "S-2.png", cv2.resize(good, (64, 64)))
+        assert subscriber.reached("result", 5, timeout=30)
+        time.sleep(1.5)  # a stats message after the last part
+    finally:
+        process.send_signal(signal.SIGTERM)
+    output = finish(process, timeout=60)
+
+    results = [json.loads(m.payload) for m in subscriber.on("result")]
+    drop = [r for r in results if r["station"] == "drop"]
+    assert [r["part_id"] for r in drop] == ["A-1", "B\\x1b[31m", "A-1"]  # the escape is written out, never sent as is
+    assert sorted(p.name for p in done.iterdir()) == sorted(["A-1.png", "A-1.1.png", "B\x1b[31m.png"])
+    assert "kept both" in output and "A-1.1.png" in output
+    assert "ignoring notes.txt: not an image" in output and output.count("ignoring notes.txt") == 1
+    assert "\x1b" not in output  # the journal shows the escape, it does not run it
+    assert "part id A-1 was inspected before" in output
+    stats = [json.loads(m.payload) for m in subscriber.on("stats") if json.loads(m.payload)["station"] == "drop"]
+    assert stats[-1]["repeated_part_ids"] == 1
+    # The ROI does not fit the 64x64 parts: one alarm, retained, and every part rejected, never passed.
+    tight = [r for r in results if r["station"] == "tight"]
+    assert [r["verdict"] for r in tight] == ["error", "error"] and "reaches outside the 64x64 frames" in tight[0]["error"]
+    alarms = [m for m in subscriber.on("alarm") if m.topic == "edge/tight/alarm"]
+    assert alarms and alarms[-1].retain or _retained(broker.port, "edge/tight/alarm")
+    active = json.loads(alarms[-1].payload)["active"]
+    assert [a["alarm"] for a in active] == ["roi_outside_frame"]
+    assert output.count("alarm roi_outside_frame") == 1
+    subscriber.close()
+
+
+def _retained(port: int, topic: str) -> bool:
+    later = Subscriber(port, topic=topic)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not later.messages:
+            time.sleep(0.05)
+        return bool(later.messages) and later.messages[0].retain
+    finally:
+        later.close()
