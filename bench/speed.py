@@ -189,7 +189,7 @@ def backend_only(bundle_path: Path, video: Path, frames: int, plan: InferencePla
     }
 
 
-def end_to_end(bundle_path: Path, video: Path, frames: int, broker: Broker, work: Path, fps: float | None) -> dict:
+def end_to_end(bundle_path: Path, video: Path, frames: int, broker: Broker, work: Path, fps: float | None, preview_hz: float = 0.0) -> dict:
     work.mkdir()
     state = work / "state"
     subscriber = Subscriber(broker.port)
@@ -198,7 +198,7 @@ def end_to_end(bundle_path: Path, video: Path, frames: int, broker: Broker, work
     config.write_text(
         f"bundle: {bundle_path}\nbackend: onnxruntime\nstate_dir: {state}\n"
         f"mqtt: {{host: 127.0.0.1, port: {broker.port}, topic_prefix: edge}}\n"
-        f"publish: {{results: true, heatmaps: rejects, stats_interval_s: 2}}\n"
+        f"publish: {{results: true, heatmaps: rejects, stats_interval_s: 2, preview_hz: {preview_hz}}}\n"
         f"cameras:\n  - station: speed\n    source: {source}\n"
     )
     process = subprocess.Popen([str(BIN / "edge-inspect"), "--config", str(config), "--log-level", "WARNING"])
@@ -221,6 +221,8 @@ def end_to_end(bundle_path: Path, video: Path, frames: int, broker: Broker, work
     after_warmup = [kib for count, kib in memory if count >= 100] or [kib for _, kib in memory]
     return {
         "camera_fps": fps,
+        "preview_hz": preview_hz,
+        "previews": len(subscriber.on("preview")),
         "frames": frames,
         "results": len(results),
         "rejects": len(rejects),
@@ -240,6 +242,7 @@ def main() -> int:
     parser.add_argument("--large-frames", type=int, default=150, help="frames at sizes above 256 (each is many times slower)")
     parser.add_argument("--large-encoders", nargs="*", default=["efficientnet-lite0"], help="encoders also measured at sizes above 256")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "speed.json")
+    parser.add_argument("--preview", action="store_true", help="also run end to end with the console's live view at 2 Hz")
     args = parser.parse_args()
     measured_on = machine()
     gflops_machine = matmul_gflops()
@@ -275,6 +278,10 @@ def main() -> int:
                     paced_fps = round(0.8 * e2e["fps"], 1)
                     print(f"{label}: end to end, camera paced at {paced_fps} frames/s", file=sys.stderr)
                     paced = end_to_end(bundle_path, video, frames, broker, work / f"run-{encoder}-{size}-paced", paced_fps)
+                    if args.preview:
+                        # The console's live view at 2 Hz against none, flat out, back to back.
+                        print(f"{label}: end to end with the live view at 2 Hz", file=sys.stderr)
+                        previewed = end_to_end(bundle_path, video, frames, broker, work / f"run-{encoder}-{size}-preview", None, preview_hz=2.0)
                     stages = stage_breakdown(bundle_path, video, min(frames, 300), broker.port)
                     model_ms = stages["encoder"]["mean_ms"] + stages["flows"]["mean_ms"]
                     rows.append({
@@ -286,6 +293,7 @@ def main() -> int:
                         "machine_matmul_gflops": round(gflops_machine, 1),
                         "backend_only": alone, "backend_one_session": one_session, "end_to_end": e2e, "end_to_end_paced": paced,
                         "e2e_over_backend": round(e2e["fps"] / alone["fps"], 3),
+                        **({"end_to_end_preview_2hz": previewed, "preview_fps_ratio": round(previewed["fps"] / e2e["fps"], 3)} if args.preview else {}),
                         "stages": stages,
                     })
                     print_table(rows)
@@ -306,6 +314,10 @@ def print_table(rows: list[dict]) -> None:
             f"{r['encoder']:<18} {r['input_size']:>5} {r['gflop_per_frame']:6.2f} {r['achieved_gflops_end_to_end']:8.1f} {e['fps']:8.1f} "
             f"{r['backend_only']['fps']:11.1f} {r['backend_one_session']['fps']:9.1f} {r['e2e_over_backend']:6.2f} {lat['p50']:7.1f} {lat['p95']:7.1f} {lat['p99']:7.1f} {paced:>14} {rss:>13}"
         )
+    for r in rows:
+        if "end_to_end_preview_2hz" in r:
+            p = r["end_to_end_preview_2hz"]
+            print(f"{r['encoder']} {r['input_size']}: live view at 2 Hz {p['fps']:.1f} parts/s ({p['previews']} previews) against {r['end_to_end']['fps']:.1f} without: ratio {r['preview_fps_ratio']:.3f}")
     last = rows[-1]["stages"]
     print("stages (ms, mean, last row): " + ", ".join(f"{k} {v['mean_ms']:.2f}" for k, v in last.items()))
 

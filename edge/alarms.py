@@ -16,6 +16,9 @@ log = logging.getLogger("edge.alarms")
 # What can be raised; the key is what a PLC or console matches on.
 ROI_OUTSIDE_FRAME = "roi_outside_frame"
 CAMERA_LOST = "camera_lost"
+SCORE_DRIFT = "score_drift"
+DISK_FULL = "disk_full"
+OUTBOX_BACKLOG = "outbox_backlog"
 
 
 class Alarms:
@@ -40,6 +43,13 @@ class Alarms:
                 return
         log.info("%s: alarm %s cleared", self.station, key)
         self.publish(self.message())
+
+    def set(self, key: str, active: bool, message: str) -> None:
+        """Raise or clear, as a condition checked again and again says."""
+        if active:
+            self.raise_alarm(key, message)
+        else:
+            self.clear(key)
 
     def message(self) -> dict:
         with self.lock:

@@ -255,6 +255,16 @@ class PublishConfig(_Section):
     heatmaps: Literal["rejects", "all", "none"] = "rejects"
     heatmap_quality: Annotated[StrictInt, Field(ge=1, le=100)] = 85
     stats_interval_s: Annotated[StrictFloat, Field(ge=0.5)] = 5.0
+    # The console's live view: the latest inspected part with its map, at most this often (0: off).
+    preview_hz: Annotated[StrictFloat, Field(ge=0, le=30)] = 0.0
+
+
+class AlarmsConfig(_Section):
+    # Passing parts' median score this many calibration spreads (q50..q95) away from the good
+    # parts' median, over the stats window: lighting, lens or product changed.
+    drift_spreads: Annotated[StrictFloat, Field(gt=0)] = 3.0
+    # Rejects waiting for the broker beyond this: the PLC is not getting them.
+    outbox_backlog: Annotated[StrictInt, Field(ge=1)] = 100
 
 
 def _default_state_dir() -> str:
@@ -276,6 +286,7 @@ class Config(_Section):
     audit_backups: Annotated[StrictInt, Field(ge=0, le=1000)] = 5
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
 
     def bundle_of(self, camera: CameraConfig) -> str:
         """The bundle directory a camera inspects with: its own, else the top-level one (load_config

@@ -10,8 +10,9 @@ import threading
 import time
 from pathlib import Path
 
+from edge.alarms import DISK_FULL, OUTBOX_BACKLOG, SCORE_DRIFT
 from edge.audit import AuditLog
-from edge.config import CameraConfig, Config
+from edge.config import AlarmsConfig, CameraConfig, Config
 from edge.frame_numbers import FrameNumbers
 from edge.outbox import Outbox
 from edge.publisher import StationPublisher
@@ -66,8 +67,25 @@ def stats_message(station: Station) -> dict:
         results_dropped=publisher.counters.results_dropped.value,
         disk_full=audit.recently_full(),
         broker_error=publisher.counters.last_error or None,
+        threshold=station.engine.bundle.manifest.thresholds.image,
+        calibration_quantiles=station.engine.bundle.manifest.thresholds.good_score_quantiles,
     )
     return snapshot
+
+
+def check_alarms(station: Station, limits: AlarmsConfig, stats: dict) -> None:
+    """The conditions the stats show, raised and cleared at each stats tick."""
+    drift = (stats.get("drift") or {}).get("median_shift_in_spreads")
+    station.alarms.set(
+        SCORE_DRIFT,
+        drift is not None and abs(drift) > limits.drift_spreads,
+        f"passing parts' median score is {drift:+.1f} calibration spreads from the good parts' (limit {limits.drift_spreads:g}): check lighting, lens and product; re-calibrate if the change is meant"
+        if drift is not None
+        else "",
+    )
+    station.alarms.set(DISK_FULL, bool(stats["disk_full"]), "the state directory is full: the oldest audit records are being deleted to keep the outbox")
+    backlog = stats["outbox_pending"]
+    station.alarms.set(OUTBOX_BACKLOG, backlog > limits.outbox_backlog, f"{backlog} rejects wait for the broker (limit {limits.outbox_backlog}): the PLC is not getting them")
 
 
 class Daemon:
@@ -190,7 +208,9 @@ class Daemon:
 
     def publish_stats(self) -> None:
         for station in self.stations:
-            station.publisher.publish_stats(stats_message(station))
+            stats = stats_message(station)
+            check_alarms(station, self.config.alarms, stats)
+            station.publisher.publish_stats(stats)
 
     # -- stopping (everything here fits STOP_BUDGET, which the unit's TimeoutStopSec covers) ----
     def shutdown(self) -> int:

@@ -10,7 +10,7 @@ import time
 from edge.answer import Answer, Outcome
 from edge.audit import AuditLog
 from edge.config import PublishConfig
-from edge.heatmap import render_heatmap
+from edge.heatmap import PREVIEW_LONG_SIDE, render_heatmap
 from edge.publisher import StationPublisher
 from edge.stats import StationStats
 
@@ -25,6 +25,7 @@ class AnswerDelivery:
         self.stats = stats
         self.publish = publish
         self.source = source
+        self.next_preview = 0.0  # time.monotonic() when the live view may be published again
 
     def deliver(self, answer: Answer) -> None:
         recorded = self._record(answer) if answer.published else True
@@ -50,9 +51,20 @@ class AnswerDelivery:
             policy = self.publish.heatmaps
             if policy == "all" or (policy == "rejects" and verdict.reject):
                 self.publisher.publish_heatmap(render_heatmap(answer, self.publish.heatmap_quality))
+            self._preview(answer)
             latency_ms = answer.latency_ms(time.time()) or 0.0
             record = {**payload, "latency_ms": round(latency_ms, 2)}
             self.stats.record(latency_ms, verdict.score, verdict.reject)
         elif answer.outcome is Outcome.NOT_INSPECTED:
             self.stats.not_inspected.add()
         return self.audit.append(record) and saved
+
+    def _preview(self, answer: Answer) -> None:
+        """The live view, throttled: rendering costs about as much as a heatmap, so at most
+        preview_hz pictures a second whatever the part rate."""
+        hz = self.publish.preview_hz
+        now = time.monotonic()
+        if hz <= 0 or now < self.next_preview:
+            return
+        self.next_preview = now + 1.0 / hz
+        self.publisher.publish_preview(render_heatmap(answer, self.publish.heatmap_quality, PREVIEW_LONG_SIDE))

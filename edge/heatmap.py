@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
+import struct
+
 import cv2
 import numpy as np
 
@@ -11,9 +15,31 @@ from engines.overlay import colour_bar, label, overlay
 from engines.preprocess import to_model_input
 
 HEATMAP_LONG_SIDE = 512  # pixels: enough to see a defect, small enough for a JPEG per reject
+PREVIEW_LONG_SIDE = 320  # the live view: a glance at the line, several times a second
 
 
-def render_heatmap(answer: Answer, quality: int) -> bytes:
+def with_comment(jpeg: bytes, meta: dict) -> bytes:
+    """The JPEG with a COM segment (marker 0xFFFE) right after SOI holding `meta` as JSON: the
+    picture stays a plain JPEG on the same topic, and a console can tell which part it shows."""
+    text = json.dumps(meta, separators=(",", ":")).encode()[:65000]
+    if not jpeg.startswith(b"\xff\xd8"):
+        return jpeg
+    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + jpeg[2:]
+
+
+def picture_meta(answer: Answer) -> dict:
+    verdict = answer.verdict
+    return {
+        "station": answer.station,
+        "part_id": answer.part_id,
+        "frame_id": answer.frame.frame_id if answer.frame else None,
+        "verdict": answer.outcome.value,
+        "score": round(verdict.score, 5) if verdict is not None and math.isfinite(verdict.score) else None,
+        "threshold": round(verdict.threshold, 5) if verdict is not None else None,
+    }
+
+
+def render_heatmap(answer: Answer, quality: int, long_side: int = HEATMAP_LONG_SIDE) -> bytes:
     """The ROI crop the inspection made (in its own aspect and colour, at most 512 px a side)
     with the anomaly map over it, the defect boxes, the verdict and a colour bar scaled to the
     threshold (so the same colour means the same thing on every part). Empty for an answer that
@@ -22,7 +48,7 @@ def render_heatmap(answer: Answer, quality: int) -> bytes:
         return b""
     verdict, inspected = answer.verdict, answer.inspected
     x0, y0, width, height = inspected.box
-    scale = min(1.0, HEATMAP_LONG_SIDE / max(width, height))
+    scale = min(1.0, long_side / max(width, height))
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     view_rgb = to_model_input(inspected.view, size, "rgb")  # any depth and channels to display RGB
     anomaly_map = cv2.resize(inspected.anomaly_map, (view_rgb.shape[1], view_rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
@@ -39,4 +65,4 @@ def render_heatmap(answer: Answer, quality: int) -> bytes:
     picture = label(picture, [f"{answer.part_id} {said}", f"score {verdict.score:.2f} / {verdict.threshold:.2f}"])
     picture = np.hstack([picture, colour_bar(picture.shape[0], 0.0, top)])
     ok, jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return jpeg.tobytes() if ok else b""
+    return with_comment(jpeg.tobytes(), picture_meta(answer)) if ok else b""

@@ -51,10 +51,11 @@ class Topics:
     stats: str
     trigger: str
     alarm: str
+    preview: str
 
     @classmethod
     def under(cls, base: str) -> Topics:
-        return cls(base, *(f"{base}/{name}" for name in ("status", "reject", "result", "heatmap", "stats", "trigger", "alarm")))
+        return cls(base, *(f"{base}/{name}" for name in ("status", "reject", "result", "heatmap", "stats", "trigger", "alarm", "preview")))
 
 
 class StationPublisher:
@@ -326,6 +327,10 @@ class StationPublisher:
     def publish_heatmap(self, jpeg: bytes) -> None:
         if self.connected.is_set() and jpeg:
             self.client.publish(self.topics.heatmap, jpeg, qos=0)
+
+    def publish_preview(self, jpeg: bytes) -> None:
+        if self.connected.is_set() and jpeg:
+            self.client.publish(self.topics.preview, jpeg, qos=0)
 
     def publish_alarms(self, alarms: dict) -> None:
         """The set of active alarms, retained; kept for the next connect if the broker is away."""

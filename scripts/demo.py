@@ -12,6 +12,7 @@ import argparse
 import json
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,29 @@ def dataset_inputs(out: Path, dataset: Path, parts: int) -> tuple[Path, Path, di
     return category.root / "train" / "good", out / "stream.avi", truth
 
 
+def start_console(out: Path, broker_port: int) -> tuple[subprocess.Popen | None, str]:
+    """edge-console beside the daemon, on a free local port, its history in OUT."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    database = out / "console.sqlite3"
+    database.unlink(missing_ok=True)
+    command = [str(BIN / "edge-console"), "--listen", f"127.0.0.1:{port}", "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker_port), "--database", str(database), "--log-level", "WARNING"]
+    if not (BIN / "edge-console").exists():
+        print("console: edge-console is not installed (run scripts/setup.sh)")
+        return None, url
+    console = subprocess.Popen(command)
+    for _ in range(50):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    print(f"console: {url}")
+    return console, url
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, help="MVTec-layout category instead of synthetic parts")
@@ -97,8 +121,9 @@ def main() -> int:
     config = out / "config.yaml"
     config.write_text(
         f"bundle: {bundle}\nstate_dir: {state}\nmqtt: {{host: 127.0.0.1, port: {broker.port}, topic_prefix: edge}}\n"
-        f"publish: {{stats_interval_s: 2}}\ncameras:\n  - station: demo-line\n    source: {{type: file, path: {stream}, fps: 60}}\n"
+        f"publish: {{stats_interval_s: 2, preview_hz: 2}}\ncameras:\n  - station: demo-line\n    source: {{type: file, path: {stream}, fps: 60}}\n"
     )
+    console, console_url = start_console(out, broker.port)
     shown = threading.Event()
 
     def show_rejects() -> None:
@@ -132,6 +157,14 @@ def main() -> int:
         print(f"daemon: {stats['fps']} parts/s, latency p50 {stats['latency_ms']['p50']} ms p99 {stats['latency_ms']['p99']} ms, dropped {stats['dropped_frames']}")
     print(f"heatmaps: {heatmaps} ({len(list(heatmaps.glob('*.jpg')))} files); audit log: {state / 'audit'}")
     print(f"demo finished in {time.monotonic() - started:.0f} s")
+    if console is not None and sys.stdin.isatty():
+        try:
+            input(f"\nthe console is still up at {console_url} (overview, station live view, reject gallery); press Enter to stop it ")
+        except (EOFError, KeyboardInterrupt):
+            pass
+    if console is not None:
+        console.terminate()
+        console.wait(10)
     subscriber.close()
     broker.stop()
     return 0 if daemon.returncode == 0 and len(results) == len(truth) else 1

@@ -3,13 +3,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-# The tests and the demo run a real Mosquitto broker.
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+# The tests and the demo run a real Mosquitto broker; the console's page tests drive Debian's
+# Chromium through its chromedriver (no browser download: line networks are offline).
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing mosquitto" >&2
-    (apt-get install -y -qq mosquitto >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq mosquitto >/dev/null; }) >&2
+    echo "setup: installing ${need_apt[*]}" >&2
+    (apt-get install -y -qq "${need_apt[@]}" >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq "${need_apt[@]}" >/dev/null; }) >&2
   else
-    echo "setup: mosquitto is missing; install it (Debian/Ubuntu: sudo apt-get install -y mosquitto)" >&2
+    echo "setup: missing ${need_apt[*]}; install them (Debian/Ubuntu: sudo apt-get install -y ${need_apt[*]}); tests that need them are skipped" >&2
   fi
 fi
 if [ ! -x .venv/bin/python ]; then
