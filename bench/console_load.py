@@ -108,7 +108,7 @@ class Line:
 
     def run(self, seconds: float) -> float:
         """Publish for `seconds`; returns the wall time it took."""
-        from edge.console.jpeg_tag import with_comment
+        from edge.jpeg_comment import with_comment
 
         for client, name in zip(self.clients, self.names):
             self._send(client, f"edge/{name}/status", b"online", 1, retain=True)

@@ -28,27 +28,13 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
-    ValidationInfo,
     model_validator,
 )
 
+from edge.config_fields import ConfigError, PathSetting, ReadableFile, TopicPrefix, read_password, resolve_path, valid_topic_part
 from engines.backends import BackendName
 
-
-class ConfigError(ValueError):
-    """A config problem; str() is a message naming the file, key and line."""
-
-
-def _resolve(value: str, info: ValidationInfo) -> str:
-    """Relative paths in a config are relative to the config file, not to the working directory."""
-    base = (info.context or {}).get("base")
-    return value if base is None or os.path.isabs(value) else str((base / value).resolve())
-
-
-def _readable(value: str) -> str:
-    if not os.access(value, os.R_OK):
-        raise ValueError(f"cannot read {value}")
-    return value
+__all__ = ["ConfigError", "Config", "load_config"]
 
 
 def _video_file(value: str) -> str:
@@ -69,14 +55,8 @@ def _stream_url(value: str) -> str:
     return value
 
 
-def _topic_prefix(value: str) -> str:
-    if not _valid_topic_part(value, allow_slash=True):
-        raise ValueError("must be non-empty, without +, # or empty levels")
-    return value
-
-
 def _station(value: str) -> str:
-    if not _valid_topic_part(value, allow_slash=False):
+    if not valid_topic_part(value, allow_slash=False):
         raise ValueError("must be non-empty, without /, + or #")
     return value
 
@@ -96,18 +76,8 @@ def _some_cameras(value: tuple) -> tuple:
     return value
 
 
-def _valid_topic_part(text: str, allow_slash: bool) -> bool:
-    if not text or any(c in text for c in "+#\0"):
-        return False
-    if not allow_slash and "/" in text:
-        return False
-    return all(level for level in text.split("/"))
-
-
 # Strict scalars: YAML already types its values, so "5" for a number or "yes please" for a flag is
 # a mistake to report, not to convert. Floats take whole numbers (fps: 25).
-PathSetting = Annotated[str, AfterValidator(_resolve)]
-ReadableFile = Annotated[str, AfterValidator(_resolve), AfterValidator(_readable)]
 
 
 def _writable_directory(value: str) -> str:
@@ -162,7 +132,7 @@ class TlsConfig(_Section):
 class MqttConfig(_Section):
     host: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)] = "localhost"
     port: Annotated[StrictInt, Field(ge=1, le=65535)] = 1883
-    topic_prefix: Annotated[str, AfterValidator(_topic_prefix)] = "edge"
+    topic_prefix: TopicPrefix = "edge"
     client_id: str | None = None
     username: str | None = None
     password_file: ReadableFile | None = None  # else $CREDENTIALS_DIRECTORY/mqtt_password when present
@@ -177,15 +147,7 @@ class MqttConfig(_Section):
 
     @model_validator(mode="after")
     def _read_password(self) -> MqttConfig:
-        path = self.password_file
-        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-        if path is None and credentials and Path(credentials, "mqtt_password").is_file():
-            path = str(Path(credentials, "mqtt_password"))
-        if path is not None:
-            try:
-                self._password = Path(path).read_text().rstrip("\r\n")
-            except OSError as error:
-                raise ValueError(f"cannot read {path} ({error.strerror})") from None
+        self._password = read_password(self.password_file)
         return self
 
 
@@ -202,7 +164,7 @@ class V4l2SourceConfig(_Section):
 
 class FileSourceConfig(_Section):
     type: Literal["file"]
-    path: Annotated[str, AfterValidator(_resolve), AfterValidator(_video_file)]
+    path: Annotated[str, AfterValidator(resolve_path), AfterValidator(_video_file)]
     loop: StrictBool = False
     fps: Positive | None = None  # pace playback like a camera; None: as fast as inspected
 
@@ -219,7 +181,7 @@ class GstreamerSourceConfig(_Section):
 
 class FolderSourceConfig(_Section):
     type: Literal["folder"]
-    path: Annotated[str, AfterValidator(_resolve), AfterValidator(_folder)]
+    path: Annotated[str, AfterValidator(resolve_path), AfterValidator(_folder)]
     poll_interval_s: Positive = 0.2
     done_dir: PathSetting | None = None  # move each file here once its part is answered (default: leave it, remember)
 

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 
 import cv2
 import numpy as np
 
 from edge.answer import Answer
 from edge.decision import CAUSE_WHOLE_PART
+from edge.jpeg_comment import with_comment
 from engines.overlay import colour_bar, label, overlay
 from engines.preprocess import to_model_input
 
 HEATMAP_LONG_SIDE = 512  # pixels: enough to see a defect, small enough for a JPEG per reject
 PREVIEW_LONG_SIDE = 320  # the live view: a glance at the line, several times a second
-
-
-def with_comment(jpeg: bytes, meta: dict) -> bytes:
-    """The JPEG with a COM segment (marker 0xFFFE) right after SOI holding `meta` as JSON: the
-    picture stays a plain JPEG on the same topic, and a console can tell which part it shows."""
-    text = json.dumps(meta, separators=(",", ":")).encode()[:65000]
-    if not jpeg.startswith(b"\xff\xd8"):
-        return jpeg
-    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + jpeg[2:]
 
 
 def picture_meta(answer: Answer) -> dict:

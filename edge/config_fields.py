@@ -1,0 +1,61 @@
+"""What the daemon's and the console's YAML configs share: the error type, paths relative to the
+config file, readable files and MQTT topic prefixes, each as a pydantic field type."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, StringConstraints, ValidationInfo
+
+
+class ConfigError(ValueError):
+    """A config problem; str() is a message naming the file (or flag), the key and its line."""
+
+
+def resolve_path(value: str, info: ValidationInfo) -> str:
+    """Relative paths in a config are relative to the config file, not to the working directory
+    (the service's is /); validation gets the file's folder as context["base"]."""
+    base = (info.context or {}).get("base")
+    return value if base is None or os.path.isabs(value) else str((base / value).resolve())
+
+
+def _readable(value: str) -> str:
+    if not os.access(value, os.R_OK):
+        raise ValueError(f"cannot read {value}")
+    return value
+
+
+def valid_topic_part(text: str, allow_slash: bool) -> bool:
+    """Non-empty, no wildcard or NUL, no empty level (and no level at all where allow_slash is off)."""
+    if not text or any(c in text for c in "+#\0"):
+        return False
+    if not allow_slash and "/" in text:
+        return False
+    return all(level for level in text.split("/"))
+
+
+def _topic_prefix(value: str) -> str:
+    if not valid_topic_part(value, allow_slash=True):
+        raise ValueError("must be non-empty, without +, # or empty levels")
+    return value
+
+
+PathSetting = Annotated[str, StringConstraints(min_length=1), AfterValidator(resolve_path)]
+ReadableFile = Annotated[PathSetting, AfterValidator(_readable)]
+TopicPrefix = Annotated[str, AfterValidator(_topic_prefix)]
+
+
+def read_password(password_file: str | None) -> str | None:
+    """The MQTT password from `password_file`, else from the systemd credential mqtt_password
+    ($CREDENTIALS_DIRECTORY) when there is one; None when neither is given."""
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if password_file is None and credentials and Path(credentials, "mqtt_password").is_file():
+        password_file = str(Path(credentials, "mqtt_password"))
+    if password_file is None:
+        return None
+    try:
+        return Path(password_file).read_text().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read {password_file} ({getattr(error, 'strerror', None) or error})") from None

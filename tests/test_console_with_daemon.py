@@ -1,0 +1,65 @@
+"""The console against a real edge-inspect: a real Mosquitto, the daemon on a small real bundle
+inspecting a video, edge-console following it, and Debian's Chromium reading the pages."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from tests.console_helpers import ConsoleProcess
+from tests.mqtt_helpers import Subscriber
+from tests.test_console import _loaded, _wait, browser, screenshots  # noqa: F401 (fixtures)
+from tests.test_daemon_e2e import finish, start_daemon, write_config
+from tests.test_live_view import noise_video
+
+
+@pytest.fixture
+def line(small_bundle, broker, tmp_path):
+    """The daemon inspecting a looping video (every other frame noise: rejects), with the live view on."""
+    bundle, _ = small_bundle
+    video = tmp_path / "cell.avi"
+    noise_video(video, 60)
+    camera = f"  - station: cell-7\n    source: {{type: file, path: {video}, fps: 10, loop: true}}\n"
+    config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera, publish="{stats_interval_s: 1, preview_hz: 2, heatmaps: rejects}")
+    console = ConsoleProcess(broker.port, tmp_path)
+    subscriber = Subscriber(broker.port)
+    daemon = start_daemon(config)
+    yield bundle, console, subscriber
+    daemon.send_signal(signal.SIGTERM)
+    finish(daemon, timeout=60)
+    subscriber.close()
+    assert console.stop() == 0 and not any("Traceback" in line for line in console.log), "\n".join(console.log[-30:])
+
+
+def test_the_console_shows_a_real_station(line, browser, screenshots):  # noqa: F811 (fixtures)
+    from selenium.webdriver.common.by import By
+
+    bundle, console, subscriber = line
+    console.wait_for(lambda: subscriber.reached("reject", 2, timeout=0.1), timeout_s=60, what="the daemon's first rejects")
+
+    browser.get(console.url + "/")
+    row = 'tr[data-testid="station-row"][data-station="cell-7"]'
+    _wait(browser, lambda d: "online" in d.find_element(By.CSS_SELECTOR, row).text, timeout_s=30, what="the station online on the overview")
+    browser.save_screenshot(str(screenshots / "real-overview.png"))
+
+    browser.get(console.url + "/station/cell-7")
+    preview = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, 'img[data-testid="preview"]'), what="live view")
+    _wait(browser, lambda d: _loaded(d, preview) > 0, timeout_s=30, what="the first live picture")
+    first = preview.get_attribute("src")
+    _wait(browser, lambda d: preview.get_attribute("src") != first and _loaded(d, preview) > 0, timeout_s=30, what="the live view to move on")
+    threshold = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, '[data-testid="threshold-line"]').get_attribute("data-threshold"), timeout_s=30, what="the threshold line")
+    assert abs(float(threshold) - bundle.manifest.thresholds.image) < 1e-4  # the bundle's, as calibrated
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, '[data-testid="strip-item"]')) >= 10, timeout_s=30, what="the strip of recent parts")
+    browser.save_screenshot(str(screenshots / "real-station.png"))
+
+    rejected = {json.loads(m.payload)["part_id"] for m in subscriber.on("reject")}
+    browser.get(console.url + "/rejects")
+    item = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, '[data-testid="gallery-item"]'), timeout_s=30, what="a reject in the gallery")
+    assert item.get_attribute("data-part-id") in rejected | {json.loads(m.payload)["part_id"] for m in subscriber.on("reject")}
+    image = item.find_element(By.CSS_SELECTOR, '[data-testid="gallery-heatmap"]')
+    _wait(browser, lambda d: _loaded(d, image) > 0, timeout_s=30, what="the reject's heatmap")
+    browser.save_screenshot(str(screenshots / "real-gallery.png"))
+    severe = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == [], severe
