@@ -36,12 +36,13 @@ class ThrottledLog:
     so far. A misbehaving PLC, a broken engine or a broker that refuses the login repeats the same
     line thousands of times an hour; the journal must stay readable and still say how often."""
 
-    def __init__(self, logger: logging.Logger, level: int, first: int = 5, every: int = 100):
+    def __init__(self, logger: logging.Logger, level: int, first: int = 5, every: int = 100, count: Counter | None = None):
+        """count: the counter to add to (a stats counter), so the problem is counted once."""
         self.logger = logger
         self.level = level
         self.first = first
         self.every = every
-        self.count = Counter()
+        self.count = count if count is not None else Counter()
 
     def __call__(self, message: str, *args: object, exc_info: bool = False) -> int:
         """Count one occurrence and log it if it is due; returns the count."""

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from edge.alarms import ROI_OUTSIDE_FRAME
 from edge.answer import Answer, Inspected, Outcome
-from edge.capture import LIVE_SOURCES, Frame, roi_outside
+from edge.capture import LIVE_SOURCES, Frame, known_frame_size, roi_outside
 from edge.config import CameraConfig
 from edge.decision import decide
 from edge.station_engine import StationEngine
@@ -27,6 +27,13 @@ def cannot_inspect(frame: Frame, why: str, camera: CameraConfig, bundle_id: str,
     """The answer for a frame that was not inspected: a reject if it is a part, else a skipped view."""
     outcome = outcome if answers_every_frame(camera) else Outcome.SKIPPED
     return Answer.not_inspected(camera.station, frame.part_id or str(frame.frame_id), outcome, why, bundle_id, frame)
+
+
+def roi_outside_known_frames(camera: CameraConfig) -> str | None:
+    """Why the ROI does not fit the frames the source will deliver, where their size is known
+    before the first one (None if it fits, or if only the first frame will tell)."""
+    size = known_frame_size(camera.source) if camera.roi is not None else None
+    return roi_outside(camera.roi, *size) if size else None
 
 
 def inspect_frame(frame: Frame, engine: StationEngine, camera: CameraConfig, worker: int = 0) -> Answer:

@@ -16,13 +16,13 @@ from edge.alarms import ROI_OUTSIDE_FRAME, Alarms
 from edge.answer import Answer, Outcome
 from edge.audit import AuditLog
 from edge.camera_reader import CameraReader
-from edge.capture import LIVE_SOURCES, EndOfStream, Frame, known_frame_size, open_source, roi_outside
+from edge.capture import LIVE_SOURCES, EndOfStream, Frame, open_source
 from edge.config import CameraConfig, PublishConfig
 from edge.counters import ThrottledLog
 from edge.delivery import AnswerDelivery
 from edge.frame_numbers import FrameNumbers
 from edge.heartbeats import Heartbeats
-from edge.inspection import cannot_inspect, inspect_frame
+from edge.inspection import cannot_inspect, inspect_frame, roi_outside_known_frames
 from edge.pipeline import OrderedPipeline
 from edge.publisher import StationPublisher
 from edge.station_engine import StationEngine
@@ -63,10 +63,10 @@ class Station:
         self.publish_done = threading.Event()
         workers = len(engine.inspectors)
         self.heartbeats = Heartbeats(self.name, ["capture", *(f"inference-{i}" for i in range(workers)), "publish"])
-        self.bad_triggers = ThrottledLog(log, logging.WARNING, first=5, every=100)
-        self.bad_frames = ThrottledLog(log, logging.WARNING, first=20, every=100)
-        self.inference_errors = ThrottledLog(log, logging.ERROR, first=5, every=100)
-        self.repeated_ids = ThrottledLog(log, logging.WARNING, first=1000, every=100)  # each one says something
+        self.bad_triggers = ThrottledLog(log, logging.WARNING, first=5, every=100, count=stats.bad_triggers)
+        self.bad_frames = ThrottledLog(log, logging.WARNING, first=20, every=100, count=stats.bad_frames)
+        self.inference_errors = ThrottledLog(log, logging.ERROR, first=5, every=100, count=stats.inference_errors)
+        self.repeated_ids = ThrottledLog(log, logging.WARNING, first=1000, every=100, count=stats.repeated_part_ids)
         self.threads = [
             threading.Thread(target=self._capture_loop, name=f"capture-{self.name}", daemon=True),
             *(threading.Thread(target=self._inference_loop, args=(i,), name=f"inference-{self.name}-{i}", daemon=True) for i in range(workers)),
@@ -76,8 +76,7 @@ class Station:
     # -- control ------------------------------------------------------------------------------
     def start(self) -> None:
         """Check what can be checked before the first frame, then run."""
-        size = known_frame_size(self.camera.source) if self.camera.roi is not None else None
-        outside = roi_outside(self.camera.roi, *size) if size else None
+        outside = roi_outside_known_frames(self.camera)
         if outside:
             self.alarms.raise_alarm(ROI_OUTSIDE_FRAME, f"{outside}; every part is rejected until the ROI or the camera is fixed")
         for thread in self.threads:
@@ -87,7 +86,6 @@ class Station:
         """MQTT's thread: a part id for the next frame; anything malformed is counted, never acted on."""
         part_id = parse_trigger(payload)
         if part_id is None:
-            self.stats.bad_triggers.add()
             self.bad_triggers("%s: ignored malformed trigger %r", self.name, payload[:80])
             return
         self.triggers.add(part_id)
@@ -190,7 +188,6 @@ class Station:
             return
         frame.part_id = part_id
         if self.recent_ids.seen_again(part_id):
-            self.stats.repeated_part_ids.add()
             self.repeated_ids("%s: part id %s was inspected before (a repeated trigger or file name); inspected again", self.name, part_id)
         dropped = self.pipeline.put(frame, blocking=not self.live)
         if dropped:
@@ -213,7 +210,6 @@ class Station:
             answer = inspect_frame(frame, self.engine, self.camera, worker)
         except Exception as error:
             why = str(error) or type(error).__name__
-            self.stats.inference_errors.add()
             self.inference_errors("%s: inspecting part %s failed: %s", self.name, frame.part_id, why, exc_info=True)
             return self._failed(frame, why)
         if answer.fault is not None:
@@ -221,7 +217,6 @@ class Station:
         elif answer.verdict is not None:
             self.alarms.clear(ROI_OUTSIDE_FRAME)
         if answer.verdict is None:
-            self.stats.bad_frames.add()
             self.bad_frames("%s: skipped %s: %s", self.name, frame.source_name or f"frame {frame.frame_id}", answer.error)
         return answer
 
