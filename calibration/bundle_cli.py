@@ -4,6 +4,7 @@
   edge-bundle retune BUNDLE -o NEW --threshold X --why ..  a new bundle with another threshold
   edge-bundle retune BUNDLE -o NEW --target-frr F --why .. ... chosen for another false-reject target
   edge-bundle reseal OLD -o NEW --why ..                   carry a bundle from before format 4 over
+  edge-bundle refit BUNDLE GOOD_DIR -o NEW --why ..        scoring and threshold fitted again on good parts
   edge-bundle sign BUNDLE --key PRIVATE.pem                sign it for stations that require signatures
 
 A bundle's manifest is never edited by hand (the daemon refuses one that was): these commands
@@ -57,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
             choice = command.add_mutually_exclusive_group(required=True)
             choice.add_argument("--threshold", type=positive, help="the new image threshold (the score a part must exceed to be rejected)")
             choice.add_argument("--target-frr", type=fraction, help="choose the threshold for this false-reject rate on the calibration's held-out good parts")
+    refit = commands.add_parser("refit", help="fit the scoring constants and the threshold again on a folder of good parts (no retraining)")
+    refit.add_argument("bundle", type=Path)
+    refit.add_argument("good", type=Path, help="folder of good part images as the station sees them now (review/good, a teach-in folder)")
+    refit.add_argument("-o", "--output", type=Path, required=True, help="the new bundle's directory")
+    refit.add_argument("--why", required=True, help="the reason, kept in the new bundle's history")
+    refit.add_argument("--who", help="who asks for it (default: the login name)")
+    refit.add_argument("--defects", type=Path, help="folder of defective parts: report the miss rate at the new threshold")
+    refit.add_argument("--target-frr", type=fraction, help="false-reject target (default: the bundle's)")
+    refit.add_argument("--threads", type=int, default=0, help="CPU threads (default: all)")
+    refit.add_argument("--force", action="store_true", help="replace an existing bundle at --output")
     sign = commands.add_parser("sign", help="sign the bundle's manifest with an Ed25519 private key")
     sign.add_argument("bundle", type=Path)
     sign.add_argument("--key", type=Path, required=True, help="PEM private key (openssl genpkey -algorithm ed25519)")
@@ -79,6 +90,7 @@ def describe(bundle) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from calibration.images import ImageFolderError
     from calibration.retune import reseal, retune
     from engines.bundle import BundleError, open_bundle
     from engines.signing import sign_manifest
@@ -90,6 +102,22 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "retune":
             bundle = retune(open_bundle(args.bundle), args.output, args.why, args.threshold, args.target_frr, args.who, args.force)
             print(describe(bundle))
+        elif args.command == "refit":
+            from calibration.refit import refit
+
+            for folder, what in ((args.good, "GOOD_DIR"), (args.defects, "--defects")):
+                if folder is not None and not folder.is_dir():
+                    raise BundleError(f"{what} {folder}: not a folder")
+            bundle, report = refit(
+                open_bundle(args.bundle), args.good, args.output, args.why, args.who, args.defects, args.target_frr, args.threads, args.force,
+                log=lambda message: print(message, file=sys.stderr),
+            )
+            print(describe(bundle))
+            print(
+                f"  on {report.good_parts} good parts: false-reject rate {report.false_reject_rate_before:.3f} -> {report.false_reject_rate_after:.3f}, "
+                f"threshold {report.threshold_before:.4f} -> {report.threshold_after:.4f}"
+                + (f"; miss rate {report.miss_rate:.3f} on {report.defect_images} defective parts" if report.miss_rate is not None else "")
+            )
         elif args.command == "reseal":
             bundle = reseal(open_bundle(args.bundle, unsealed=True), args.output, args.why, args.who, args.force)
             print(describe(bundle))
@@ -97,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             open_bundle(args.bundle)  # sign only what verifies
             sign_manifest(args.bundle, args.key)
             print(f"{args.bundle}: signed with {args.key}")
-    except (BundleError, OSError) as error:
+    except (BundleError, OSError, ImageFolderError) as error:
         print(f"edge-bundle: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK
