@@ -13,8 +13,8 @@ import numpy as np
 
 from edge.config import CameraConfig, Config
 from edge.sdnotify import SystemdNotifier
-from engines.backends import open_backend
-from engines.bundle import Bundle, open_bundle
+from engines.backends import BackendError, open_backend
+from engines.bundle import Bundle, BundleError, open_bundle
 from engines.inspector import Inspector
 
 log = logging.getLogger("edge.station_engine")
@@ -106,7 +106,13 @@ def _open_engine(path: str, config: Config, plan: InferencePlan, notifier: Syste
     for _ in range(plan.workers):
         backend = open_backend(plan.backend, bundle, threads=plan.threads_per_worker, state_dir=Path(config.state_dir), notifier=notifier)
         inspector = Inspector(bundle, backend)
-        inspector.inspect_batch(np.zeros((1, height, width, 3), np.uint8))
+        try:
+            inspector.inspect_batch(np.zeros((1, height, width, 3), np.uint8))
+        except (BundleError, BackendError):
+            raise
+        except Exception as error:  # a graph the runtime cannot run: say which bundle, not a traceback
+            backend.close()
+            raise BundleError(f"{path}: the {plan.backend} backend cannot run this bundle's graphs ({error}); re-calibrate, or check the bundle was copied whole") from None
         inspectors.append(inspector)
     log.info(
         "bundle %s (%s) on %s: %s, %dx%d, %d worker(s) x %s thread(s)",

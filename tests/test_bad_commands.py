@@ -120,3 +120,28 @@ def _retained(port: int, topic: str) -> bool:
         return bool(later.messages) and later.messages[0].retain
     finally:
         later.close()
+
+
+def test_a_bundle_its_runtime_cannot_run_stops_the_start_with_its_name(small_bundle, tmp_path):
+    """A manifest whose digest was made to match an input size the graphs do not take (what only a
+    forger or a bug produces): the daemon refuses to start with the bundle named, exit 2, no
+    traceback, instead of dying inside ONNX Runtime."""
+    import shutil
+
+    from engines.bundle import seal
+
+    bundle, _ = small_bundle
+    forged = tmp_path / "forged"
+    shutil.copytree(bundle.path, forged)
+    data = json.loads((forged / "manifest.json").read_text())
+    data["input_size"] = [96, 96]
+    (forged / "manifest.json").write_text(json.dumps(seal(data)))
+    video = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 10, (64, 64))
+    writer.write(np.zeros((64, 64, 3), np.uint8))
+    writer.release()
+    config = write_config(tmp_path / "config.yaml", forged, 1, f"  - station: s\n    source: {{type: file, path: {video}}}\n")
+    process = start_daemon(config)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 2, output
+    assert "forged" in output and "cannot run this bundle" in output and "Traceback" not in output, output
