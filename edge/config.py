@@ -265,9 +265,11 @@ def load_config(path: str | os.PathLike, check_frames: bool = False) -> Config:
     daemon itself starts anyway and raises an alarm, so parts are rejected, not left unanswered."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a text file (byte {error.start} is not UTF-8); a config is YAML text") from None
     data, root = _parse_yaml(path, text)
     try:
         config = Config.model_validate(data, context={"base": path.parent})

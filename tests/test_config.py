@@ -121,6 +121,11 @@ def test_bad_config_is_refused_naming_the_key(setup, capsys, what, key, value, n
 
 def test_duplicate_key_and_broken_yaml(setup, capsys):
     base, tmp_path = setup
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"\xff\xfe\x00 not text")
+    code = edge_inspect(["--config", str(path), "--validate-config"])
+    message = capsys.readouterr().err
+    assert code == 2 and "not a text file" in message and "Traceback" not in message
     text = yaml.safe_dump(base, sort_keys=False)
     code, message = _run(tmp_path, text + "backend: onnxruntime\nbackend: torch\n", capsys)
     assert code == 2 and "backend" in message and "given twice" in message
