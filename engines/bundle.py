@@ -326,6 +326,10 @@ def open_bundle(path: str | os.PathLike, public_key: str | os.PathLike | None = 
     (format 1 to 3): only `edge-bundle reseal` does that, on purpose, and records it."""
     path = Path(path)
     manifest_path = path / MANIFEST
+    if not path.exists():
+        raise BundleError(f"{path}: not found; give the bundle directory edge-calibrate wrote")
+    if not path.is_dir():
+        raise BundleError(f"{path}: a file, not a bundle directory; give the directory edge-calibrate wrote")
     if not manifest_path.is_file():
         raise BundleError(f"{path}: no {MANIFEST}; is this a bundle written by edge-calibrate?")
     raw = manifest_path.read_bytes()

@@ -148,7 +148,7 @@ def test_retune_writes_a_new_bundle_with_its_history_and_keeps_the_old(bundle_co
         (["retune", str(bundle_copy), "-o", str(new_path), "--threshold", "3", "--why", "x"], "already exists"),
         (["retune", str(bundle_copy), "-o", str(tmp_path / "n"), "--threshold", "-1", "--why", "x"], "positive"),
         (["retune", str(bundle_copy), "-o", str(tmp_path / "n"), "--target-frr", "1.5", "--why", "x"], "between 0 and 1"),
-        (["retune", str(tmp_path / "none"), "-o", str(tmp_path / "n"), "--threshold", "3", "--why", "x"], "no manifest.json"),
+        (["retune", str(tmp_path / "none"), "-o", str(tmp_path / "n"), "--threshold", "3", "--why", "x"], "none: not found"),
     ]
     capsys.readouterr()
     for argv, said in refusals:
