@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
+from bench.quality import machine, write_results  # noqa: E402
 from tests.console_helpers import ConsoleProcess, image_tag, jpeg, part, stats  # noqa: E402
 from tests.mqtt_helpers import Broker, find_mosquitto  # noqa: E402
 
@@ -39,20 +38,6 @@ TICK_S = 0.01  # the publisher's pacing step
 HEATMAP_SIZE = (512, 400)  # the daemon's heatmaps are at most 512 px a side
 PREVIEW_SIZE = (512, 400)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def write_results(path: Path, payload: dict) -> None:
-    """The same shape as the other benches' JSON (bench/quality.py): machine, settings, results."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {path}")
-
-
-def machine() -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    return {"commit": commit + ("-dirty" if dirty else ""), "host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def cpu_seconds(pid: int) -> float:
