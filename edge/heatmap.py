@@ -14,6 +14,7 @@ from engines.overlay import colour_bar, label, overlay
 from engines.preprocess import to_model_input
 
 HEATMAP_LONG_SIDE = 512  # pixels: enough to see a defect, small enough for a JPEG per reject
+HEATMAP_MIN_SIDE = 256  # pixels: below this the labels would not fit on the picture
 PREVIEW_LONG_SIDE = 320  # the live view: a glance at the line, several times a second
 
 
@@ -38,7 +39,9 @@ def render_heatmap(answer: Answer, quality: int, long_side: int = HEATMAP_LONG_S
         return b""
     verdict, inspected = answer.verdict, answer.inspected
     x0, y0, width, height = inspected.box
-    scale = min(1.0, long_side / max(width, height))
+    # Down to at most long_side; small crops up to HEATMAP_MIN_SIDE, so the verdict and score
+    # written on the picture fit on it.
+    scale = min(long_side, max(HEATMAP_MIN_SIDE, max(width, height))) / max(width, height)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     view_rgb = to_model_input(inspected.view, size, "rgb")  # any depth and channels to display RGB
     anomaly_map = cv2.resize(inspected.anomaly_map, (view_rgb.shape[1], view_rgb.shape[0]), interpolation=cv2.INTER_LINEAR)

@@ -52,6 +52,11 @@ def test_the_console_shows_a_real_station(line, browser, screenshots):  # noqa: 
     threshold = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, '[data-testid="threshold-line"]').get_attribute("data-threshold"), timeout_s=30, what="the threshold line")
     assert abs(float(threshold) - bundle.manifest.thresholds.image) < 1e-4  # the bundle's, as calibrated
     _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, '[data-testid="strip-item"]')) >= 10, timeout_s=30, what="the strip of recent parts")
+    # The last part's verdict, large: the same part and verdict as the strip's last item.
+    verdict = browser.find_element(By.CSS_SELECTOR, '[data-testid="last-verdict"]')
+    last = browser.find_elements(By.CSS_SELECTOR, '[data-testid="strip-item"]')[-1]
+    assert verdict.get_attribute("data-part-id") == last.get_attribute("data-part-id")
+    assert verdict.get_attribute("data-verdict") == last.get_attribute("data-verdict") and verdict.text.startswith(last.get_attribute("data-verdict").upper())
     browser.save_screenshot(str(screenshots / "real-station.png"))
 
     rejected = {json.loads(m.payload)["part_id"] for m in subscriber.on("reject")}

@@ -99,7 +99,19 @@
     return "part " + part.part_id + " · " + part.verdict + " · " + score + threshold + (part.cause ? " · " + part.cause : "") + " · " + localTime(part.time);
   }
 
+  // The last part's verdict, big enough to read from across the line.
+  function showVerdict() {
+    const last = parts[parts.length - 1];
+    if (!last) return;
+    const verdict = $("verdict");
+    verdict.textContent = (last.verdict || "?").toUpperCase().replace("_", " ") + " · " + last.part_id;
+    verdict.className = "verdict " + (last.verdict === "pass" ? "pass" : "reject");
+    verdict.dataset.verdict = last.verdict || "";
+    verdict.dataset.partId = last.part_id;
+  }
+
   function showStrip() {
+    showVerdict();
     const recent = parts.slice(-STRIP);
     $("strip").replaceChildren(
       ...recent.map((part) =>
