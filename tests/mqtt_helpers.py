@@ -31,7 +31,11 @@ class Broker:
         self.config = directory / "mosquitto.conf"
         # Started as root, Mosquitto drops to its own user and then cannot save its database
         # in a test's folder; `user root` keeps it as it is (ignored when not root).
-        persistence = f"persistence true\npersistence_location {directory}/\nuser root\n" if persistent else "persistence false\n"
+        # A persistent broker stands for the PLC's: it must hold a burst of late rejects for a
+        # slow subscriber (Mosquitto's default drops QoS 1 messages past 1000 queued per client).
+        persistence = (
+            f"persistence true\npersistence_location {directory}/\nuser root\nmax_queued_messages 100000\n" if persistent else "persistence false\n"
+        )
         self.config.write_text(f"listener {self.port} 127.0.0.1\n{listener}{persistence}")
         self.log = directory / "mosquitto.log"
         self.process: subprocess.Popen | None = None
