@@ -19,6 +19,7 @@ CAMERA_LOST = "camera_lost"
 SCORE_DRIFT = "score_drift"
 DISK_FULL = "disk_full"
 OUTBOX_BACKLOG = "outbox_backlog"
+UNKNOWN_RECIPE = "unknown_recipe"
 
 
 class Alarms:

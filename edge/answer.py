@@ -59,16 +59,17 @@ class Answer:
     inspected: Inspected | None = field(default=None, repr=False)
     error: str | None = None  # why a part was not inspected
     fault: str | None = None  # a station fault behind it that raises an alarm (edge/alarms.py)
+    recipe: str | None = None  # the product it was asked under (edge/recipes.py)
     answered_at: float = field(default_factory=time.time)
 
     @classmethod
     def of_inspection(cls, station: str, frame: Frame, verdict: Verdict, bundle_id: str, inspected: Inspected) -> Answer:
         outcome = Outcome.REJECT if verdict.reject else Outcome.PASS
-        return cls(station, frame.part_id or str(frame.frame_id), outcome, bundle_id, frame, verdict, inspected)
+        return cls(station, frame.part_id or str(frame.frame_id), outcome, bundle_id, frame, verdict, inspected, recipe=frame.recipe)
 
     @classmethod
-    def not_inspected(cls, station: str, part_id: str, outcome: Outcome, error: str, bundle_id: str, frame: Frame | None = None) -> Answer:
-        return cls(station, part_id, outcome, bundle_id, frame, error=error)
+    def not_inspected(cls, station: str, part_id: str, outcome: Outcome, error: str, bundle_id: str, frame: Frame | None = None, recipe: str | None = None) -> Answer:
+        return cls(station, part_id, outcome, bundle_id, frame, error=error, recipe=recipe or (frame.recipe if frame is not None else None))
 
     @property
     def published(self) -> bool:
@@ -92,6 +93,7 @@ class Answer:
             "score": round(v.score, 5) if v is not None and math.isfinite(v.score) else None,
             "threshold": round(v.threshold, 5) if v is not None else None,
             "bundle_id": self.bundle_id,
+            "recipe": self.recipe,
             "regions": [r.to_json() for r in v.regions] if v is not None else [],
             "cause": v.cause if v is not None else None,  # a reject's, edge/decision.py's CAUSE_ constants
         }

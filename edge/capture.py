@@ -34,6 +34,7 @@ class Frame:
     part_id: str | None = None
     source_name: str | None = None  # file name for folder sources
     unreadable: str | None = None  # why a delivered part has no image (a corrupt file): answered as an error
+    recipe: str | None = None  # the product it was asked under, stamped as it enters the station
 
 
 class SourceUnavailable(RuntimeError):

@@ -1,4 +1,4 @@
-"""edge-inspect --config FILE [--validate-config]."""
+"""edge-inspect --config FILE [--validate-config], and edge-inspect teach (edge/teach_cli.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,13 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["teach"]:
+        from edge import teach_cli
+
+        teach = argparse.ArgumentParser(prog="edge-inspect teach", description="Collect good parts from a running station's camera into a teach-in folder.")
+        teach_cli.add_arguments(teach)
+        return teach_cli.run(teach.parse_args(argv[1:]))
     parser = argparse.ArgumentParser(prog="edge-inspect", description="Inspect parts with a calibrated CFLOW-AD bundle and publish verdicts over MQTT.")
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--validate-config", action="store_true", help="check the config (and its bundles) and exit")
@@ -32,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.validate_config:
         try:
             for camera in config.cameras:
-                open_bundle(config.bundle_of(camera), public_key=config.bundle_public_key)
+                for bundle in config.recipes_of(camera).values():
+                    open_bundle(bundle, public_key=config.bundle_public_key)
         except BundleError as error:
             print(f"edge-inspect: {error}", file=sys.stderr)
             return EXIT_BAD_CONFIG

@@ -9,6 +9,7 @@ Secrets are read from files (or $CREDENTIALS_DIRECTORY) and never kept in a fiel
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tempfile
 import typing
@@ -66,6 +67,25 @@ def _roi(value: tuple[int, ...]) -> tuple[int, ...]:
     if len(value) != 4 or value[0] < 0 or value[1] < 0 or value[2] < 8 or value[3] < 8:
         raise ValueError("expected [x, y, width, height] with x, y >= 0 and a size of at least 8x8")
     return value
+
+
+RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+DEFAULT_RECIPE = "default"  # the name of a camera's only bundle when it lists no recipes
+
+
+def valid_recipe_name(text: str) -> bool:
+    """A recipe name as a PLC sends it: letters, digits, '_', '.', '-', at most 64, no leading
+    punctuation (it names a topic payload, a log line and the console's selector)."""
+    return RECIPE_NAME.fullmatch(text) is not None
+
+
+def _recipe_name(value: str) -> str:
+    if not valid_recipe_name(value):
+        raise ValueError("a recipe name is 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    return value
+
+
+RecipeName = Annotated[str, AfterValidator(_recipe_name)]
 
 
 def _some_cameras(value: tuple) -> tuple:
@@ -209,7 +229,33 @@ class CameraConfig(_Section):
     mode: Literal["free-run", "triggered"] = "free-run"
     trigger_timeout_s: Positive = 2.0
     bundle: PathSetting | None = None  # overrides the top-level bundle
+    # Products this station inspects, each with its bundle; the PLC picks one with the `recipe`
+    # topic or a trigger's `recipe` field, and `recipe` names the one used until it does.
+    recipes: dict[RecipeName, PathSetting] | None = None
+    recipe: RecipeName | None = None
     min_region_area: Annotated[StrictInt, Field(ge=1)] = 16
+
+    @model_validator(mode="after")
+    def _recipes_are_whole(self) -> CameraConfig:
+        if self.recipes is None:
+            if self.recipe is not None:
+                raise ValueError("'recipe' names one of 'recipes', and this camera lists none")
+            return self
+        if self.bundle is not None:
+            raise ValueError("give either 'bundle' or 'recipes', not both (a recipe names its own bundle)")
+        if not self.recipes:
+            raise ValueError("'recipes' is empty: list at least one, as NAME: BUNDLE_DIRECTORY")
+        if self.recipe is None and len(self.recipes) > 1:
+            raise ValueError(f"set 'recipe': the one to inspect with until the PLC picks one (of {', '.join(self.recipes)})")
+        if self.recipe is not None and self.recipe not in self.recipes:
+            raise ValueError(f"recipe {self.recipe!r} is not in 'recipes' ({', '.join(self.recipes)})")
+        return self
+
+    @property
+    def default_recipe(self) -> str:
+        if self.recipes is None:
+            return DEFAULT_RECIPE
+        return self.recipe or next(iter(self.recipes))
 
 
 class PublishConfig(_Section):
@@ -227,6 +273,19 @@ class AlarmsConfig(_Section):
     drift_spreads: Annotated[StrictFloat, Field(gt=0)] = 3.0
     # Rejects waiting for the broker beyond this: the PLC is not getting them.
     outbox_backlog: Annotated[StrictInt, Field(ge=1)] = 100
+
+
+class ReviewConfig(_Section):
+    """The ring of recent parts' images that operator labels find (edge/review.py)."""
+
+    enabled: StrictBool = True
+    keep_parts: Annotated[StrictInt, Field(ge=10)] = 500
+    keep_mb: Annotated[StrictFloat, Field(gt=0)] = 500.0
+    # A reject nobody labelled within this long is deleted (passes go as newer parts come).
+    keep_rejects_hours: Positive = 24.0
+    # The ring keeps this much free on the state directory's disk, which the reject outbox and the
+    # audit log need more: below it the ring's oldest images go, and new ones are not kept.
+    min_free_mb: Annotated[StrictFloat, Field(ge=0)] = 200.0
 
 
 def _default_state_dir() -> str:
@@ -249,14 +308,22 @@ class Config(_Section):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
 
     def bundle_of(self, camera: CameraConfig) -> str:
-        """The bundle directory a camera inspects with: its own, else the top-level one (load_config
-        refuses a camera with neither)."""
+        """The bundle directory a camera inspects with by default: its default recipe's, else its
+        own, else the top-level one (load_config refuses a camera with none)."""
+        return self.recipes_of(camera)[camera.default_recipe]
+
+    def recipes_of(self, camera: CameraConfig) -> dict[str, str]:
+        """Every bundle directory a camera may inspect with, by recipe name (one, named
+        'default', for a camera that lists no recipes)."""
+        if camera.recipes is not None:
+            return dict(camera.recipes)
         bundle = camera.bundle or self.bundle
         if bundle is None:
             raise ConfigError(f"camera {camera.station} has no bundle: set 'bundle' at the top level or per camera")
-        return bundle
+        return {DEFAULT_RECIPE: bundle}
 
 
 def load_config(path: str | os.PathLike, check_frames: bool = False) -> Config:
@@ -322,6 +389,11 @@ def _check_cameras(config: Config) -> tuple[list, str] | None:
         if camera.station in stations:
             return ["cameras", i, "station"], f"station {camera.station!r} is used twice"
         stations.add(camera.station)
+        if camera.recipes is not None:
+            for name, path in camera.recipes.items():
+                if not Path(path).is_dir():
+                    return ["cameras", i, "recipes", name], f"bundle directory {path} of recipe {name!r} not found (run edge-calibrate first)"
+            continue
         bundle = camera.bundle or config.bundle
         if bundle is None:
             return ["cameras", i, "bundle"], "no bundle: set 'bundle' at the top level or per camera"

@@ -16,11 +16,14 @@ from edge.config import AlarmsConfig, CameraConfig, Config
 from edge.frame_numbers import FrameNumbers
 from edge.outbox import Outbox
 from edge.publisher import StationPublisher
+from edge.recipes import StationRecipes
+from edge.review import ReviewRing
 from edge.sdnotify import SystemdNotifier
 from edge.station import Station
-from edge.station_engine import InferencePlan, StationEngine, bundle_path, load_engines, plan_inference, usable_cores
+from edge.station_engine import InferencePlan, StationEngine, load_engines, plan_inference, recipe_engines, usable_cores
 from edge.stats import StationStats
 from edge.stop_budget import STOP_BUDGET
+from edge.teach import TeachIn
 from engines.backends import resolve_backend_name
 
 log = logging.getLogger("edge.daemon")
@@ -38,17 +41,28 @@ def first_unused_frame_number(audit: AuditLog, outbox: Outbox) -> int:
     return max((f for f in used if isinstance(f, int)), default=-1) + 1
 
 
-def build_station(config: Config, camera: CameraConfig, engine: StationEngine) -> Station:
-    """One station with its own audit log, outbox, MQTT session and frame numbers under state_dir."""
+def calibrations(engines: dict[str, StationEngine]) -> dict[str, dict[str, float]]:
+    """Bundle id -> its good parts' score quantiles, for the drift window."""
+    return {e.bundle.bundle_id: e.bundle.manifest.thresholds.good_score_quantiles for e in engines.values()}
+
+
+def build_station(config: Config, camera: CameraConfig, engines: dict[str, StationEngine]) -> Station:
+    """One station with its own audit log, outbox, MQTT session, frame numbers, review ring and
+    teach-in folder under state_dir; `engines` is every loaded bundle by path."""
     state = Path(config.state_dir)
+    name = camera.station
     audit = AuditLog(state / "audit" / f"{camera.station}.jsonl", config.audit_max_bytes, config.audit_backups)
-    # On a full disk the oldest audit records make room for undelivered rejects.
-    outbox = Outbox(state / "outbox" / camera.station, make_room=audit.free_space)
-    stats = StationStats(engine.bundle.manifest.thresholds.good_score_quantiles)
-    publisher = StationPublisher(config.mqtt, camera.station, outbox)
-    frame_numbers = FrameNumbers(state / "frame_numbers" / camera.station, first_if_new=lambda: first_unused_frame_number(audit, outbox))
-    station = Station(camera, engine, publisher, audit, stats, config.publish, config.queue_size, frame_numbers)
-    publisher.on_trigger = station.on_trigger
+    review = ReviewRing(name, state / "review" / name, camera, config.review)
+    # On a full disk review images, then the oldest audit records, make room for undelivered rejects.
+    outbox = Outbox(state / "outbox" / camera.station, make_room=lambda: review.free_space() or audit.free_space())
+    by_recipe = recipe_engines(config, camera, engines)
+    recipes = StationRecipes(name, by_recipe, camera.default_recipe, state / "recipe" / name)
+    stats = StationStats(calibrations(by_recipe))
+    publisher = StationPublisher(config.mqtt, name, outbox)
+    frame_numbers = FrameNumbers(state / "frame_numbers" / name, first_if_new=lambda: first_unused_frame_number(audit, outbox))
+    teach = TeachIn(name, state / "teach" / name, camera, every_frame_is_a_part=camera.mode == "triggered" or camera.source.type == "folder", min_free_bytes=int(config.review.min_free_mb * 1_000_000))
+    station = Station(camera, recipes, publisher, audit, stats, config.publish, config.queue_size, frame_numbers, teach, review)
+    publisher.commands = station.commands.handlers()
     return station
 
 
@@ -56,10 +70,15 @@ def stats_message(station: Station) -> dict:
     """The retained `stats` message of one station."""
     publisher, audit = station.publisher, station.audit
     snapshot = station.stats.snapshot()
+    recipe = station.recipes.current()
+    engine = station.recipes.engine(recipe)
+    thresholds = engine.bundle.manifest.thresholds if engine is not None else None
     snapshot.update(
         station=station.name,
         camera=station.camera_state,
-        bundle_id=station.engine.bundle.bundle_id,
+        recipe=recipe,
+        recipes=station.recipes.names,
+        bundle_id=engine.bundle.bundle_id if engine is not None else None,
         outbox_pending=publisher.undelivered(),
         audit_write_errors=audit.errors,
         audit_files_dropped=audit.dropped_files,
@@ -67,8 +86,11 @@ def stats_message(station: Station) -> dict:
         results_dropped=publisher.counters.results_dropped.value,
         disk_full=audit.recently_full(),
         broker_error=publisher.counters.last_error or None,
-        threshold=station.engine.bundle.manifest.thresholds.image,
-        calibration_quantiles=station.engine.bundle.manifest.thresholds.good_score_quantiles,
+        threshold=thresholds.image if thresholds is not None else None,
+        calibration_quantiles=thresholds.good_score_quantiles if thresholds is not None else None,
+        teach=station.teach.status(),
+        labels=station.review.labels.snapshot(),
+        review_images_not_kept=station.review.not_kept.value,
     )
     return snapshot
 
@@ -109,7 +131,7 @@ class Daemon:
         if c.workers > 1 and self.plan.workers == 1:
             log.warning("workers: %d asked for, but the %s backend runs one frame at a time; using 1", c.workers, self.plan.backend)
         engines = load_engines(c, self.plan, notifier=self.notifier)
-        self.stations = [build_station(c, camera, engines[bundle_path(c, camera)]) for camera in c.cameras]
+        self.stations = [build_station(c, camera, engines) for camera in c.cameras]
 
     # -- reload -------------------------------------------------------------------------------
     def start_reload(self) -> None:
@@ -135,10 +157,11 @@ class Daemon:
         if not isinstance(engines, dict):
             log.error("reload failed, keeping the current bundles: %s", engines)
         else:
-            replaced = {id(station.engine): station.engine for station in self.stations}
+            replaced = {id(e): e for station in self.stations for e in station.recipes.engines.values()}
             for station in self.stations:
-                station.engine = engines[bundle_path(self.config, station.camera)]
-                station.stats.calibration = station.engine.bundle.manifest.thresholds.good_score_quantiles
+                by_recipe = recipe_engines(self.config, station.camera, engines)
+                station.stats.calibrations = calibrations(by_recipe)
+                station.recipes.engines = by_recipe
             close_after = time.monotonic() + RETIRE_AFTER_S
             self.retired.extend((close_after, engine) for engine in replaced.values())
             log.info("reloaded bundles: %s", ", ".join(e.bundle.bundle_id for e in engines.values()))
@@ -221,7 +244,11 @@ class Daemon:
         for station in self.stations:
             station.publisher.stop(max(0.1, deadline - time.monotonic()))
             station.audit.close()
-        for engine in {id(station.engine): station.engine for station in self.stations}.values():
+            station.teach.stop("ended by the stop")
+        deadline = time.monotonic() + STOP_BUDGET.review_s
+        for station in self.stations:
+            station.review.close(max(0.0, deadline - time.monotonic()))
+        for engine in {id(e): e for station in self.stations for e in station.recipes.engines.values()}.values():
             engine.close()
         self.close_retired(float("inf"))
         self._close_unfinished_reload()

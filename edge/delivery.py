@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from edge.answer import Answer, Outcome
 from edge.audit import AuditLog
@@ -18,13 +19,14 @@ log = logging.getLogger("edge.delivery")
 
 
 class AnswerDelivery:
-    def __init__(self, station: str, publisher: StationPublisher, audit: AuditLog, stats: StationStats, publish: PublishConfig, source):
+    def __init__(self, station: str, publisher: StationPublisher, audit: AuditLog, stats: StationStats, publish: PublishConfig, source, keepers: tuple[Callable[[Answer], None], ...] = ()):
         self.station = station
         self.publisher = publisher
         self.audit = audit
         self.stats = stats
         self.publish = publish
         self.source = source
+        self.keepers = keepers  # the review ring and teach-in: they take the part's image, never block
         self.next_preview = 0.0  # time.monotonic() when the live view may be published again
 
     def deliver(self, answer: Answer) -> None:
@@ -36,6 +38,11 @@ class AnswerDelivery:
             recorded = self.audit.sync() and recorded
             if not recorded:
                 log.warning("%s: the answer for part %s is not on disk (state directory full); its file stays in the folder", self.station, answer.part_id)
+        for keep in self.keepers:
+            try:
+                keep(answer)
+            except Exception as error:  # a review image or teach-in part is not worth a part's answer
+                log.error("%s: keeping part %s's image failed: %s", self.station, answer.part_id, error)
         if answer.frame is not None:
             self.source.finish(answer.frame, keep_file=not recorded)
 
@@ -54,7 +61,7 @@ class AnswerDelivery:
             self._preview(answer)
             latency_ms = answer.latency_ms(time.time()) or 0.0
             record = {**payload, "latency_ms": round(latency_ms, 2)}
-            self.stats.record(latency_ms, verdict.score, verdict.reject)
+            self.stats.record(latency_ms, verdict.score, verdict.reject, answer.bundle_id)
         elif answer.outcome is Outcome.NOT_INSPECTED:
             self.stats.not_inspected.add()
         return self.audit.append(record) and saved

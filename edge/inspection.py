@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from edge.alarms import ROI_OUTSIDE_FRAME
 from edge.answer import Answer, Inspected, Outcome
 from edge.capture import LIVE_SOURCES, Frame, known_frame_size, roi_outside
@@ -34,6 +36,20 @@ def roi_outside_known_frames(camera: CameraConfig) -> str | None:
     before the first one (None if it fits, or if only the first frame will tell)."""
     size = known_frame_size(camera.source) if camera.roi is not None else None
     return roi_outside(camera.roi, *size) if size else None
+
+
+def roi_view(frame: Frame, camera: CameraConfig) -> np.ndarray | None:
+    """The part as the model sees it, before resizing: the ROI crop of the frame at full
+    resolution (a view, not a copy); None for a frame without an image or too small for the ROI."""
+    image = frame.image
+    if frame.unreadable or image is None or image.ndim < 2:
+        return None
+    if camera.roi is None:
+        return image
+    if roi_outside(camera.roi, image.shape[1], image.shape[0]):
+        return None
+    x, y, w, h = camera.roi
+    return image[y : y + h, x : x + w]
 
 
 def inspect_frame(frame: Frame, engine: StationEngine, camera: CameraConfig, worker: int = 0) -> Answer:

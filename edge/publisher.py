@@ -26,6 +26,22 @@ HELD_RESEND_WAIT_S = 30.0
 DISCONNECTED = -1  # not a message id: wakes whoever waits on acknowledgements
 
 
+def make_client(config: MqttConfig, client_id: str) -> mqtt.Client:
+    """A paho client with the config's credentials and TLS (the daemon's sessions, edge-inspect teach)."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
+    if config.username:
+        client.username_pw_set(config.username, config.password)
+    if config.tls is not None:
+        tls = config.tls
+        key_password = None
+        if tls.key_password_file:
+            with open(tls.key_password_file) as handle:
+                key_password = handle.read().rstrip("\r\n")
+        client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file, keyfile_password=key_password, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.tls_insecure_set(tls.insecure_skip_hostname_check)
+    return client
+
+
 class PublishCounters:
     """Added to from station threads, the delivery thread and paho's network thread."""
 
@@ -52,18 +68,22 @@ class Topics:
     trigger: str
     alarm: str
     preview: str
+    recipe: str
+    feedback: str
+    teach: str
 
     @classmethod
     def under(cls, base: str) -> Topics:
-        return cls(base, *(f"{base}/{name}" for name in ("status", "reject", "result", "heatmap", "stats", "trigger", "alarm", "preview")))
+        return cls(base, *(f"{base}/{name}" for name in ("status", "reject", "result", "heatmap", "stats", "trigger", "alarm", "preview", "recipe", "feedback", "teach")))
 
 
 class StationPublisher:
-    def __init__(self, config: MqttConfig, station: str, outbox: Outbox, on_trigger: Callable[[bytes], None] | None = None):
+    def __init__(self, config: MqttConfig, station: str, outbox: Outbox):
         self.config = config
         self.topics = Topics.under(f"{config.topic_prefix}/{station}")
         self.outbox = outbox
-        self.on_trigger = on_trigger
+        # Subscribed command topics (name under the station -> handler), in the order to subscribe.
+        self.commands: dict[str, Callable[[bytes], None]] = {}
         self.counters = PublishCounters()
         # Guards in_flight, by_mid and unsaved; notified when an acknowledgement removes one.
         self.condition = threading.Condition()
@@ -97,19 +117,8 @@ class StationPublisher:
 
     def _client(self, station: str) -> mqtt.Client:
         config = self.config
-        client_id = f"{config.client_id or 'edge-inspect-' + socket.gethostname()}-{station}"
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
+        client = make_client(config, f"{config.client_id or 'edge-inspect-' + socket.gethostname()}-{station}")
         client.will_set(self.topics.status, "offline", qos=1, retain=True)
-        if config.username:
-            client.username_pw_set(config.username, config.password)
-        if config.tls is not None:
-            tls = config.tls
-            key_password = None
-            if tls.key_password_file:
-                with open(tls.key_password_file) as handle:
-                    key_password = handle.read().rstrip("\r\n")
-            client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file, keyfile_password=key_password, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-            client.tls_insecure_set(tls.insecure_skip_hostname_check)
         # Backoff between reconnects, so a refused login is not retried in a tight loop, capped
         # low because it only resets on a successful connection: with a 30 s cap, a broker that
         # bounced a few times in a row left rejects on disk for half a minute after it was back
@@ -168,7 +177,8 @@ class StationPublisher:
         client.publish(self.topics.status, "online", qos=1, retain=True)
         if self.alarms is not None:  # what changed while the broker was away
             client.publish(self.topics.alarm, json.dumps(self.alarms), qos=1, retain=True)
-        client.subscribe(self.topics.trigger, qos=1)
+        if self.commands:  # one SUBSCRIBE: the broker sends a retained recipe before any trigger that follows
+            client.subscribe([(f"{self.topics.base}/{name}", 1) for name in self.commands])
         # Not here on paho's network thread: paho re-sends what it held only after this callback
         # returns, and acknowledgements arrive on this thread.
         self.connections.put(connection)
@@ -193,8 +203,13 @@ class StationPublisher:
         self.acknowledged.put(DISCONNECTED)  # a flush waiting for held rejects gives up on this connection
 
     def _on_message(self, client, userdata, message) -> None:
-        if self.on_trigger is not None and message.topic == self.topics.trigger:
-            self.on_trigger(bytes(message.payload))
+        name = message.topic[len(self.topics.base) + 1 :] if message.topic.startswith(self.topics.base + "/") else None
+        handler = self.commands.get(name) if name is not None else None
+        if handler is not None:
+            try:
+                handler(bytes(message.payload))
+            except Exception:  # a handler bug must not take paho's network thread (and every publish) down
+                log.exception("%s: handling a message on %s failed", self.topics.base, message.topic)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         self.acknowledged.put(mid)

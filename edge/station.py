@@ -23,12 +23,15 @@ from edge.delivery import AnswerDelivery
 from edge.frame_numbers import FrameNumbers
 from edge.heartbeats import Heartbeats
 from edge.inspection import cannot_inspect, inspect_frame, roi_outside_known_frames
+from edge.operator_commands import StationCommands
 from edge.pipeline import OrderedPipeline
 from edge.publisher import StationPublisher
-from edge.station_engine import StationEngine
+from edge.recipes import StationRecipes
+from edge.review import ReviewRing
 from edge.stats import StationStats
 from edge.stop_budget import STOP_BUDGET
-from edge.triggers import PendingTriggers, RecentPartIds, parse_trigger
+from edge.teach import TeachIn
+from edge.triggers import PendingTriggers, RecentPartIds
 
 log = logging.getLogger("edge.station")
 
@@ -37,17 +40,21 @@ class Station:
     def __init__(
         self,
         camera: CameraConfig,
-        engine: StationEngine,
+        recipes: StationRecipes,
         publisher: StationPublisher,
         audit: AuditLog,
         stats: StationStats,
         publish: PublishConfig,
         queue_size: int,
         frame_numbers: FrameNumbers,
+        teach: TeachIn,
+        review: ReviewRing,
     ):
         self.camera = camera
         self.name = camera.station
-        self.engine = engine  # replaced whole on reload; each part reads it once
+        self.recipes = recipes  # each part's engine is looked up once, by the recipe it was asked under
+        self.teach = teach
+        self.review = review
         self.publisher = publisher
         self.audit = audit
         self.stats = stats
@@ -55,15 +62,15 @@ class Station:
         self.live = camera.source.type in LIVE_SOURCES
         self.triggers = PendingTriggers(camera.trigger_timeout_s)
         self.pipeline = OrderedPipeline(queue_size, self._not_inspected)
-        self.delivery = AnswerDelivery(self.name, publisher, audit, stats, publish, self.source)
+        self.delivery = AnswerDelivery(self.name, publisher, audit, stats, publish, self.source, (review.keep, teach.offer))
         self.alarms = Alarms(self.name, publisher.publish_alarms)
+        self.commands = StationCommands(self.name, recipes, self.triggers, self.alarms, teach, review, stats)
         self.recent_ids = RecentPartIds()
         self.stop_capture = threading.Event()
         self.reader = CameraReader(self.name, self.source, frame_numbers, self.stop_capture, self.alarms)
         self.publish_done = threading.Event()
-        workers = len(engine.inspectors)
+        workers = len(next(iter(recipes.engines.values())).inspectors)
         self.heartbeats = Heartbeats(self.name, ["capture", *(f"inference-{i}" for i in range(workers)), "publish"])
-        self.bad_triggers = ThrottledLog(log, logging.WARNING, first=5, every=100, count=stats.bad_triggers)
         self.bad_frames = ThrottledLog(log, logging.WARNING, first=20, every=100, count=stats.bad_frames)
         self.inference_errors = ThrottledLog(log, logging.ERROR, first=5, every=100, count=stats.inference_errors)
         self.repeated_ids = ThrottledLog(log, logging.WARNING, first=1000, every=100, count=stats.repeated_part_ids)
@@ -81,14 +88,6 @@ class Station:
             self.alarms.raise_alarm(ROI_OUTSIDE_FRAME, f"{outside}; every part is rejected until the ROI or the camera is fixed")
         for thread in self.threads:
             thread.start()
-
-    def on_trigger(self, payload: bytes) -> None:
-        """MQTT's thread: a part id for the next frame; anything malformed is counted, never acted on."""
-        part_id = parse_trigger(payload)
-        if part_id is None:
-            self.bad_triggers("%s: ignored malformed trigger %r", self.name, payload[:80])
-            return
-        self.triggers.add(part_id)
 
     def request_stop(self) -> None:
         self.stop_capture.set()
@@ -180,13 +179,14 @@ class Station:
     # -- steps --------------------------------------------------------------------------------
     def _enqueue(self, frame: Frame) -> None:
         if self.camera.mode == "free-run":
-            part_id: str | None = frame.part_id or str(frame.frame_id)
+            frame.part_id, frame.recipe = frame.part_id or str(frame.frame_id), self.recipes.current()
         else:
-            part_id = self.triggers.next_part()
-        if part_id is None:
-            self.source.finish(frame)  # triggered mode and nobody asked for this frame
-            return
-        frame.part_id = part_id
+            trigger = self.triggers.next_part()
+            if trigger is None:
+                self.source.finish(frame)  # nobody asked for this frame
+                return
+            frame.part_id, frame.recipe = trigger.part_id, trigger.recipe
+        part_id = frame.part_id
         if self.recent_ids.seen_again(part_id):
             self.repeated_ids("%s: part id %s was inspected before (a repeated trigger or file name); inspected again", self.name, part_id)
         dropped = self.pipeline.put(frame, blocking=not self.live)
@@ -198,16 +198,20 @@ class Station:
         if self.camera.mode != "triggered":
             return
         timeout = self.camera.trigger_timeout_s
-        for part_id in self.triggers.expired(everything):
-            log.error("%s: trigger for part %s got no frame within %.1f s", self.name, part_id, timeout)
+        for trigger in self.triggers.expired(everything):
+            log.error("%s: trigger for part %s got no frame within %.1f s", self.name, trigger.part_id, timeout)
             self.stats.trigger_timeouts.add()
             why = f"no frame within {timeout:g} s of the trigger"
-            self.pipeline.answer(Answer.not_inspected(self.name, part_id, Outcome.NO_FRAME, why, self.engine.bundle.bundle_id))
+            self.pipeline.answer(Answer.not_inspected(self.name, trigger.part_id, Outcome.NO_FRAME, why, self.recipes.bundle_id(trigger.recipe), recipe=trigger.recipe))
 
     def _inspect(self, frame: Frame, worker: int) -> Answer:
         """An engine failure is this part's answer: one part must not stop the line."""
+        engine = self.recipes.engine(frame.recipe)
+        if engine is None:  # never another bundle than the one asked for
+            why = f"recipe {frame.recipe!r} is not one of this station's ({', '.join(self.recipes.names)})"
+            return cannot_inspect(frame, why, self.camera, "", Outcome.NOT_INSPECTED)
         try:
-            answer = inspect_frame(frame, self.engine, self.camera, worker)
+            answer = inspect_frame(frame, engine, self.camera, worker)
         except Exception as error:
             why = str(error) or type(error).__name__
             self.inference_errors("%s: inspecting part %s failed: %s", self.name, frame.part_id, why, exc_info=True)
@@ -221,7 +225,7 @@ class Station:
         return answer
 
     def _failed(self, frame: Frame, why: str) -> Answer:
-        return Answer.not_inspected(self.name, frame.part_id or "", Outcome.ERROR, f"inspection failed: {why}", self.engine.bundle.bundle_id, frame)
+        return Answer.not_inspected(self.name, frame.part_id or "", Outcome.ERROR, f"inspection failed: {why}", self.recipes.bundle_id(frame.recipe), frame)
 
     def _not_inspected(self, frame: Frame, why: str) -> Answer:
-        return cannot_inspect(frame, why, self.camera, self.engine.bundle.bundle_id, Outcome.NOT_INSPECTED)
+        return cannot_inspect(frame, why, self.camera, self.recipes.bundle_id(frame.recipe), Outcome.NOT_INSPECTED)

@@ -83,19 +83,25 @@ def cores_within_quota(cores: int, cpu_max: str) -> int:
     return min(cores, max(1, math.ceil(int(fields[0]) / int(fields[1]))))
 
 
-def bundle_path(config: Config, camera: CameraConfig) -> str:
-    """The resolved bundle directory a camera inspects with (its own, else the top-level one)."""
-    return str(Path(config.bundle_of(camera)).resolve())
+def recipe_paths(config: Config, camera: CameraConfig) -> dict[str, str]:
+    """Recipe name -> the resolved bundle directory a camera inspects that product with."""
+    return {name: str(Path(path).resolve()) for name, path in config.recipes_of(camera).items()}
+
+
+def recipe_engines(config: Config, camera: CameraConfig, engines: dict[str, StationEngine]) -> dict[str, StationEngine]:
+    """A camera's recipes, each with its loaded engine (from load_engines)."""
+    return {name: engines[path] for name, path in recipe_paths(config, camera).items()}
 
 
 def load_engines(config: Config, plan: InferencePlan, notifier: SystemdNotifier | None = None) -> dict[str, StationEngine]:
-    """One engine per distinct bundle path, opened, verified and warmed up (the first call of an
-    ONNX Runtime or TensorRT session is far slower than the rest)."""
+    """One engine per distinct bundle path of every camera's every recipe, opened, verified and
+    warmed up ahead (the first call of an ONNX Runtime or TensorRT session is far slower than the
+    rest): a recipe switch then costs nothing."""
     engines: dict[str, StationEngine] = {}
     for camera in config.cameras:
-        path = bundle_path(config, camera)
-        if path not in engines:
-            engines[path] = _open_engine(path, config, plan, notifier)
+        for path in recipe_paths(config, camera).values():
+            if path not in engines:
+                engines[path] = _open_engine(path, config, plan, notifier)
     return engines
 
 

@@ -12,12 +12,16 @@ from edge.counters import Counter
 
 
 class StationStats:
-    def __init__(self, good_score_quantiles: dict[str, float], window: int = 1000):
+    def __init__(self, calibrations: dict[str, dict[str, float]], window: int = 1000):
         self.lock = threading.Lock()
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=window)
         self.pass_scores: collections.deque[float] = collections.deque(maxlen=window)
         self.finished: collections.deque[float] = collections.deque(maxlen=window)
-        self.calibration = good_score_quantiles
+        # Bundle id -> its good parts' score quantiles (replaced on reload). Scores of different
+        # bundles do not compare: the drift window starts again when the recipe's bundle changes.
+        self.calibrations = calibrations
+        self.calibration: dict[str, float] = {}
+        self.drift_bundle: str | None = None
         self.parts = 0  # inspected: written under the lock with the windows
         self.rejects = 0
         # Counted from capture, inference, the publisher and MQTT's thread.
@@ -28,10 +32,15 @@ class StationStats:
         self.inference_errors = Counter()
         self.not_inspected = Counter()
         self.repeated_part_ids = Counter()
+        self.bad_commands = {kind: Counter() for kind in ("recipe", "feedback", "teach")}  # bad triggers above
         self.started = time.monotonic()
 
-    def record(self, latency_ms: float, score: float, reject: bool) -> None:
+    def record(self, latency_ms: float, score: float, reject: bool, bundle_id: str) -> None:
         with self.lock:
+            if bundle_id != self.drift_bundle:
+                self.drift_bundle = bundle_id
+                self.pass_scores.clear()
+            self.calibration = self.calibrations.get(bundle_id, {})
             self.parts += 1
             self.latencies_ms.append(latency_ms)
             self.finished.append(time.monotonic())
@@ -73,6 +82,7 @@ class StationStats:
                 "inference_errors": self.inference_errors.value,
                 "not_inspected": self.not_inspected.value,
                 "repeated_part_ids": self.repeated_part_ids.value,
+                "bad_commands": {kind: counter.value for kind, counter in self.bad_commands.items()},
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "drift": self._drift(),
             }

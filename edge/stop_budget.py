@@ -24,10 +24,13 @@ class StopBudget:
     reload_join_s: float = 5.0
     # The MQTT sessions say `offline` and close, all stations together.
     goodbye_s: float = 2.0
+    # The review rings write the images still queued (all stations together); what is left then
+    # is not kept (a part's answer is already out; only its review image is lost).
+    review_s: float = 1.0
 
     @property
     def total_s(self) -> float:
-        return self.drain_s + 2 * self.flush_grace_s + self.outbox_s + self.reload_join_s + self.goodbye_s
+        return self.drain_s + 2 * self.flush_grace_s + self.outbox_s + self.reload_join_s + self.goodbye_s + self.review_s
 
 
 STOP_BUDGET = StopBudget()

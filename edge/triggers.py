@@ -7,6 +7,9 @@ import json
 import threading
 import time
 import unicodedata
+from dataclasses import dataclass
+
+from edge.config import valid_recipe_name
 
 MAX_TRIGGER_BYTES = 256
 MAX_PART_ID = 128  # characters: a serial number, a barcode, a file name's stem
@@ -31,9 +34,16 @@ def printable(text: str) -> str:
     return "".join(c if unicodedata.category(c)[0] != "C" else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def parse_trigger(payload: bytes) -> str | None:
-    """A trigger is a JSON object with part_id, a JSON string, or the plain part id. Anything
-    else is refused (None), never raised: a malformed message must not stop a line."""
+@dataclass(frozen=True)
+class Trigger:
+    part_id: str
+    recipe: str | None = None  # the product this part is, when the PLC says so with the trigger
+
+
+def parse_trigger(payload: bytes) -> Trigger | None:
+    """A trigger is a JSON object with part_id (and optionally recipe), a JSON string, or the
+    plain part id. Anything else is refused (None), never raised: a malformed message must not
+    stop a line."""
     try:
         text = payload.decode("utf-8").strip()
     except UnicodeDecodeError:
@@ -46,34 +56,39 @@ def parse_trigger(payload: bytes) -> str | None:
         if text[0] in '{["':
             return None  # broken JSON, not a part id that happens to start with a brace
         value = text
+    recipe = None
     if isinstance(value, dict):
+        recipe = value.get("recipe")
+        if recipe is not None and not (isinstance(recipe, str) and valid_recipe_name(recipe)):
+            return None
         value = value.get("part_id")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
         return None
-    return valid_part_id(value)
+    part_id = valid_part_id(value)
+    return Trigger(part_id, recipe) if part_id is not None else None
 
 
 class PendingTriggers:
-    """Part ids the PLC asked about, oldest first, each waiting for the next frame (MQTT's thread
-    adds, the capture thread takes and expires)."""
+    """Parts the PLC asked about, oldest first, each with the recipe it was asked under, waiting
+    for the next frame (MQTT's thread adds, the capture thread takes and expires)."""
 
     def __init__(self, timeout_s: float):
         self.timeout_s = timeout_s
         self.lock = threading.Lock()
-        self.waiting: collections.deque[tuple[str, float]] = collections.deque(maxlen=WAITING_TRIGGERS)
+        self.waiting: collections.deque[tuple[Trigger, float]] = collections.deque(maxlen=WAITING_TRIGGERS)
 
-    def add(self, part_id: str) -> None:
+    def add(self, trigger: Trigger) -> None:
         with self.lock:
-            self.waiting.append((part_id, time.monotonic()))
+            self.waiting.append((trigger, time.monotonic()))
 
-    def next_part(self) -> str | None:
-        """The part id the frame just captured belongs to, if any trigger waits."""
+    def next_part(self) -> Trigger | None:
+        """The part the frame just captured belongs to, if any trigger waits."""
         with self.lock:
             return self.waiting.popleft()[0] if self.waiting else None
 
-    def expired(self, everything: bool = False) -> list[str]:
+    def expired(self, everything: bool = False) -> list[Trigger]:
         """Take the triggers that waited longer than the timeout (all of them at the end)."""
         now = time.monotonic()
         out = []

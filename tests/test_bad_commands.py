@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.triggers import MAX_PART_ID, parse_trigger
+from edge.triggers import MAX_PART_ID, Trigger, parse_trigger
 from tests.conftest import METAL_PLATE, require
 from tests.mqtt_helpers import Subscriber
 from tests.test_daemon_e2e import finish, start_daemon, write_config
@@ -46,7 +46,14 @@ def test_a_bad_trigger_is_refused(what, payload):
 
 @pytest.mark.parametrize("payload, part_id", [(b"P-1", "P-1"), (b' {"part_id": " A 7 "} ', "A 7"), (b"42", "42"), ("Teil-\u00e4".encode(), "Teil-\u00e4"), (b"P" * MAX_PART_ID, "P" * MAX_PART_ID)])
 def test_a_good_trigger_gives_its_part_id(payload, part_id):
-    assert parse_trigger(payload) == part_id
+    assert parse_trigger(payload) == Trigger(part_id)
+
+
+def test_a_trigger_may_name_its_recipe_and_a_bad_recipe_name_refuses_it():
+    assert parse_trigger(b'{"part_id": "P-9", "recipe": "B-2"}') == Trigger("P-9", "B-2")
+    for recipe in ('""', '"a b"', '"../x"', "7", '"' + "R" * 65 + '"', "null"):
+        payload = f'{{"part_id": "P-9", "recipe": {recipe}}}'.encode()
+        assert parse_trigger(payload) == (Trigger("P-9") if recipe == "null" else None), recipe
 
 
 def _part(path, image) -> None:

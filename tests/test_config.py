@@ -42,10 +42,11 @@ def _set(config: dict, dotted: str, value) -> dict:
     node = config
     for part in parents:
         node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    key = int(last) if isinstance(node, list) else last
     if value is _DELETE:
-        del node[last]
+        del node[key]
     else:
-        node[last] = value
+        node[key] = value
     return config
 
 
@@ -104,6 +105,14 @@ BAD = [
     ("bundle public key missing", "bundle_public_key", "/nonexistent/key.pub", "bundle_public_key"),
     ("bundle public key not a key", "bundle_public_key", "/etc/hostname", "bundle_public_key"),
     ("password written in the file", "mqtt.password", SECRET, "mqtt.password"),
+    ("recipe name with a space", "cameras.0.recipes", {"a b": "."}, "cameras[0].recipes"),
+    ("recipe bundle missing", "cameras.0.recipes", {"A": "/nonexistent/bundle"}, "cameras[0].recipes.A"),
+    ("several recipes and no default", "cameras.0.recipes", {"A": ".", "B": "."}, "cameras[0]"),
+    ("default recipe not listed", "cameras.0", {"station": "s1", "source": {"type": "folder", "path": "."}, "recipes": {"A": "."}, "recipe": "B"}, "cameras[0]"),
+    ("recipes and a bundle", "cameras.0", {"station": "s1", "source": {"type": "folder", "path": "."}, "recipes": {"A": "."}, "bundle": "."}, "cameras[0]"),
+    ("recipe without recipes", "cameras.0.recipe", "A", "cameras[0]"),
+    ("empty recipes", "cameras.0.recipes", {}, "cameras[0]"),
+    ("review ring of one part", "review.keep_parts", 1, "review.keep_parts"),
 ]
 
 

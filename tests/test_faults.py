@@ -57,7 +57,8 @@ def test_power_cut_keeps_outbox_and_audit_and_sends_the_rest(small_bundle, tmp_p
     max_leaves=12,
 ).map(lambda v: json.dumps(v).encode())))
 def test_trigger_parser_never_raises(payload):
-    part_id = parse_trigger(payload)
+    trigger = parse_trigger(payload)
+    part_id = trigger.part_id if trigger is not None else None
     assert part_id is None or (isinstance(part_id, str) and part_id and part_id == part_id.strip() and "\n" not in part_id and len(part_id) <= 256)
 
 

@@ -140,3 +140,34 @@ def test_a_slow_reload_keeps_the_watchdog_fed_and_parts_inspected(small_bundle, 
     during = [r for r in _results(subscriber)[results_before:] if r["bundle_id"] == first.bundle_id]
     assert len(during) >= 20, f"only {len(during)} parts inspected by the old bundle during an 8 s reload"
     assert "Traceback" not in output
+
+
+def test_sighup_reloads_the_bundle_of_every_recipe(small_bundle, broker, tmp_path):
+    """A product not running at the reload gets its new bundle too: switching to it after the
+    SIGHUP inspects with the re-calibrated one, never the one loaded at start."""
+    bundle, _ = small_bundle
+    threshold = bundle.manifest.thresholds.image
+    a_live, b_live = tmp_path / "bundles" / "a", tmp_path / "bundles" / "b"
+    a1, b1 = _recalibrated(bundle, a_live, threshold), _recalibrated(bundle, b_live, threshold * 1.01)
+    video = tmp_path / "line.avi"
+    parts_video(video, 40, bundle.manifest.input_size)
+    subscriber = Subscriber(broker.port)
+    camera = f"  - station: line\n    recipes: {{A: {a_live}, B: {b_live}}}\n    recipe: A\n    source: {{type: file, path: {video}, loop: true, fps: 20}}\n"
+    config = write_config(tmp_path / "config.yaml", a_live, broker.port, camera, publish="{results: true, heatmaps: none, stats_interval_s: 1}")
+    process = start_daemon(config)
+    try:
+        _wait(lambda: len(_results(subscriber)) >= 5, 60, "the first results")
+        a2, b2 = _recalibrated(bundle, a_live, threshold * 0.99), _recalibrated(bundle, b_live, -1e9)
+        process.send_signal(signal.SIGHUP)
+        _wait(lambda: any(r["bundle_id"] == a2.bundle_id for r in _results(subscriber)), 60, "results from A's new bundle")
+        subscriber.client.publish("edge/line/recipe", "B", qos=1, retain=True).wait_for_publish(5)
+        _wait(lambda: sum(r["bundle_id"] == b2.bundle_id for r in _results(subscriber)) >= 5, 60, "results from B's new bundle")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        finish(process)
+    subscriber.close()
+    results = _results(subscriber)
+    assert {r["bundle_id"] for r in results} == {a1.bundle_id, a2.bundle_id, b2.bundle_id}  # b1 was reloaded before it was ever used
+    assert all(r["recipe"] == "B" and r["verdict"] == "reject" for r in results if r["bundle_id"] == b2.bundle_id)
+    assert all(r["recipe"] == "A" for r in results if r["bundle_id"] != b2.bundle_id)
+    assert len({a1.bundle_id, b1.bundle_id, a2.bundle_id, b2.bundle_id}) == 4

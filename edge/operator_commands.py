@@ -1,0 +1,86 @@
+"""What a station does with the commands it subscribes to (DESIGN.md: trigger, recipe, feedback,
+teach). Called on MQTT's network thread: each handler validates, acts in a few microseconds (a
+rename at most) and returns; a bad payload is counted and logged, never acted on."""
+
+from __future__ import annotations
+
+import logging
+
+from edge.alarms import UNKNOWN_RECIPE, Alarms
+from edge.commands import BadCommand, parse_feedback, parse_teach
+from edge.counters import ThrottledLog
+from edge.recipes import StationRecipes, parse_recipe
+from edge.review import ReviewRing
+from edge.stats import StationStats
+from edge.teach import TeachIn
+from edge.triggers import PendingTriggers, Trigger, parse_trigger, printable
+
+log = logging.getLogger("edge.commands")
+
+
+class StationCommands:
+    def __init__(self, station: str, recipes: StationRecipes, triggers: PendingTriggers, alarms: Alarms, teach: TeachIn, review: ReviewRing, stats: StationStats):
+        self.station = station
+        self.recipes = recipes
+        self.triggers = triggers
+        self.alarms = alarms
+        self.teach = teach
+        self.review = review
+        self.bad = {kind: ThrottledLog(log, logging.WARNING, first=5, every=100, count=stats.bad_commands[kind]) for kind in stats.bad_commands}
+        self.bad["trigger"] = ThrottledLog(log, logging.WARNING, first=5, every=100, count=stats.bad_triggers)
+
+    def handlers(self) -> dict:
+        """Topic name under the station -> handler, as the publisher subscribes them (recipe
+        first: a retained recipe must apply before the triggers that follow it)."""
+        return {"recipe": self.on_recipe, "trigger": self.on_trigger, "feedback": self.on_feedback, "teach": self.on_teach}
+
+    def on_trigger(self, payload: bytes) -> None:
+        """A part id for the next frame, with the recipe asked for now (or the trigger's own)."""
+        trigger = parse_trigger(payload)
+        if trigger is None:
+            self.bad["trigger"]("%s: ignored malformed trigger %r", self.station, payload[:80])
+            return
+        if trigger.recipe is not None:
+            self._check_recipe(trigger.recipe, f"trigger for part {trigger.part_id}")
+        self.triggers.add(Trigger(trigger.part_id, trigger.recipe or self.recipes.current()))
+
+    def on_recipe(self, payload: bytes) -> None:
+        name = parse_recipe(payload)
+        if name is None:
+            self.bad["recipe"]("%s: ignored recipe %r: not a recipe name (1-64 letters, digits, '_', '.', '-')", self.station, payload[:80])
+            return
+        active = self.recipes.select(name or None)
+        self._check_recipe(active, "the recipe topic")
+
+    def _check_recipe(self, name: str, asked_by: str) -> None:
+        if self.recipes.known(name):
+            self.alarms.clear(UNKNOWN_RECIPE)
+            return
+        known = ", ".join(self.recipes.names)
+        self.alarms.raise_alarm(UNKNOWN_RECIPE, f"{asked_by} asked for recipe {name!r}, which this station does not have ({known}); parts asked under it are rejected as not inspected")
+
+    def on_feedback(self, payload: bytes) -> None:
+        try:
+            command = parse_feedback(payload)
+        except BadCommand as error:
+            self.bad["feedback"]("%s: ignored feedback: %s", self.station, error)
+            return
+        problem = self.review.label(command)
+        if problem is not None:
+            self.bad["feedback"]("%s: ignored feedback for part %s: %s", self.station, printable(command.part_id), problem)
+
+    def on_teach(self, payload: bytes) -> None:
+        try:
+            command = parse_teach(payload)
+        except BadCommand as error:
+            self.bad["teach"]("%s: ignored teach command: %s", self.station, error)
+            return
+        if command.action == "stop":
+            if not self.teach.stop():
+                log.info("%s: teach stop, but no teach-in runs", self.station)
+            return
+        recipe = self.recipes.current()
+        try:
+            self.teach.start(command.name, command.count, recipe, self.recipes.bundle_id(recipe))
+        except OSError as error:
+            self.bad["teach"]("%s: cannot start a teach-in: %s", self.station, error)
