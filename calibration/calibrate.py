@@ -13,6 +13,7 @@ import torch
 
 import engines
 from calibration.augment import augmented_copies, nuisance_copies
+from calibration.device import resolve_device
 from calibration.images import ImageFolderError, list_images, load_images
 from calibration.progress import Progress
 from calibration.thresholds import choose_thresholds, fit_scoring_constants, with_part_score
@@ -70,6 +71,7 @@ class CalibrationSettings:
     part_appearance: bool = True  # also score each part as a whole (engines/part_appearance.py)
     blur_sigma: float = 4.0  # pixels at the input size; 4 gave the best PRO on MPDD metal_plate (0, 2, 4 tried)
     threads: int = 0
+    device: str = "cpu"  # where the good parts are encoded and the flows train (calibration/device.py)
 
 
 @dataclass
@@ -182,14 +184,16 @@ def calibrate(
         a = settings.augment
         train_images = augmented_copies(fit.images, a.copies, a.max_shift, a.max_degrees, settings.train.seed)
     mark = time.monotonic()
-    fit_features = encode_features(encoder, train_images, label="encoding good parts")
-    held_features = encode_features(encoder, held.images, label="encoding held-out parts")
+    device = resolve_device(settings.device)
+    log(f"encoding and training on {device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    fit_features = encode_features(encoder, train_images, label="encoding good parts", device=device)
+    held_features = encode_features(encoder, held.images, label="encoding held-out parts", device=device)
     seconds["encode"] = time.monotonic() - mark
 
     mark = time.monotonic()
     torch.manual_seed(settings.train.seed)
     decoders = CflowDecoders(shapes, settings.flow)
-    training = train_decoders(decoders, flow_inputs(fit_features, flow_taps), settings.train, settings.flow_strides)
+    training = train_decoders(decoders, flow_inputs(fit_features, flow_taps), settings.train, settings.flow_strides, device)
     seconds["train"] = time.monotonic() - mark
 
     mark = time.monotonic()
@@ -251,6 +255,7 @@ def calibrate(
             "host": os.uname().nodename,
             "python": sys.version.split()[0],
             "torch": torch.__version__,
+            "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         },
         files={},
     )

@@ -210,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-steps", type=whole_number(1), default=None, help="cap on optimiser steps per scale (a quick trial run)")
     parser.add_argument("--augment", type=whole_number(0), default=0, metavar="COPIES", help="add COPIES shifted/rotated copies of each good image (unfixtured parts)")
     parser.add_argument("--threads", type=whole_number(0), default=0, help="CPU threads (default: all cores)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the good parts are encoded and the flows train: auto takes a GPU when torch sees one (default auto)")
     parser.add_argument("--seed", type=whole_number(0, 2**63 - 1), default=0)  # what numpy and torch both take
     parser.add_argument("--json", action="store_true", help="print the calibration report as JSON on stdout")
     parser.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM): sign the bundle for stations that require signed bundles")
@@ -245,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # a folder on the way that cannot be looked into
         print(f"edge-calibrate: {os_error_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from calibration.device import DeviceError, resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as error:
+        print(f"edge-calibrate: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     train = TrainConfig(seed=args.seed)
     if args.epochs is not None:
         train = replace(train, epochs=args.epochs, steps_per_scale=None)
@@ -264,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         target_false_reject_rate=args.target_frr,
         target_pixel_false_positive_rate=args.pixel_fpr,
         threads=args.threads,
+        device=device.type,
     )
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     choice = None

@@ -53,15 +53,21 @@ class TrainReport:
 
 
 @torch.no_grad()
-def encode_features(encoder: PreprocessedEncoder, images: np.ndarray, batch_size: int = 16, label: str = "encoding") -> list[torch.Tensor]:
-    """uint8 RGB (N, H, W, 3) -> per scale float32 (N, positions, channels)."""
+def encode_features(
+    encoder: PreprocessedEncoder, images: np.ndarray, batch_size: int = 16, label: str = "encoding", device: torch.device | None = None
+) -> list[torch.Tensor]:
+    """uint8 RGB (N, H, W, 3) -> per scale float32 (N, positions, channels), on the CPU; `device`
+    runs the encoder there (it is moved back afterwards)."""
+    device = device or torch.device("cpu")
+    encoder.to(device)
     progress = Progress(label, len(images))
     chunks: list[list[torch.Tensor]] = []
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
         maps = encoder(batch)
-        chunks.append([m.flatten(2).transpose(1, 2).contiguous() for m in maps])
+        chunks.append([m.flatten(2).transpose(1, 2).contiguous().cpu() for m in maps])
         progress.update(min(start + batch_size, len(images)))
+    encoder.to("cpu")
     return [torch.cat([c[s] for c in chunks]) for s in range(len(chunks[0]))]
 
 
@@ -72,9 +78,18 @@ def fit_input_statistics(decoders: CflowDecoders, features: list[torch.Tensor]) 
 
 
 def train_decoders(
-    decoders: CflowDecoders, features: list[torch.Tensor], config: TrainConfig, strides: tuple[int, ...] = TAP_STRIDES
+    decoders: CflowDecoders,
+    features: list[torch.Tensor],
+    config: TrainConfig,
+    strides: tuple[int, ...] = TAP_STRIDES,
+    device: torch.device | None = None,
 ) -> TrainReport:
-    """Train every scale's flow (at `strides`) by maximum likelihood; returns how it went."""
+    """Train every scale's flow (at `strides`) by maximum likelihood on `device` (the decoders
+    end on the CPU either way); returns how it went. The fibers are drawn with a CPU generator,
+    so a GPU run draws the same batches as a CPU run with the same seed."""
+    device = device or torch.device("cpu")
+    features = [f.to(device) for f in features]
+    decoders.to(device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     fit_input_statistics(decoders, features)
@@ -99,6 +114,7 @@ def train_decoders(
                 group["lr"] = lr
             images, positions, channels = fibers.shape
             index = torch.randint(0, images * positions, (config.fiber_batch,), generator=generator)
+            index = index.to(device)
             x = fibers.reshape(-1, channels)[index]
             position = index % positions
             encoding = decoders.position_encoding(scale)
@@ -115,6 +131,7 @@ def train_decoders(
                 recent[scale].pop(0)
         progress.update(step + 1, "nll/ch " + " ".join(f"{np.mean(r):.3f}" for r in recent if r))
     decoders.eval()
+    decoders.to("cpu")
     report.final_nll = [float(np.mean(r)) for r in recent]
     report.seconds = time.monotonic() - start
     return report

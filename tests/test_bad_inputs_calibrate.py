@@ -37,6 +37,13 @@ def read_only_filesystem(monkeypatch):
     monkeypatch.setattr(tempfile, "mkdtemp", refuse)
 
 
+def without_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a GPU here: --device cuda is valid (tests/test_calibrate.py trains on it)")
+
+
 def a_file(path: Path) -> Path:
     path.write_text("not a folder")
     return path
@@ -87,6 +94,8 @@ CALIBRATE_CASES = [
     ("coupling-blocks-zero", lambda t, g, m: [g, "-o", t / "out", "--coupling-blocks", "0"], ["--coupling-blocks"]),
     ("seed-negative", lambda t, g, m: [g, "-o", t / "out", "--seed", "-1"], ["--seed"]),
     ("input-size-not-32", lambda t, g, m: [g, "-o", t / "out", "--input-size", "100"], ["--input-size"]),
+    ("device-unknown", lambda t, g, m: [g, "-o", t / "out", "--device", "tpu"], ["--device"]),
+    ("device-cuda-without-a-gpu", lambda t, g, m: without_cuda() or [g, "-o", t / "out", "--device", "cuda"], ["--device cuda", "--device cpu"]),
 ]
 
 

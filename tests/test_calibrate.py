@@ -86,3 +86,27 @@ def test_scores_do_not_depend_on_batch_composition(small_bundle, scored):
     assert np.allclose(scores[:3], alone, atol=1e-4)
     assert np.abs(maps[:3] - scored.maps[[0, 40, 90]]).max() < 1e-3
     assert scores[3:].min() > max(alone), "noise should score above real parts, or this test shows nothing"
+
+
+def _no_cuda() -> str | None:
+    import torch
+
+    return None if torch.cuda.is_available() else f"no CUDA device for torch {torch.__version__}"
+
+
+@pytest.mark.skipif(_no_cuda() is not None, reason=f"training on the GPU needs an NVIDIA GPU: {_no_cuda() or ''}")
+def test_a_bundle_trained_on_the_gpu_scores_like_one_trained_on_the_cpu(small_bundle, tmp_path):
+    """Same seed, same fiber draws: the GPU's bundle separates defects like the CPU's, and its
+    exported graphs (checked against its torch model as every bundle's are) run on ONNX Runtime."""
+    from calibration.calibrate import CalibrationSettings, calibrate
+    from calibration.train import TrainConfig
+
+    cpu_bundle, _ = small_bundle
+    good = require(METAL_PLATE) / "train" / "good"
+    train = TrainConfig(epochs=2.0, min_steps_per_scale=60, max_steps_per_scale=60, fiber_batch=512)
+    gpu_bundle, report = calibrate(good, tmp_path / "gpu", CalibrationSettings(input_size=SMALL_SIZE, train=train, device="cuda"), log=lambda m: None)
+    assert gpu_bundle.manifest.training["device"].startswith("cuda")
+    category = open_category(require(METAL_PLATE))
+    cpu_auroc = evaluate_scored(cpu_bundle, score_category(cpu_bundle, category, "onnxruntime"))["overall"]["image_auroc"]
+    gpu_auroc = evaluate_scored(gpu_bundle, score_category(gpu_bundle, category, "onnxruntime"))["overall"]["image_auroc"]
+    assert gpu_auroc > 0.8 and abs(gpu_auroc - cpu_auroc) < 0.05, (cpu_auroc, gpu_auroc)
