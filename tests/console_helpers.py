@@ -1,5 +1,6 @@
-"""For tests/test_console.py and bench/console_load.py: edge-console as a real subprocess, a
-publisher playing a station, and payloads shaped as the daemon sends them (DESIGN.md's MQTT
+"""For tests/test_console.py, tests/test_console_actions.py and bench/console_load.py: edge-console
+as a real subprocess, a publisher playing a station, an operator logged in over HTTP, a listener
+on the stations' command topics, and payloads shaped as the daemon sends them (DESIGN.md's MQTT
 contract: JSON results and rejects, JPEGs with their part in a COM segment, retained stats)."""
 
 from __future__ import annotations
@@ -7,14 +8,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.message import Message
+from http.cookies import SimpleCookie
 from pathlib import Path
 
 import cv2
@@ -156,12 +160,16 @@ class ConsoleProcess:
 
     def __init__(self, broker_port: int, work: Path, *extra: str):
         self.log: list[str] = []
+        self.scheme = "http"
         command = [sys.executable, "-m", "edge.console", "--listen", "127.0.0.1:0", "--mqtt-port", str(broker_port), "--database", str(work / "history.sqlite3"), *extra]
         self.process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()
         self.port = self._wait_for_port(30.0)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
+        # A console on https has a test's self-signed certificate: the tests check what it
+        # serves, not who signed it.
+        self._tls = ssl._create_unverified_context() if self.scheme == "https" else None
 
     def _read_log(self) -> None:
         assert self.process.stderr is not None
@@ -172,9 +180,10 @@ class ConsoleProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for line in list(self.log):
-                found = re.search(r"serving http://127\.0\.0\.1:(\d+)/", line)
+                found = re.search(r"serving (https?)://127\.0\.0\.1:(\d+)/", line)
                 if found:
-                    return int(found.group(1))
+                    self.scheme = found.group(1)
+                    return int(found.group(2))
             if self.process.poll() is not None:
                 break
             time.sleep(0.05)
@@ -183,9 +192,12 @@ class ConsoleProcess:
 
     def get(self, path: str, headers: dict | None = None) -> tuple[int, Message, bytes]:
         """Status, headers (looked up case-insensitively) and body; an HTTP error is an answer."""
-        request = urllib.request.Request(self.url + path, headers=headers or {})
+        return self.request("GET", path, headers=headers)
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, Message, bytes]:
+        request = urllib.request.Request(self.url + path, data=body, headers=headers or {}, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=20, context=self._tls) as response:
                 return response.status, response.headers, response.read()
         except urllib.error.HTTPError as error:
             return error.code, error.headers, error.read()
@@ -218,3 +230,91 @@ class ConsoleProcess:
                 self.process.wait(5)
         self._reader.join(2)
         return self.process.returncode
+
+
+class Operator:
+    """An operator without a browser: logs in with JSON, keeps the session cookie, and sends
+    commands with the session's CSRF token (or, to test the refusals, without)."""
+
+    def __init__(self, console: ConsoleProcess):
+        self.console = console
+        self.cookie: str | None = None  # the session cookie's value
+        self.csrf: str | None = None
+        self.set_cookie: str = ""  # the Set-Cookie header of the last login
+
+    def login(self, username: str, password: str) -> tuple[int, dict, Message]:
+        status, headers, body = self.console.request("POST", "/login", json.dumps({"username": username, "password": password}).encode(), {"Content-Type": "application/json"})
+        answer = json.loads(body) if body else {}
+        if status == 200:
+            self.set_cookie = headers["Set-Cookie"]
+            cookie = SimpleCookie()
+            cookie.load(self.set_cookie)
+            self.cookie = cookie["edge_session"].value
+            self.csrf = answer["csrf"]
+        return status, answer, headers
+
+    def post(self, path: str, body: dict | bytes | None = None, csrf: str | None | bool = True, content_type: str = "application/json", headers: dict | None = None) -> tuple[int, dict]:
+        """POST as this operator; csrf=True sends the session's token, a string sends that, False none."""
+        sent = {"Content-Type": content_type, **(headers or {})}
+        if self.cookie:
+            sent["Cookie"] = f"edge_session={self.cookie}"
+        token = self.csrf if csrf is True else csrf
+        if token:
+            sent["X-CSRF-Token"] = str(token)
+        data = body if isinstance(body, bytes) else json.dumps(body if body is not None else {}).encode()
+        status, _, answer = self.console.request("POST", path, data, sent)
+        try:
+            return status, json.loads(answer)
+        except ValueError:
+            return status, {"raw": answer.decode("utf-8", "replace")}
+
+    def session(self) -> dict:
+        status, _, body = self.console.request("GET", "/api/session", headers={"Cookie": f"edge_session={self.cookie}"} if self.cookie else {})
+        assert status == 200, (status, body)
+        return json.loads(body)
+
+
+@dataclass(frozen=True)
+class Heard:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class CommandListener:
+    """A client on the stations' command topics (recipe, teach, feedback), as a station
+    subscribes to them, recording each message with the QoS and retain flag it came with."""
+
+    KINDS = ("recipe", "teach", "feedback")
+
+    def __init__(self, port: int, prefix: str = "edge", station: str = "+"):
+        self.messages: list[Heard] = []
+        self.lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-listener-{os.getpid()}-{id(self)}")
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.client.subscribe([(f"{prefix}/{station}/{kind}", 1) for kind in self.KINDS])
+        assert subscribed.wait(10), "the listener could not subscribe"
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self.lock:
+            self.messages.append(Heard(message.topic, bytes(message.payload), message.qos, bool(message.retain)))
+
+    def heard(self) -> list[Heard]:
+        with self.lock:
+            return list(self.messages)
+
+    def wait_for(self, count: int, timeout_s: float = 10.0) -> list[Heard]:
+        """All messages so far once there are at least `count` (fewer after the timeout)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and len(self.heard()) < count:
+            time.sleep(0.02)
+        return self.heard()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

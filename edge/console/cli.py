@@ -1,4 +1,5 @@
 """edge-console [--config FILE] [flags]: the line console (DESIGN.md, "The line console").
+edge-console passwd USERNAME --users-file PATH: add an operator login (or change its password).
 
 Exit status: 0 after a clean stop, 1 when it could not start (the port is taken), 2 for a bad
 config or flag (the message names the key; restarting will not fix it).
@@ -25,8 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-console",
         description="The line console: follows every edge-inspect station on the MQTT broker; web pages, history and Prometheus metrics.",
+        epilog="edge-console passwd USERNAME --users-file PATH: add an operator login for the write actions (recipe, teach-in, labels), or change its password.",
     )
-    parser.add_argument("--config", help="YAML config file (keys: mqtt, listen, database, retention_days, retention_mb); flags override it")
+    parser.add_argument("--config", help="YAML config file (keys: mqtt, listen, database, retention_days, retention_mb, users_file, session_hours, https); flags override it")
     parser.add_argument("--listen", metavar="HOST:PORT", help="address of the web pages (default 127.0.0.1:8080; port 0 picks a free one)")
     parser.add_argument("--database", metavar="PATH", help="history database file (default $STATE_DIRECTORY/history.sqlite3, else ./history.sqlite3)")
     parser.add_argument("--mqtt-host", metavar="HOST", help="broker host (default localhost)")
@@ -41,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["passwd"]:
+        from edge.console.passwords import passwd_main
+
+        return passwd_main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -95,7 +102,14 @@ def run(config) -> int:
         print(f"edge-console: mqtt.tls: cannot load the TLS files ({error})", file=sys.stderr)
         return EXIT_BAD_CONFIG
     console.start()
-    log.info("serving http://%s:%d/ for the stations under %s/ on %s:%d", shown, bound_port, config.mqtt.topic_prefix, config.mqtt.host, config.mqtt.port)
+    scheme = "https" if config.https else "http"
+    log.info("serving %s://%s:%d/ for the stations under %s/ on %s:%d", scheme, shown, bound_port, config.mqtt.topic_prefix, config.mqtt.host, config.mqtt.port)
+    if config.users_path is None:
+        log.info("read-only: no users file, so no operator can log in to send commands (README, 'Operator actions')")
+    else:
+        log.info("operator logins from %s; write actions (recipe, teach-in, labels) need one", config.users_path)
+        if not console.loopback_only and config.https is None:
+            log.warning("operators log in over plain HTTP on %s: passwords and session cookies cross the network readable; set https (a certificate) or serve through a TLS proxy", config.listen)
     try:
         serve(console, sock)
     finally:

@@ -8,6 +8,9 @@ listen: 127.0.0.1:8080
 database: /var/lib/edge-console/history.sqlite3
 retention_days: 30
 retention_mb: 2048
+users_file: /etc/edge-console/users     # operator logins (edge-console passwd); without it: read-only
+session_hours: 12
+https: {cert_file: /etc/edge-console/web.pem, key_file: /etc/edge-console/web.key}
 ```
 """
 
@@ -24,6 +27,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 from pydantic_core import ErrorDetails
 
 from edge.config_fields import ConfigError, PathSetting, ReadableFile, TopicPrefix, read_password
+from edge.console.passwords import UsersFileError, read_users
 
 __all__ = ["ConfigError", "ConsoleConfig", "load_config"]
 
@@ -110,6 +114,32 @@ class MqttSettings(_Section):
         return self
 
 
+class HttpsSettings(_Section):
+    """The pages over TLS: the server's certificate (with its chain) and its unencrypted key."""
+
+    cert_file: ReadableFile
+    key_file: ReadableFile
+
+    @model_validator(mode="after")
+    def _loads(self) -> HttpsSettings:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.cert_file, self.key_file)
+        except (ssl.SSLError, OSError, ValueError) as error:
+            raise ValueError(f"cert_file {self.cert_file} and key_file {self.key_file} are not a PEM certificate and its unencrypted key ({error})") from None
+        return self
+
+
+def _users_file(value: str) -> str:
+    try:
+        read_users(value)
+    except UsersFileError as error:
+        raise ValueError(str(error)) from None
+    return value
+
+
+# The users file as a systemd credential, when the config names none (as mqtt_password).
+USERS_CREDENTIAL = "console_users"
+
 # Strict (YAML types its numbers: "30" is a mistake to show), but a whole number is a fine float.
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
@@ -120,10 +150,33 @@ class ConsoleConfig(_Section):
     database: Annotated[PathSetting, AfterValidator(_database)] = Field(default_factory=_default_database)
     retention_days: Positive = 30.0
     retention_mb: Positive = 1024.0
+    # Operator logins for the write actions; without a users file the console is read-only.
+    users_file: Annotated[ReadableFile, AfterValidator(_users_file)] | None = None  # else $CREDENTIALS_DIRECTORY/console_users when present
+    session_hours: Annotated[float, Field(gt=0, le=24 * 30, allow_inf_nan=False)] = 12.0
+    https: HttpsSettings | None = None
+    _users_path: str | None = PrivateAttr(default=None)
 
     @property
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.listen)
+
+    @property
+    def users_path(self) -> str | None:
+        """The users file in use: the config's, else the systemd credential; None: read-only."""
+        return self._users_path
+
+    @model_validator(mode="after")
+    def _find_users(self) -> ConsoleConfig:
+        self._users_path = self.users_file
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if self.users_file is None and credentials and Path(credentials, USERS_CREDENTIAL).is_file():
+            path = str(Path(credentials, USERS_CREDENTIAL))
+            try:
+                read_users(path)
+            except UsersFileError as error:
+                raise ValueError(f"users_file (the systemd credential {USERS_CREDENTIAL}): {error}") from None
+            self._users_path = path
+        return self
 
 
 # Flags that set a key, and the key they set: a refusal names the flag the value came from.
@@ -218,7 +271,7 @@ def _message(where: str, root: yaml.Node | None, error: ErrorDetails, from_flag:
     return f"{where}: {dotted}{f' (line {line})' if line else ''}: {message}"
 
 
-_SECTIONS: dict[str, type[BaseModel]] = {"mqtt": MqttSettings, "tls": TlsSettings}
+_SECTIONS: dict[str, type[BaseModel]] = {"mqtt": MqttSettings, "tls": TlsSettings, "https": HttpsSettings}
 
 
 def _section_fields(keys: tuple[str, ...]) -> list[str]:

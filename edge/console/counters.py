@@ -46,3 +46,6 @@ class ConsoleCounters:
         self.retention_deleted = Tally()  # rows by table
         self.broker_connects = Counter()
         self.broker_connect_failures = Counter()
+        self.logins = Counter()  # operator logins that succeeded
+        self.login_failures = Tally()  # by reason: bad_credentials, throttled, users_file
+        self.commands = Tally()  # by (command, result): what operators sent to the stations

@@ -1,4 +1,5 @@
-"""The console's history: parts and reject heatmaps in SQLite, bounded in days and megabytes.
+"""The console's history: parts, reject heatmaps and the labels operators sent, in SQLite, bounded
+in days and megabytes.
 
 One writer thread owns the only writing connection (SQLite allows one writer; a thread of its
 own keeps paho's network thread free of disk waits). Writes are queued and committed in batches.
@@ -28,7 +29,7 @@ from edge.counters import ThrottledLog
 
 log = logging.getLogger("edge.console.history")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: parts.recipe and the labels table (a version 1 file is brought up to 2)
 # frame_id may be null (a trigger that got no frame); UNIQUE treats nulls as distinct, so the
 # dedupe key uses IFNULL. The same key on heatmaps is how the gallery finds a reject's image.
 SCHEMA = """
@@ -47,7 +48,8 @@ CREATE TABLE IF NOT EXISTS parts (
     cause TEXT,
     regions TEXT NOT NULL,
     error TEXT,
-    late INTEGER NOT NULL
+    late INTEGER NOT NULL,
+    recipe TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS parts_key ON parts (station, part_id, IFNULL(frame_id, -1));
 CREATE INDEX IF NOT EXISTS parts_time ON parts (time);
@@ -65,7 +67,19 @@ CREATE TABLE IF NOT EXISTS heatmaps (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS heatmaps_key ON heatmaps (station, part_id, IFNULL(frame_id, -1));
 CREATE INDEX IF NOT EXISTS heatmaps_time ON heatmaps (time);
+CREATE TABLE IF NOT EXISTS labels (
+    id INTEGER PRIMARY KEY,
+    station TEXT NOT NULL,
+    part_id TEXT NOT NULL,
+    label TEXT NOT NULL,
+    defect_type TEXT,
+    user TEXT NOT NULL,
+    time REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS labels_key ON labels (station, part_id);
+CREATE INDEX IF NOT EXISTS labels_time ON labels (time);
 """
+# An operator's label is a part's last one: the station files the part's image again under it.
 
 # What may wait for the writer: past either cap new rows are dropped and counted, so a stalled
 # disk costs at most this much memory.
@@ -93,6 +107,21 @@ class HeatmapRecord:
     score: float | None
     threshold: float | None
     jpeg: bytes
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    """An operator's label the console sent to a station (and the station confirmed receiving)."""
+
+    station: str
+    part_id: str
+    label: str  # good | defect
+    defect_type: str | None
+    user: str
+    time: float
+
+    def to_json(self) -> dict:
+        return {"label": self.label, "defect_type": self.defect_type, "by": self.user, "time": iso(self.time)}
 
 
 @dataclass(frozen=True)
@@ -135,6 +164,9 @@ class History:
 
     def add_heatmap(self, record: HeatmapRecord) -> None:
         self._put(record, len(record.jpeg))
+
+    def add_label(self, record: LabelRecord) -> None:
+        self._put(record, 256)
 
     def _put(self, item: object, size: int) -> None:
         with self._pending_lock:
@@ -252,13 +284,15 @@ class History:
             return None
         try:
             version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"schema version {version}, this console writes version {SCHEMA_VERSION}; move the file aside")
             connection.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a power cut may lose the last batch, never corrupt the file.
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             connection.executescript(SCHEMA)
+            if "recipe" not in {row[1] for row in connection.execute("PRAGMA table_info(parts)")}:
+                connection.execute("ALTER TABLE parts ADD COLUMN recipe TEXT")  # a version 1 file
             connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as error:
             connection.close()
@@ -270,15 +304,20 @@ class History:
     def _write(self, connection: sqlite3.Connection, batch: list[object]) -> None:
         parts = [item for item in batch if isinstance(item, PartRecord)]
         heatmaps = [item for item in batch if isinstance(item, HeatmapRecord)]
+        labels = [item for item in batch if isinstance(item, LabelRecord)]
         connection.execute("BEGIN")
         try:
             connection.executemany(
-                "INSERT OR IGNORE INTO parts (station, part_id, frame_id, time, received, verdict, reject, score, threshold, bundle_id, cause, regions, error, late)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO parts (station, part_id, frame_id, time, received, verdict, reject, score, threshold, bundle_id, cause, regions, error, late, recipe)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (p.station, p.part_id, p.frame_id, p.time, p.received, p.verdict, int(p.is_reject), p.score, p.threshold, p.bundle_id, p.cause, p.regions_json(), p.error, int(p.late))
+                    (p.station, p.part_id, p.frame_id, p.time, p.received, p.verdict, int(p.is_reject), p.score, p.threshold, p.bundle_id, p.cause, p.regions_json(), p.error, int(p.late), p.recipe)
                     for p in parts
                 ],
+            )
+            connection.executemany(
+                "INSERT OR REPLACE INTO labels (station, part_id, label, defect_type, user, time) VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.station, r.part_id, r.label, r.defect_type, r.user, r.time) for r in labels],
             )
             connection.executemany(
                 "INSERT OR IGNORE INTO heatmaps (station, part_id, frame_id, time, verdict, score, threshold, jpeg) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -312,6 +351,7 @@ class History:
         try:
             heatmaps = connection.execute(f"DELETE FROM heatmaps WHERE time {op} ?", (cutoff,)).rowcount
             parts = connection.execute(f"DELETE FROM parts WHERE time {op} ?", (cutoff,)).rowcount
+            connection.execute(f"DELETE FROM labels WHERE time {op} ?", (cutoff,))
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -373,20 +413,22 @@ class History:
             where.append("p.station = ?")
             args.append(query.station)
         rows = self._read(
-            "SELECT p.id, p.station, p.part_id, p.frame_id, p.time, p.verdict, p.score, p.threshold, p.bundle_id, p.cause, p.regions, p.error, p.late, h.id"
+            f"SELECT {_PART_COLUMNS}, h.id"
             " FROM parts p LEFT JOIN heatmaps h ON h.station = p.station AND h.part_id = p.part_id AND IFNULL(h.frame_id, -1) = IFNULL(p.frame_id, -1)"
-            f" WHERE {' AND '.join(where)} ORDER BY p.time DESC, p.id DESC LIMIT ?",
+            f" {_LABEL_JOIN} WHERE {' AND '.join(where)} ORDER BY p.time DESC, p.id DESC LIMIT ?",
             (*args, max(1, min(query.limit, GALLERY_LIMIT))),
         )
         return [_reject_json(row) for row in rows]
 
     def parts(self, station: str, limit: int) -> list[dict]:
         rows = self._read(
-            "SELECT p.id, p.station, p.part_id, p.frame_id, p.time, p.verdict, p.score, p.threshold, p.bundle_id, p.cause, p.regions, p.error, p.late, NULL"
-            " FROM parts p WHERE p.station = ? ORDER BY p.time DESC, p.id DESC LIMIT ?",
+            f"SELECT {_PART_COLUMNS}, NULL FROM parts p {_LABEL_JOIN} WHERE p.station = ? ORDER BY p.time DESC, p.id DESC LIMIT ?",
             (station, max(1, min(limit, 5000))),
         )
         return [_reject_json(row) for row in rows]
+
+    def has_part(self, station: str, part_id: str) -> bool:
+        return bool(self._read("SELECT 1 FROM parts WHERE station = ? AND part_id = ? LIMIT 1", (station, part_id)))
 
     def heatmap(self, heatmap_id: int) -> bytes | None:
         rows = self._read("SELECT jpeg FROM heatmaps WHERE id = ?", (heatmap_id,))
@@ -411,8 +453,12 @@ def used_bytes(connection: sqlite3.Connection) -> int:
     return int((pages - free) * page_size)
 
 
+_PART_COLUMNS = "p.id, p.station, p.part_id, p.frame_id, p.time, p.verdict, p.score, p.threshold, p.bundle_id, p.cause, p.regions, p.error, p.late, p.recipe, l.label, l.defect_type, l.user, l.time"
+_LABEL_JOIN = "LEFT JOIN labels l ON l.station = p.station AND l.part_id = p.part_id"
+
+
 def _reject_json(row: tuple) -> dict:
-    (row_id, station, part_id, frame_id, moment, verdict, score, threshold, bundle_id, cause, regions, error, late, heatmap_id) = row
+    (row_id, station, part_id, frame_id, moment, verdict, score, threshold, bundle_id, cause, regions, error, late, recipe, label, defect_type, user, labelled, heatmap_id) = row
     try:
         region_list = json.loads(regions)
     except ValueError:
@@ -431,5 +477,7 @@ def _reject_json(row: tuple) -> dict:
         "regions": region_list,
         "error": error,
         "late": bool(late),
+        "recipe": recipe,
+        "label": None if label is None else {"label": label, "defect_type": defect_type, "by": user, "time": iso(labelled)},
         "heatmap": f"/api/heatmap/{heatmap_id}.jpg" if heatmap_id is not None else None,
     }

@@ -19,6 +19,7 @@ SERIES_PARTS = 1000  # the score chart and the pass-score histogram
 DEDUPE_WINDOW = 4096  # part keys remembered per station; far more than a reject's two topics need
 MAX_STATIONS = 256  # a publisher inventing station names must not grow memory without end
 MAX_STATION_NAME = 128
+LABELS_KEPT = 4096  # operators' labels remembered per station for the live strip (history keeps them all)
 
 
 def valid_station_name(name: str) -> bool:
@@ -44,6 +45,7 @@ class StationState:
         self.parts: deque[tuple[int, PartRecord]] = deque(maxlen=SERIES_PARTS)  # (seq, part), oldest first
         self.seen: OrderedDict[tuple, None] = OrderedDict()
         self.rejects_by_cause: dict[str, int] = {}
+        self.labels: OrderedDict[str, dict] = OrderedDict()  # part id -> the label an operator sent from this console
 
     def summary(self, now: float) -> dict:
         stats = self.stats
@@ -53,6 +55,7 @@ class StationState:
             "name": self.name,
             "status": self.status,
             "bundle_id": (stats.bundle_id if stats is not None and stats.bundle_id else None) or (last.bundle_id if last else None),
+            "recipe": (stats.recipe if stats is not None and stats.recipe else None) or (last.recipe if last else None),
             "fps": stats.fps if stats else None,
             "reject_rate": stats.reject_rate if stats else None,
             "latency_p50_ms": latency.p50 if latency else None,
@@ -131,6 +134,18 @@ class LiveModel:
                 state.rejects_by_cause[cause] = state.rejects_by_cause.get(cause, 0) + 1
             return True
 
+    def set_label(self, name: str, part_id: str, label: dict) -> None:
+        """An operator's label for one of the station's parts (sent and confirmed by the broker)."""
+        with self.lock:
+            state = self.stations.get(name)
+            if state is None:
+                return
+            state.labels.pop(part_id, None)
+            state.labels[part_id] = label
+            if len(state.labels) > LABELS_KEPT:
+                state.labels.popitem(last=False)
+            self.version += 1
+
     def set_preview(self, name: str, image: Image) -> None:
         with self.lock:
             state = self._station(name)
@@ -178,7 +193,20 @@ class LiveModel:
                 },
                 "parts": [{"seq": seq, **part.to_json()} for seq, part in parts],
                 "last_seq": state.parts[-1][0] if state.parts else 0,
+                # Labels of the kept parts, every time: a label sent from another page shows here too.
+                "labels": {part.part_id: state.labels[part.part_id] for _, part in state.parts if part.part_id in state.labels} if state.labels else {},
             }
+
+    def station_stats(self, name: str) -> tuple[bool, StatsMessage | None]:
+        """Whether the station has published since the console started, and its latest stats."""
+        with self.lock:
+            state = self.stations.get(name)
+            return (state is not None, state.stats if state is not None else None)
+
+    def has_part(self, name: str, part_id: str) -> bool:
+        with self.lock:
+            state = self.stations.get(name)
+            return state is not None and any(part.part_id == part_id for _, part in state.parts)
 
     def preview(self, name: str) -> Image | None:
         with self.lock:

@@ -38,11 +38,12 @@ _STATION_COUNTERS = (
 
 
 class ConsoleCollector(Collector):
-    def __init__(self, model: LiveModel, counters: ConsoleCounters, history: History | None, broker_connected: Callable[[], bool]):
+    def __init__(self, model: LiveModel, counters: ConsoleCounters, history: History | None, broker_connected: Callable[[], bool], sessions: Callable[[], int] | None = None):
         self.model = model
         self.counters = counters
         self.history = history
         self.broker_connected = broker_connected
+        self.sessions = sessions
 
     def collect(self) -> Iterator[Metric]:
         yield from self._stations()
@@ -60,6 +61,8 @@ class ConsoleCollector(Collector):
         alarms = GaugeMetricFamily("edge_station_alarms_active", "Alarms the station has raised and not cleared", labels=["station"])
         alarm = GaugeMetricFamily("edge_station_alarm", "1 for each active alarm, by its key", labels=["station", "alarm"])
         camera = GaugeMetricFamily("edge_station_camera_ok", "1 while the station reports its camera ok", labels=["station"])
+        labels = CounterMetricFamily("edge_station_labels", "Operators' labels the station filed, by what they say of its verdict (false_rejects, misses, ...)", labels=["station", "label"])
+        teach = GaugeMetricFamily("edge_station_teach_active", "1 while the station collects good parts for a teach-in", labels=["station"])
         counters = {key: CounterMetricFamily(name, text, labels=["station"]) for key, name, text in _STATION_COUNTERS}
         for name, status, stats, seen, by_cause, active in self.model.metrics_view():
             up.add_metric([name], 1.0 if status == "online" else 0.0)
@@ -69,9 +72,14 @@ class ConsoleCollector(Collector):
             alarms.add_metric([name], active)
             if stats is not None:
                 _add_stats(name, stats, fps, reject_rate, latency, outbox, drift, camera, counters)
+                if stats.labels is not None:
+                    for key, value in stats.labels.model_dump().items():
+                        labels.add_metric([name, key], value)
+                if stats.teach is not None:
+                    teach.add_metric([name], 1.0 if stats.teach.active else 0.0)
         for name, key in self.model.alarm_keys():
             alarm.add_metric([name, key], 1.0)
-        yield from (up, parts, rejects, fps, reject_rate, latency, outbox, drift, alarms, alarm, camera, *counters.values())
+        yield from (up, parts, rejects, fps, reject_rate, latency, outbox, drift, alarms, alarm, camera, labels, teach, *counters.values())
 
     def _console(self) -> Iterator[Metric]:
         c = self.counters
@@ -85,9 +93,21 @@ class ConsoleCollector(Collector):
         deleted = CounterMetricFamily("edge_console_retention_deleted", "Rows deleted by retention, by table", labels=["table"])
         for table, count in c.retention_deleted.items():
             deleted.add_metric([str(table)], count)
+        failures = CounterMetricFamily("edge_console_login_failures", "Operator logins refused, by reason (bad_credentials, throttled, users_file)", labels=["reason"])
+        for reason, count in c.login_failures.items():
+            failures.add_metric([str(reason)], count)
+        commands = CounterMetricFamily("edge_console_commands", "Operators' commands to the stations, by command and result (sent, not_sent, refused)", labels=["command", "result"])
+        for label, count in c.commands.items():
+            command, result = label if isinstance(label, tuple) else ("other", "other")
+            commands.add_metric([str(command), str(result)], count)
         yield messages
         yield malformed
         yield deleted
+        yield failures
+        yield commands
+        yield CounterMetricFamily("edge_console_logins", "Operator logins that succeeded", value=c.logins.value)
+        if self.sessions is not None:
+            yield GaugeMetricFamily("edge_console_sessions", "Operator sessions open", value=self.sessions())
         yield CounterMetricFamily("edge_console_duplicates", "Parts received twice (a reject on both result and reject)", value=c.duplicates.value)
         yield CounterMetricFamily("edge_console_stations_refused", "Messages for stations past the console's cap", value=c.stations_refused.value)
         yield CounterMetricFamily("edge_console_db_errors", "History database errors", value=c.db_errors.value)

@@ -1,4 +1,5 @@
-"""The HTML of the three pages: small shells the page's script fills from the JSON endpoints.
+"""The HTML of the pages: small shells the page's script fills from the JSON endpoints, and the
+login form.
 
 The server writes no data into the markup beyond the station's name, escaped; the scripts build
 everything else with textContent and DOM calls, never innerHTML, so nothing a publisher puts in
@@ -13,9 +14,10 @@ from html import escape
 _NAV = (("/", "Line"), ("/rejects", "Rejects"), ("/metrics", "Metrics"))
 
 
-def _page(title: str, script: str, body: str, data: dict[str, str] | None = None, current: str = "") -> str:
+def _page(title: str, script: str | None, body: str, data: dict[str, str] | None = None, current: str = "") -> str:
     attributes = "".join(f' data-{escape(key)}="{escape(value)}"' for key, value in (data or {}).items())
     current_mark = ' aria-current="page"'
+    page_script = f'<script src="/static/{escape(script)}" defer></script>\n' if script else ""
     nav = "".join(f'<a href="{href}"{current_mark if href == current else ""}>{escape(label)}</a>' for href, label in _NAV)
     return f"""<!doctype html>
 <html lang="en">
@@ -26,10 +28,9 @@ def _page(title: str, script: str, body: str, data: dict[str, str] | None = None
 <link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/static/console.css">
 <script src="/static/common.js" defer></script>
-<script src="/static/{escape(script)}" defer></script>
-</head>
+{page_script}</head>
 <body{attributes}>
-<header><span class="brand">edge-console</span><nav>{nav}</nav><span id="health" data-testid="health"></span></header>
+<header><span class="brand">edge-console</span><nav>{nav}</nav><span id="health" data-testid="health"></span><span id="user" class="user" data-testid="user"></span></header>
 <main>
 {body}
 </main>
@@ -44,7 +45,7 @@ def overview() -> str:
         "overview.js",
         """<h1>Line overview</h1>
 <table class="stations" data-testid="stations-table">
-<thead><tr><th>Station</th><th>Status</th><th>Bundle</th><th>Parts/s</th><th>Reject rate</th><th>Latency p50 / p99</th>
+<thead><tr><th>Station</th><th>Status</th><th>Recipe · bundle</th><th>Parts/s</th><th>Reject rate</th><th>Latency p50 / p99</th>
 <th>Dropped</th><th>Outbox</th><th>Drift</th><th>Alarms</th><th>Last message</th></tr></thead>
 <tbody id="stations"><tr class="empty"><td colspan="11">No station has published yet.</td></tr></tbody>
 </table>""",
@@ -67,14 +68,43 @@ def station(name: str) -> str:
 <img id="preview" data-testid="preview" alt="latest inspected part of {heading}">
 <p id="preview-caption" class="caption">No preview yet.</p>
 </section>
+<div class="side">
+<section aria-labelledby="recipe-heading">
+<h2 id="recipe-heading">Recipe</h2>
+<p>Active: <strong id="recipe" data-testid="active-recipe">–</strong></p>
+<form id="recipe-form" class="action" data-testid="recipe-form" hidden>
+<label for="recipe-select">Switch to</label>
+<select id="recipe-select" name="recipe" data-testid="recipe-select" required></select>
+<button type="submit" data-testid="recipe-apply">Apply</button>
+</form>
+<p id="recipe-result" class="caption" role="status" aria-live="polite" data-testid="recipe-result"></p>
+</section>
+<section aria-labelledby="teach-heading">
+<h2 id="teach-heading">Teach-in</h2>
+<p id="teach-state" data-testid="teach-state">–</p>
+<form id="teach-form" class="action" data-testid="teach-form" hidden>
+<label>Folder <input id="teach-name" name="name" maxlength="64" autocomplete="off" placeholder="by time" aria-describedby="teach-help"></label>
+<label>Parts <input id="teach-count" name="count" type="number" min="1" max="10000" step="1" placeholder="station default" aria-describedby="teach-help"></label>
+<button type="submit" data-testid="teach-start">Start</button>
+<button type="button" id="teach-stop" data-testid="teach-stop">Stop</button>
+<span id="teach-help" class="caption">Collects good parts for edge-calibrate; both fields optional.</span>
+</form>
+<p id="teach-result" class="caption" role="status" aria-live="polite" data-testid="teach-result"></p>
+</section>
+<section aria-labelledby="labels-heading">
+<h2 id="labels-heading">Operator labels</h2>
+<dl id="label-counts" class="stats" data-testid="label-counts"></dl>
+</section>
 <section>
 <h2>Station stats</h2>
 <dl id="stats" class="stats" data-testid="stats"></dl>
 </section>
 </div>
+</div>
 <section>
 <h2>Last 50 parts</h2>
-<div id="strip" class="strip" data-testid="strip"></div>
+<div id="strip" class="strip" data-testid="strip" role="group" aria-label="last 50 parts, oldest first: pick one to see it and label it"></div>
+<div id="part-detail" class="part-detail" data-testid="part-detail" hidden></div>
 </section>
 <section>
 <h2>Score over time</h2>
@@ -107,3 +137,25 @@ def rejects() -> str:
 <p><button id="older" type="button" hidden>Older rejects</button></p>""",
         current="/rejects",
     )
+
+
+def login(next_path: str, enabled: bool, error: str | None = None, user: str | None = None) -> str:
+    """The login form; `error` from the last try, escaped like everything else."""
+    target = escape(next_path)
+    if not enabled:
+        body = f"""<h1>Log in</h1>
+<p class="bad" role="alert" data-testid="login-error">{escape(error or "Logins are off on this console.")}</p>
+<p><a href="{target}">Back</a></p>"""
+        return _page("Log in", None, body)
+    signed_in = f'<p class="caption" data-testid="signed-in">Logged in as {escape(user)}; logging in again replaces that session.</p>' if user else ""
+    problem = f'<p class="bad" role="alert" data-testid="login-error">{escape(error)}</p>' if error else ""
+    body = f"""<h1>Log in</h1>
+<p class="caption">Reading needs no login; the recipe, teach-in and label controls do.</p>
+{signed_in}{problem}
+<form method="post" action="/login" class="login" data-testid="login-form">
+<input type="hidden" name="next" value="{target}">
+<label>User name <input name="username" id="username" autocomplete="username" maxlength="64" required autofocus></label>
+<label>Password <input type="password" name="password" id="password" autocomplete="current-password" maxlength="1024" required></label>
+<button type="submit" data-testid="login-submit">Log in</button>
+</form>"""
+    return _page("Log in", None, body)

@@ -75,6 +75,7 @@ class PartMessage(_Message):
     file: Text | None = None
     time: str | None = None
     late: bool = False
+    recipe: Annotated[str, Field(max_length=MAX_ID)] | None = None  # the product it was inspected as
 
 
 class Latency(_Message):
@@ -89,6 +90,24 @@ class Drift(_Message):
     calibration_median: Finite | None = None
     calibration_q95: Finite | None = None
     median_shift_in_spreads: Finite | None = None
+
+
+class TeachState(_Message):
+    """A station's teach-in: collecting good parts into a folder for edge-calibrate."""
+
+    active: bool
+    folder: Text | None = None
+    saved: Count = 0
+    count: Count | None = None  # the number of parts it stops at, when it was given one
+
+
+class LabelCounts(_Message):
+    """Operators' labels the station has filed, by what they say of its verdicts."""
+
+    false_rejects: Count = 0  # rejected, labelled good
+    misses: Count = 0  # passed, labelled defect
+    confirmed_rejects: Count = 0
+    confirmed_good: Count = 0
 
 
 class StatsMessage(_Message):
@@ -119,6 +138,10 @@ class StatsMessage(_Message):
     broker_error: Annotated[str, Field(max_length=4096)] | None = None
     calibration_quantiles: Annotated[dict[Annotated[str, Field(max_length=16)], Finite], Field(max_length=32)] | None = None
     threshold: Finite | None = None
+    recipe: Annotated[str, Field(max_length=MAX_ID)] | None = None  # the active recipe
+    recipes: Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_ID)]], Field(max_length=256)] | None = None
+    teach: TeachState | None = None
+    labels: LabelCounts | None = None
 
 
 class ActiveAlarm(_Message):
@@ -244,6 +267,7 @@ class PartRecord:
     regions: tuple[Region, ...]
     error: str | None
     late: bool
+    recipe: str | None = None
 
     @property
     def key(self) -> tuple[str, str, int | None]:
@@ -272,6 +296,7 @@ class PartRecord:
             regions=tuple(message.regions),
             error=message.error,
             late=message.late,
+            recipe=message.recipe,
         )
 
     def regions_json(self) -> str:
@@ -291,6 +316,7 @@ class PartRecord:
             "regions": [region.model_dump(mode="json") for region in self.regions],
             "error": self.error,
             "late": self.late,
+            "recipe": self.recipe,
         }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
+from edge.console.auth import Auth
 from edge.console.config import ConsoleConfig
 from edge.console.counters import ConsoleCounters
 from edge.console.history import History
@@ -35,7 +36,8 @@ class Console:
         self.history = History(Path(config.database).resolve(), config.retention_days, config.retention_mb, self.counters)
         self.router = Router(config.mqtt.topic_prefix, self.model, self.history, self.counters)
         self.ingest = Ingest(config.mqtt, self.router, self.counters)
-        self.registry = registry(ConsoleCollector(self.model, self.counters, self.history, self.ingest.connected.is_set))
+        self.auth = Auth(config.users_path, config.session_hours, self.counters)
+        self.registry = registry(ConsoleCollector(self.model, self.counters, self.history, self.ingest.connected.is_set, self.auth.sessions.count))
         self.stopping = threading.Event()  # ends the event streams, so a stop does not wait on browsers
         self.app = create_app(self)
 
@@ -106,5 +108,15 @@ def serve(console: Console, sock: socket.socket) -> None:
         # before it: with the default one SIGTERM would kill us before the history is flushed.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, frame: console.stopping.set())
-    config = uvicorn.Config(console.app, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=3, server_header=False)
+    https = console.config.https
+    config = uvicorn.Config(
+        console.app,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=3,
+        server_header=False,
+        ssl_certfile=https.cert_file if https else None,
+        ssl_keyfile=https.key_file if https else None,
+    )
     _Server(config, console).run(sockets=[sock])

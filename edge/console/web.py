@@ -1,8 +1,8 @@
-"""The console's web app: three read-only pages, their JSON, images, a server-sent event stream
-and /metrics (FastAPI on uvicorn).
+"""The console's web app: three pages, their JSON, images, a server-sent event stream and
+/metrics (FastAPI on uvicorn), and the login and operators' commands of edge/console/actions.py.
 
-Only GET routes exist: this console shows, it does not command (operator commands need a login,
-DESIGN.md, and are not built yet). No docs pages either: FastAPI's pull their scripts from a CDN.
+Reading needs no login; every write does (DESIGN.md). No docs pages: FastAPI's pull their
+scripts from a CDN.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from fastapi.staticfiles import StaticFiles
 
 from edge.console import pages
+from edge.console.actions import add_actions
 from edge.console.headers import SecurityHeaders
 from edge.console.history import GALLERY_LIMIT, HistoryUnavailable, RejectQuery
 from edge.console.metrics import exposition
@@ -43,6 +44,7 @@ def create_app(console: Console) -> FastAPI:
     _add_live_model(app, console)
     _add_history(app, console)
     _add_streams_and_metrics(app, console)
+    add_actions(app, console)
     return app
 
 

@@ -18,7 +18,7 @@
     const cells = [
       el("a", { href: stationUrl(station.name), "data-testid": "station-link" }, station.name),
       status,
-      station.bundle_id || "–",
+      el("span", { "data-testid": "recipe-bundle" }, (station.recipe ? station.recipe + " · " : "") + (station.bundle_id || "–")),
       number(station.fps, 1),
       percent(station.reject_rate),
       latency,

@@ -1,9 +1,10 @@
 // The reject gallery: search by part id, station and time range (the page's own query string),
-// newest first, each reject with its heatmap, regions, cause, score and threshold.
+// newest first, each reject with its heatmap, regions, cause, score and threshold, its operator
+// label, and for a logged-in operator the buttons that label it good or defective.
 "use strict";
 
 (() => {
-  const { el, number, localTime, stationUrl, showHealth, getJson } = edgeConsole;
+  const { el, number, localTime, stationUrl, showHealth, getJson, session, labelControls } = edgeConsole;
   const PAGE = 60;
   const EAGER_IMAGES = 12; // the first screenful loads at once, the rest as they scroll in
   const gallery = document.getElementById("gallery");
@@ -11,6 +12,7 @@
   const older = document.getElementById("older");
   const params = new URLSearchParams(location.search);
   let shown = 0;
+  let current = { write_enabled: false, user: null, csrf: null };
 
   // The form's datetime-local fields are in the browser's time zone; the API takes UTC.
   function utc(field) {
@@ -54,7 +56,8 @@
         el("div", {}, el("span", { class: "badge reject" }, reject.verdict), " " + (reject.cause || reject.error || "")),
         el("div", {}, "score " + (reject.score === null ? "none" : number(reject.score, 4)) + " / threshold " + number(reject.threshold, 4)),
         regions.length ? el("ul", { class: "regions" }, ...regions.map(region)) : el("div", { class: "muted" }, "no defect regions"),
-        el("div", { class: "muted" }, "bundle " + (reject.bundle_id || "–"))
+        el("div", { class: "muted" }, "bundle " + (reject.bundle_id || "–") + (reject.recipe ? " · recipe " + reject.recipe : "")),
+        labelControls(reject.station, reject, current)
       )
     );
   }
@@ -81,5 +84,8 @@
     if (input && params.get(field)) input.value = params.get(field);
   }
   getJson("/api/stations").then((data) => showHealth(data.console), () => {});
-  load(null);
+  session().then((answer) => {
+    current = answer;
+    load(null);
+  });
 })();

@@ -1,9 +1,10 @@
 // One station: live view, the last 50 parts, score over time against the threshold, and recent
-// pass scores against the calibration's quantiles (drift at a glance).
+// pass scores against the calibration's quantiles (drift at a glance). For a logged-in operator:
+// the recipe selector, teach-in start and stop, and labels for the parts of the strip.
 "use strict";
 
 (() => {
-  const { el, svg, number, percent, count, localTime, showHealth, listen, getJson } = edgeConsole;
+  const { el, svg, number, percent, count, localTime, showHealth, listen, getJson, postJson, session, labelText, labelControls, act } = edgeConsole;
   const name = document.body.dataset.station;
   const encoded = encodeURIComponent(name);
   const KEEP = 1000; // parts kept for the chart, as many as the server keeps
@@ -13,6 +14,11 @@
   let lastSeq = 0;
   let previewSeq = 0;
   let latest = null; // the last detail received
+  let current = { write_enabled: false, user: null, csrf: null }; // the operator's session
+  let labels = {}; // part id -> the label an operator sent (from the console, every event)
+  let labelsKey = "{}";
+  let selected = null; // the strip's part shown in the detail panel
+  const base = "/api/stations/" + encoded;
 
   const $ = (id) => document.getElementById(id);
 
@@ -23,15 +29,99 @@
       parts = parts.concat(fresh).slice(-KEEP);
       lastSeq = parts[parts.length - 1].seq;
     }
+    const key = JSON.stringify(detail.labels || {});
+    const relabelled = key !== labelsKey;
+    if (relabelled) {
+      labels = Object.assign({}, detail.labels || {});
+      labelsKey = key;
+    }
     showHeader(detail);
     showPreview(detail.preview);
     showStats(detail.stats);
-    if (fresh.length || !$("chart").hasChildNodes()) {
+    showControls(detail);
+    if (fresh.length || relabelled || !$("chart").hasChildNodes()) {
       showStrip();
       drawChart();
     }
+    if (relabelled) showDetail(false);
     drawHistogram(detail.stats);
   }
+
+  // -- recipe, teach-in and the station's label counts ----------------------------------------
+  let recipesKey = null;
+  let recipeChosen = false; // the operator picked one: the stream does not undo their choice
+
+  function showControls(detail) {
+    const stats = detail.stats || {};
+    const active = stats.recipe || detail.recipe || null;
+    $("recipe").textContent = active || "–";
+    const recipes = Array.isArray(stats.recipes) ? stats.recipes : [];
+    const key = JSON.stringify([recipes, active]);
+    const select = $("recipe-select");
+    if (key !== recipesKey) {
+      recipesKey = key;
+      const chosen = recipeChosen ? select.value : active;
+      select.replaceChildren(...recipes.map((recipe) => el("option", { value: recipe }, recipe + (recipe === active ? " (active)" : ""))));
+      if (recipes.includes(chosen)) select.value = chosen;
+    }
+    $("recipe-form").hidden = !(current.user && recipes.length);
+    const teach = stats.teach || null;
+    const state = $("teach-state");
+    state.textContent = teachText(teach);
+    state.dataset.active = teach && teach.active ? "true" : "false";
+    state.dataset.saved = teach ? String(teach.saved) : "";
+    $("teach-form").hidden = !current.user;
+    showLabelCounts(stats.labels);
+  }
+
+  function teachText(teach) {
+    if (!teach) return "No teach-in running.";
+    const of = typeof teach.count === "number" ? " of " + teach.count : "";
+    const folder = teach.folder || "?";
+    return teach.active
+      ? "Collecting good parts into " + folder + ": " + teach.saved + of + " saved."
+      : "Not running. The last one saved " + teach.saved + of + " parts in " + folder + ".";
+  }
+
+  const LABEL_ROWS = [
+    ["false_rejects", "false rejects (rejected, labelled good)"],
+    ["misses", "misses (passed, labelled defect)"],
+    ["confirmed_rejects", "confirmed rejects"],
+    ["confirmed_good", "confirmed good"],
+  ];
+
+  function showLabelCounts(counts) {
+    if (!counts) {
+      $("label-counts").replaceChildren(el("dt", {}, "labels"), el("dd", {}, "none reported by the station"));
+      return;
+    }
+    const items = [];
+    for (const [key, label] of LABEL_ROWS) items.push(el("dt", {}, label), el("dd", { "data-key": key }, count(counts[key])));
+    $("label-counts").replaceChildren(...items);
+  }
+
+  $("recipe-select").addEventListener("change", () => {
+    recipeChosen = true;
+  });
+
+  $("recipe-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const recipe = $("recipe-select").value;
+    const sent = await act($("recipe-result"), event.submitter, () => postJson(base + "/recipe", { recipe }));
+    if (sent) recipeChosen = false;
+  });
+
+  $("teach-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { action: "start" };
+    const folder = $("teach-name").value.trim();
+    if (folder) body.name = folder;
+    const wanted = $("teach-count").value.trim();
+    if (wanted) body.count = /^[0-9]+$/.test(wanted) ? Number(wanted) : wanted; // the console says what is wrong
+    await act($("teach-result"), event.submitter, () => postJson(base + "/teach", body));
+  });
+
+  $("teach-stop").addEventListener("click", (event) => act($("teach-result"), event.currentTarget, () => postJson(base + "/teach", { action: "stop" })));
 
   function showHeader(detail) {
     const status = $("status");
@@ -110,20 +200,83 @@
     verdict.dataset.partId = last.part_id;
   }
 
+  // The strip: one button per part (arrow keys move along it); picking one shows it below with
+  // its label buttons. A redraw keeps the keyboard focus on the part it was on.
   function showStrip() {
     showVerdict();
     const recent = parts.slice(-STRIP);
-    $("strip").replaceChildren(
-      ...recent.map((part) =>
-        el("span", {
-          class: "cell " + (part.verdict === "pass" ? "pass" : "reject"),
-          title: partTitle(part),
-          "data-testid": "strip-item",
-          "data-part-id": part.part_id,
-          "data-verdict": part.verdict,
-          "data-score": part.score === null ? "" : part.score,
-        })
-      )
+    const focused = document.activeElement && document.activeElement.closest && document.activeElement.closest("#strip") ? document.activeElement.dataset.seq : null;
+    const tabbable = selected && recent.some((part) => part.seq === selected.seq) ? selected.seq : recent.length ? recent[recent.length - 1].seq : null;
+    const cells = recent.map((part) => {
+      const label = labels[part.part_id];
+      const cell = el("button", {
+        type: "button",
+        class: "cell " + (part.verdict === "pass" ? "pass" : "reject") + (label ? " labelled" : ""),
+        title: partTitle(part) + (label ? " · " + labelText(label) : ""),
+        "aria-label": partTitle(part) + (label ? " · " + labelText(label) : ""),
+        "aria-pressed": selected && selected.seq === part.seq ? "true" : "false",
+        tabindex: part.seq === tabbable ? "0" : "-1",
+        "data-testid": "strip-item",
+        "data-seq": part.seq,
+        "data-part-id": part.part_id,
+        "data-verdict": part.verdict,
+        "data-score": part.score === null ? "" : part.score,
+        "data-label": label ? label.label : "",
+      });
+      cell.addEventListener("click", () => select(part));
+      cell.addEventListener("keydown", (event) => moveAlong(event, cell));
+      return cell;
+    });
+    $("strip").replaceChildren(...cells);
+    if (focused) {
+      const again = cells.find((cell) => cell.dataset.seq === focused) || cells[cells.length - 1];
+      if (again) again.focus();
+    }
+  }
+
+  function moveAlong(event, cell) {
+    const step = { ArrowLeft: -1, ArrowRight: 1, Home: -Infinity, End: Infinity }[event.key];
+    if (step === undefined) return;
+    event.preventDefault();
+    const cells = Array.from($("strip").children);
+    const here = cells.indexOf(cell);
+    const next = cells[Math.max(0, Math.min(cells.length - 1, isFinite(step) ? here + step : step < 0 ? 0 : cells.length - 1))];
+    if (!next) return;
+    cell.tabIndex = -1;
+    next.tabIndex = 0;
+    next.focus();
+  }
+
+  function select(part) {
+    selected = part;
+    for (const cell of $("strip").children) cell.setAttribute("aria-pressed", cell.dataset.seq === String(part.seq) ? "true" : "false");
+    showDetail(true);
+  }
+
+  // The picked part: what it is, its label, and for an operator the label buttons. Redrawn only
+  // when the pick or its label changes, so a defect type being typed is not wiped by the stream.
+  let detailKey = null;
+
+  function showDetail(force) {
+    const panel = $("part-detail");
+    if (!selected) {
+      panel.hidden = true;
+      return;
+    }
+    const part = Object.assign({}, selected, { label: labels[selected.part_id] || null });
+    const key = JSON.stringify([part.seq, part.label, current.user]);
+    if (!force && key === detailKey) return;
+    detailKey = key;
+    panel.hidden = false;
+    panel.dataset.partId = part.part_id;
+    panel.replaceChildren(
+      el("div", { class: "title" }, el("strong", {}, part.part_id), " · " + part.verdict + " · score " + number(part.score, 4) + " / threshold " + number(part.threshold, 4)),
+      el("div", { class: "caption" }, localTime(part.time) + (part.recipe ? " · recipe " + part.recipe : "") + (part.cause ? " · " + part.cause : "")),
+      labelControls(name, part, current, (label) => {
+        labels[part.part_id] = label;
+        detailKey = JSON.stringify([part.seq, label, current.user]);
+        showStrip();
+      })
     );
   }
 
@@ -231,6 +384,11 @@
   }
 
   function start() {
+    session().then((answer) => {
+      current = answer;
+      if (latest) showControls(latest);
+      showDetail(true);
+    });
     getJson("/api/stations/" + encoded)
       .then(apply, (error) => {
         $("summary").textContent = error.status === 404 ? "Waiting for station " + name + " to publish." : "Cannot load: " + error.message;
