@@ -279,8 +279,9 @@ class ReviewConfig(_Section):
     """The ring of recent parts' images that operator labels find (edge/review.py)."""
 
     enabled: StrictBool = True
-    keep_parts: Annotated[StrictInt, Field(ge=10)] = 500
-    keep_mb: Annotated[StrictFloat, Field(gt=0)] = 500.0
+    keep_parts: Annotated[StrictInt, Field(ge=10)] = 500  # rejects on disk, and passes in memory, each
+    keep_mb: Annotated[StrictFloat, Field(gt=0)] = 500.0  # rejects' images on disk
+    memory_mb: Annotated[StrictFloat, Field(gt=0)] = 200.0  # passes' images in memory
     # A reject nobody labelled within this long is deleted (passes go as newer parts come).
     keep_rejects_hours: Positive = 24.0
     # The ring keeps this much free on the state directory's disk, which the reject outbox and the

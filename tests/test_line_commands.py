@@ -159,25 +159,29 @@ def test_labels_file_the_right_image_and_bad_commands_are_counted_not_acted_on(s
     config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera, extra="review: {keep_parts: 10}\n")
     process = start_daemon(config)
     assert subscriber.reached("status", 1, timeout=30)
-    parts = _parts(14)
+    defects = sorted(p for p in (require(METAL_PLATE) / "test").glob("*/*.png") if p.parent.name != "good")[:4]
+    parts = _parts(14) + [cv2.resize(cv2.imread(str(p)), (128, 128)) for p in defects]
     for i, part in enumerate(parts):
         cv2.imwrite(str(inbox / f"P-{i:02d}.png"), part)
         time.sleep(0.05)
-    results = [json.loads(m.payload) for m in subscriber.wait_for("result", 14, timeout=60)]
-    assert len(results) == 14
+    results = [json.loads(m.payload) for m in subscriber.wait_for("result", len(parts), timeout=60)]
+    assert len(results) == len(parts)
     verdicts = {r["part_id"]: r["verdict"] for r in results}
+    passes, rejects = [p for p, v in verdicts.items() if v == "pass"], [p for p, v in verdicts.items() if v == "reject"]
+    assert len(passes) > 10 and rejects, verdicts  # more passes than the ring keeps, and a reject to label
     time.sleep(1.0)  # the ring's writer is behind the results by a PNG or two
 
     def label(part_id, label, defect_type=None):
         command = {"part_id": part_id, "label": label, **({"defect_type": defect_type} if defect_type else {})}
         subscriber.publish("edge/lab/feedback", json.dumps(command))
 
-    label("P-12", "good")
-    label("P-13", "defect", "scratch")
+    false_reject, miss = rejects[-1], passes[-1]  # a reject's image is on disk, a pass's in memory
+    label(false_reject, "good")
+    label(miss, "defect", "scratch")
     bad_feedback = [
-        json.dumps({"part_id": "P-00", "label": "good"}),  # evicted from the 10-part ring
+        json.dumps({"part_id": passes[0], "label": "good"}),  # pushed out of the 10-part ring
         json.dumps({"part_id": "P-99", "label": "good"}),  # never inspected
-        json.dumps({"part_id": "P-12", "label": "good"}),  # labelled already
+        json.dumps({"part_id": false_reject, "label": "good"}),  # labelled already
         '{"part_id": "P-11", "label":',  # broken JSON
         json.dumps({"part_id": "P-11", "label": "meh"}),
         json.dumps({"part_id": "P-11", "label": "defect", "defect_type": "../../etc"}),
@@ -195,17 +199,18 @@ def test_labels_file_the_right_image_and_bad_commands_are_counted_not_acted_on(s
     review = tmp_path / "state" / "review" / "lab"
     good, scratch = list((review / "good").glob("*.png")), list((review / "defect" / "scratch").glob("*.png"))
     assert len(good) == 1 and len(scratch) == 1
-    assert np.array_equal(cv2.imread(str(good[0])), parts[12][8:120, 8:120])  # P-12's ROI, nothing else
-    assert np.array_equal(cv2.imread(str(scratch[0])), parts[13][8:120, 8:120])
-    assert len(list((review / "recent").glob("*.png"))) <= 10
+    index = {part_id: int(part_id[2:]) for part_id in verdicts}
+    assert np.array_equal(cv2.imread(str(good[0])), parts[index[false_reject]][8:120, 8:120])  # that part's ROI, nothing else
+    assert np.array_equal(cv2.imread(str(scratch[0])), parts[index[miss]][8:120, 8:120])
+    recent = list((review / "recent").glob("*.png"))
+    assert len(recent) == len(rejects) - 1 and all("-r-" in p.name for p in recent)  # rejects on disk until labelled; passes never written
     assert not list((review / "defect").glob("*/*/*")) and not (tmp_path / "state" / "teach").exists()  # no bad command acted on
     labels = [json.loads(line) for line in (review / "labels.jsonl").read_text().splitlines()]
-    assert [(r["part_id"], r["label"], r["defect_type"]) for r in labels] == [("P-12", "good", None), ("P-13", "defect", "scratch")]
-    expected = {"false_rejects": 0, "misses": 0, "confirmed_rejects": 0, "confirmed_good": 0}
-    expected["false_rejects" if verdicts["P-12"] == "reject" else "confirmed_good"] += 1
-    expected["confirmed_rejects" if verdicts["P-13"] == "reject" else "misses"] += 1
-    assert stats["labels"] == expected
+    assert sorted((r["part_id"], r["label"], r["defect_type"], r["verdict"]) for r in labels) == sorted(
+        [(false_reject, "good", None, "reject"), (miss, "defect", "scratch", "pass")]
+    )
+    assert stats["labels"] == {"false_rejects": 1, "misses": 1, "confirmed_rejects": 0, "confirmed_good": 0}
     assert stats["bad_commands"] == {"recipe": 1, "feedback": len(bad_feedback), "teach": 3}
     assert stats["recipe"] == "default"  # the bad name changed nothing
-    assert "ignored feedback for part P-00" in output and "ignored teach command" in output
+    assert f"ignored feedback for part {passes[0]}" in output and "ignored teach command" in output
     subscriber.close()
