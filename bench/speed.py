@@ -189,7 +189,8 @@ def backend_only(bundle_path: Path, video: Path, frames: int, plan: InferencePla
     }
 
 
-def end_to_end(bundle_path: Path, video: Path, frames: int, broker: Broker, work: Path, fps: float | None, preview_hz: float = 0.0) -> dict:
+def end_to_end(bundle_path: Path, video: Path, frames: int, broker: Broker, work: Path, fps: float | None, preview_hz: float = 0.0, extra_config: str = "") -> dict:
+    """`extra_config`: top-level YAML lines added to the daemon's config (an A/B of one setting)."""
     work.mkdir()
     state = work / "state"
     subscriber = Subscriber(broker.port)
@@ -199,7 +200,7 @@ def end_to_end(bundle_path: Path, video: Path, frames: int, broker: Broker, work
         f"bundle: {bundle_path}\nbackend: onnxruntime\nstate_dir: {state}\n"
         f"mqtt: {{host: 127.0.0.1, port: {broker.port}, topic_prefix: edge}}\n"
         f"publish: {{results: true, heatmaps: rejects, stats_interval_s: 2, preview_hz: {preview_hz}}}\n"
-        f"cameras:\n  - station: speed\n    source: {source}\n"
+        f"{extra_config}cameras:\n  - station: speed\n    source: {source}\n"
     )
     process = subprocess.Popen([str(BIN / "edge-inspect"), "--config", str(config), "--log-level", "WARNING"])
     memory = []
