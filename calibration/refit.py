@@ -62,7 +62,7 @@ def refit(
     out = model_outputs(bundle, images, threads, progress)
     old = m.thresholds
     _, old_scores = anomaly_maps(out.log_likelihoods, m.scoring, m.input_size, out.part_distances)
-    constants = fit_scoring_constants(out.log_likelihoods, m.scoring.blur_sigma)
+    constants = fit_scoring_constants(out.log_likelihoods, m.scoring.blur_sigma, m.scoring.scale_weights)
     maps, maxima = anomaly_maps(out.log_likelihoods, constants, m.input_size)
     if m.scoring.part_score is not None and out.part_distances is not None:
         constants = with_part_score(constants, maxima, out.part_distances)

@@ -12,11 +12,13 @@ from engines.scoring import ScoringConstants
 EULER_GAMMA = 0.5772156649015329
 
 
-def fit_scoring_constants(log_likelihoods: list[np.ndarray], blur_sigma: float) -> ScoringConstants:
+def fit_scoring_constants(log_likelihoods: list[np.ndarray], blur_sigma: float, scale_weights: tuple[float, ...] | None = None) -> ScoringConstants:
     """Per scale, the 99th percentile of the held-out good parts' log-likelihood per channel over
     every position (the maximum itself moves with a single odd position; q99 and the maximum
-    scored the same on MPDD metal_plate)."""
-    return ScoringConstants(tuple(float(np.percentile(ll.astype(np.float64), 99)) for ll in log_likelihoods), blur_sigma)
+    scored the same on MPDD metal_plate). `scale_weights`: each scale's weight in the map (None:
+    equal)."""
+    references = tuple(float(np.percentile(ll.astype(np.float64), 99)) for ll in log_likelihoods)
+    return ScoringConstants(references, blur_sigma, scale_weights=scale_weights)
 
 
 def with_part_score(constants: ScoringConstants, map_maxima: np.ndarray, part_distances: np.ndarray) -> ScoringConstants:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, StrictFloat
+from pydantic import BaseModel, ConfigDict, StrictFloat, model_validator
 
 # exp() of float64 underflows below about -745; clipping there keeps -log finite everywhere.
 _LOWEST_LOG_RATIO = -700.0
@@ -23,7 +23,7 @@ class ScoringConstants:
     of the held-out good parts.
 
     Each scale's relative likelihood exp(min(ll - reference, 0)) lies in (0, 1]; the scales are
-    upsampled, averaged and smoothed, and the anomaly map is minus the log of that average:
+    upsampled, averaged (weighted per scale where scale_weights says so) and smoothed, and the anomaly map is minus the log of that average:
     0 where every scale is as likely as good parts get, growing by one per nat less likely.
     This is the paper's aggregation (sum of exp(ll - max) over scales) with the test-set maximum
     replaced by a constant fitted on good parts, so no frame's score depends on another; the log
@@ -39,10 +39,14 @@ class ScoringConstants:
     # offset, fitted so held-out good parts' distances have the mean and spread of their map
     # maxima. The image score is the larger of the map's maximum and that. None: no part model.
     part_score: tuple[float, float] | None = None
+    # Per scale, its weight in the average of relative likelihoods (normalised to sum 1). None:
+    # equal weights, as every bundle before issue 22 was calibrated with.
+    scale_weights: tuple[float, ...] | None = None
 
     def to_json(self) -> dict:
         part = None if self.part_score is None else PartScoreJson(scale=self.part_score[0], offset=self.part_score[1])
-        data = ScoringJson(log_likelihood_reference=list(self.log_likelihood_reference), blur_sigma=self.blur_sigma, part_score=part)
+        weights = None if self.scale_weights is None else list(self.scale_weights)
+        data = ScoringJson(log_likelihood_reference=list(self.log_likelihood_reference), blur_sigma=self.blur_sigma, part_score=part, scale_weights=weights)
         return data.model_dump(exclude_none=True)
 
     @classmethod
@@ -52,7 +56,13 @@ class ScoringConstants:
 
     def subset(self, scales: tuple[int, ...]) -> ScoringConstants:
         """The constants of some scales alone, without the part score (it pools every scale)."""
-        return ScoringConstants(tuple(self.log_likelihood_reference[i] for i in scales), self.blur_sigma)
+        weights = None if self.scale_weights is None else tuple(self.scale_weights[i] for i in scales)
+        return ScoringConstants(tuple(self.log_likelihood_reference[i] for i in scales), self.blur_sigma, scale_weights=weights)
+
+    def normalised_weights(self) -> np.ndarray:
+        count = len(self.log_likelihood_reference)
+        weights = np.ones(count) if self.scale_weights is None else np.asarray(self.scale_weights, dtype=np.float64)
+        return weights / weights.sum()
 
     def part_scores(self, part_distances: np.ndarray) -> np.ndarray:
         if self.part_score is None:
@@ -76,10 +86,19 @@ class ScoringJson(_Json):
     log_likelihood_reference: list[StrictFloat]
     blur_sigma: StrictFloat
     part_score: PartScoreJson | None = None  # written only where the bundle has a part model
+    scale_weights: list[StrictFloat] | None = None  # written only where the scales are not weighted equally
+
+    @model_validator(mode="after")
+    def _one_weight_per_scale(self) -> ScoringJson:
+        weights = self.scale_weights
+        if weights is not None and (len(weights) != len(self.log_likelihood_reference) or min(weights) < 0 or sum(weights) <= 0):
+            raise ValueError("scale_weights: one non-negative weight per scale, not all zero")
+        return self
 
     def constants(self) -> ScoringConstants:
         part = None if self.part_score is None else (self.part_score.scale, self.part_score.offset)
-        return ScoringConstants(tuple(self.log_likelihood_reference), self.blur_sigma, part)
+        weights = None if self.scale_weights is None else tuple(self.scale_weights)
+        return ScoringConstants(tuple(self.log_likelihood_reference), self.blur_sigma, part, weights)
 
 
 def relative_likelihoods(log_likelihoods: list[np.ndarray], constants: ScoringConstants) -> list[np.ndarray]:
@@ -98,13 +117,13 @@ def anomaly_maps(
     distances are given, the larger of that and the part score."""
     height, width = output_size
     scales = relative_likelihoods(log_likelihoods, constants)
+    weights = constants.normalised_weights()
     batch = scales[0].shape[0]
     maps = np.empty((batch, height, width), dtype=np.float32)
     for b in range(batch):
         likelihood: np.ndarray = np.zeros((height, width), dtype=np.float64)
-        for scale_map in scales:
-            likelihood += cv2.resize(scale_map[b], (width, height), interpolation=cv2.INTER_LINEAR)
-        likelihood /= len(scales)
+        for weight, scale_map in zip(weights, scales):
+            likelihood += weight * cv2.resize(scale_map[b], (width, height), interpolation=cv2.INTER_LINEAR)
         if constants.blur_sigma > 0:
             likelihood = cv2.GaussianBlur(likelihood, (0, 0), constants.blur_sigma, borderType=cv2.BORDER_REFLECT)
         maps[b] = -np.log(np.maximum(likelihood, np.exp(_LOWEST_LOG_RATIO)))

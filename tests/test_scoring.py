@@ -1,0 +1,41 @@
+"""Scoring constants: per-scale weights in the anomaly map, and how the manifest carries them."""
+
+import numpy as np
+import pytest
+
+from engines.scoring import ScoringConstants, anomaly_maps
+
+
+def _maps(constants: ScoringConstants, log_likelihoods: list[np.ndarray]) -> np.ndarray:
+    return anomaly_maps(log_likelihoods, constants, (16, 16))[0]
+
+
+def test_a_scale_weighted_zero_does_not_move_the_map():
+    rng = np.random.default_rng(0)
+    fine, coarse = rng.normal(size=(1, 8, 8)).astype(np.float32), rng.normal(size=(1, 2, 2)).astype(np.float32)
+    weighted = ScoringConstants((0.0, 0.0), 0.0, scale_weights=(1.0, 0.0))
+    other_coarse = coarse - 5.0  # far less likely: would raise an equally weighted map
+    assert np.allclose(_maps(weighted, [fine, coarse]), _maps(weighted, [fine, other_coarse]))
+    equal = ScoringConstants((0.0, 0.0), 0.0)
+    assert not np.allclose(_maps(equal, [fine, coarse]), _maps(equal, [fine, other_coarse]))
+
+
+def test_equal_weights_score_as_bundles_without_weights():
+    rng = np.random.default_rng(1)
+    lls = [rng.normal(size=(2, 8, 8)).astype(np.float32), rng.normal(size=(2, 4, 4)).astype(np.float32)]
+    plain = ScoringConstants((0.5, 0.2), 2.0)
+    assert np.allclose(_maps(plain, lls), _maps(ScoringConstants((0.5, 0.2), 2.0, scale_weights=(3.0, 3.0)), lls), atol=1e-5)
+
+
+def test_weights_travel_through_the_manifest_and_old_sections_read_as_equal():
+    constants = ScoringConstants((-1.0, -2.0, -3.0), 2.0, part_score=(1.5, 0.5), scale_weights=(1.0, 1.0, 0.25))
+    assert ScoringConstants.from_json(constants.to_json()) == constants
+    assert "scale_weights" not in ScoringConstants((-1.0,), 4.0).to_json()  # bundles without weights read as before
+    assert ScoringConstants.from_json({"log_likelihood_reference": [-1.0, -2.0], "blur_sigma": 4.0}).scale_weights is None
+    assert ScoringConstants((-1.0, -2.0), 0.0, scale_weights=(1.0, 0.0)).subset((1,)).scale_weights == (0.0,)
+
+
+@pytest.mark.parametrize("weights", [[1.0], [1.0, -1.0], [0.0, 0.0]])
+def test_bad_weights_are_refused_by_key(weights):
+    with pytest.raises(ValueError, match="scale_weights"):
+        ScoringConstants.from_json({"log_likelihood_reference": [-1.0, -2.0], "blur_sigma": 4.0, "scale_weights": weights})
