@@ -121,6 +121,22 @@ def scale_subsets(bundle, scored) -> list[dict]:
     return rows
 
 
+def equal_scale_weights(bundle, scored) -> dict | None:
+    """The same bundle's map with every scale weighted equally (the scoring before issue 22), by
+    the map alone: the ablation of the scale weights. None where the bundle weighs them equally."""
+    constants = bundle.manifest.scoring
+    if constants.scale_weights is None:
+        return None
+    equal = replace(constants, scale_weights=None, part_score=None)
+    maps, scores = anomaly_maps(scored.log_likelihoods, equal, tuple(bundle.manifest.input_size))
+    weighted = category_metrics(scored.maps, scored.maps.reshape(len(scored.maps), -1).max(axis=1), scored.masks, scored.labels, None)
+    m = category_metrics(maps, scores, scored.masks, scored.labels, None)
+    return {
+        "weighted, map only": {k: weighted.get(k) for k in ("image_auroc", "pixel_auroc", "pro")},
+        "equal scale weights, map only": {k: m.get(k) for k in ("image_auroc", "pixel_auroc", "pro")},
+    }
+
+
 def image_score_rules(scored) -> list[dict]:
     """Image AUROC of other ways to turn one frame's anomaly map into its score (the product uses
     the maximum): the mean of the highest 0.1%, 1% and 10% of pixels, and the mean of all."""
@@ -186,6 +202,11 @@ def main() -> int:
         for category_dir in dirs:
             row, bundle, scored = run_one(category_dir, base, work, label=base_label, reuse=args.reuse_bundles)
             rows.append(row)
+            ablation = equal_scale_weights(bundle, scored)
+            if ablation:
+                row["scale_weight_ablation"] = ablation
+                for label, m in ablation.items():
+                    rows.append({"dataset": row["dataset"], "variant": label, **m})
             if row["image_auroc_of"]:
                 parts = row["image_auroc_of"]
                 rows.append({"dataset": row["dataset"], "variant": "score: map maximum only", "image_auroc": parts["map_maximum"]})
