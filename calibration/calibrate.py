@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,6 +16,8 @@ from calibration.augment import augmented_copies, nuisance_copies
 from calibration.device import resolve_device
 from calibration.images import ImageFolderError, list_images, load_images
 from calibration.progress import Progress
+from calibration.scale_weights import choose_coarsest_weight
+from calibration.synthetic_defects import synthetic_defects
 from calibration.thresholds import choose_thresholds, fit_scoring_constants, with_part_score
 from calibration.train import TrainConfig, encode_features, log_likelihoods, train_decoders
 from engines.bundle import (
@@ -72,12 +74,9 @@ class CalibrationSettings:
     # Pixels at the input size; 4 gave the best PRO on MPDD metal_plate (0, 2, 4 tried). On synthetic
     # defects made from held-out good parts 2 scored 0.002-0.003 higher, within their noise (issue 22).
     blur_sigma: float = 4.0
-    # Weight of each stride's relative likelihood in the map (others 1). The stride-32 flow
-    # models 64 positions from a few thousand fibers and overfits them: at full weight its
-    # noise decides many parts' map maximum (tire image AUROC 0.71, 0.76 at 0.25). A quarter
-    # keeps what it sees of large, faint defects. Chosen on synthetic defects made from
-    # held-out good parts, never on test defects (bench/README.md, issue 22).
-    stride_weights: tuple[tuple[int, float], ...] = ((32, 0.25),)
+    # Synthetic defects made from the held-out good parts on which the coarsest scale's weight in
+    # the map is chosen (calibration/scale_weights.py); 0: equal weights, as before issue 22.
+    synthetic_defects: int = 120
     threads: int = 0
     device: str = "cpu"  # where the good parts are encoded and the flows train (calibration/device.py)
 
@@ -94,6 +93,10 @@ class CalibrationReport:
     part_appearance_statistics: int = 0
     defect_images: int = 0
     defect_miss_rate: float | None = None
+    # Selection score on synthetic defects per candidate weight of the coarsest scale (the best is
+    # in the manifest's scoring.scale_weights; calibration/scale_weights.py).
+    coarsest_weight_scores: dict[str, float] = field(default_factory=dict)
+    synthetic_defects: int = 0
 
 
 def split_good(paths: list[Path], holdout: list[Path] | None, fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -139,13 +142,6 @@ def encoder_taps(settings: CalibrationSettings) -> tuple[int, ...]:
     if not settings.part_appearance:
         return settings.flow_strides
     return tuple(sorted(set(settings.flow_strides) | set(TAP_STRIDES)))
-
-
-def scale_weights(settings: CalibrationSettings) -> tuple[float, ...] | None:
-    """The map's weight per flow scale; None where every scale weighs the same (as before)."""
-    weights = dict(settings.stride_weights)
-    chosen = tuple(float(weights.get(stride, 1.0)) for stride in settings.flow_strides)
-    return None if len(set(chosen)) == 1 else chosen
 
 
 def flow_inputs(features: list[torch.Tensor], flow_taps: tuple[int, ...]) -> list[torch.Tensor]:
@@ -223,7 +219,15 @@ def calibrate(
         seconds["part_model"] = time.monotonic() - mark
         mark = time.monotonic()
     held_ll = log_likelihoods(decoders, flow_inputs(held_features, flow_taps), shapes)
-    constants = fit_scoring_constants(held_ll, settings.blur_sigma, scale_weights(settings))
+    constants = fit_scoring_constants(held_ll, settings.blur_sigma)
+    weight_choice = None
+    if settings.synthetic_defects and len(shapes) > 1:
+        synthetic = synthetic_defects(held.images, settings.synthetic_defects, settings.train.seed)
+        synthetic_features = encode_features(encoder, synthetic.images, label="encoding synthetic defects")
+        synthetic_ll = log_likelihoods(decoders, flow_inputs(synthetic_features, flow_taps), shapes)
+        weight_choice = choose_coarsest_weight(constants, held_ll, synthetic_ll, synthetic.masks, settings.input_size)
+        constants = replace(constants, scale_weights=weight_choice.weights)
+        log(f"coarsest scale's weight in the map, by synthetic-defect score: {weight_choice.scores}")
     held_maps, held_map_maxima = anomaly_maps(held_ll, constants, settings.input_size)
     if part_appearance is not None:
         constants = with_part_score(constants, held_map_maxima, held_distances)
@@ -241,6 +245,8 @@ def calibrate(
         holdout_false_reject_rate=float(np.mean(held_scores > thresholds.image)),
         part_appearance_shrinkage=shrinkage,
         part_appearance_statistics=part_appearance.dimensions if part_appearance is not None else 0,
+        coarsest_weight_scores=weight_choice.scores if weight_choice is not None else {},
+        synthetic_defects=weight_choice.synthetic_defects if weight_choice is not None else 0,
     )
     if defects is not None:
         defect_features = encode_features(encoder, defects.images, label="encoding defective parts")

@@ -1,0 +1,68 @@
+"""Each station's weight of the coarsest scale in its map, chosen on synthetic defects made from
+its own held-out good parts.
+
+The stride-32 flow models 64 positions per part from a few thousand fibers. Where it overfits
+them (mvtec3d/tire), its noise sets many good parts' map maximum and a quarter of its weight
+separates better; where it sees the large, faint defects that no finer scale does
+(mtd/magnetic_tile's uneven shading), full weight does. Which holds is a property of the station,
+so calibration tries each candidate on synthetic defects (calibration/synthetic_defects.py) and
+keeps the best by the mean of image AUROC, pixel AUROC and PRO, as --choose-strides does with
+real marked defects (issue 22: the same criterion picked 0.25 for metal_plate and tire and 1 for
+magnetic_tile, and agreed with their test sets). Only good parts are used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from calibration.metrics import auroc, pixel_auroc, pro_auc
+from engines.scoring import ScoringConstants, anomaly_maps
+
+COARSEST_WEIGHT_CANDIDATES = (1.0, 0.25)  # the first is kept on ties
+
+
+@dataclass(frozen=True)
+class WeightChoice:
+    weights: tuple[float, ...] | None  # None: equal
+    scores: dict[str, float]  # candidate weight of the coarsest scale -> its selection score
+    synthetic_defects: int
+
+
+def selection_score(good_maps: np.ndarray, defect_maps: np.ndarray, defect_masks: np.ndarray) -> float:
+    """Mean of image AUROC (map maximum, defects against good parts), pixel AUROC and PRO over
+    the good parts' and the defects' maps together."""
+    maxima = np.concatenate([good_maps.reshape(len(good_maps), -1).max(axis=1), defect_maps.reshape(len(defect_maps), -1).max(axis=1)])
+    labels = np.concatenate([np.zeros(len(good_maps), bool), np.ones(len(defect_maps), bool)])
+    maps = np.concatenate([good_maps, defect_maps])
+    masks = np.concatenate([np.zeros(good_maps.shape, bool), defect_masks])
+    return float((auroc(maxima, labels) + pixel_auroc(maps, masks) + pro_auc(maps, masks, fpr_limit=0.3)) / 3)
+
+
+def choose_coarsest_weight(
+    constants: ScoringConstants,
+    good_log_likelihoods: list[np.ndarray],
+    defect_log_likelihoods: list[np.ndarray],
+    defect_masks: np.ndarray,
+    output_size: tuple[int, int],
+    candidates: tuple[float, ...] = COARSEST_WEIGHT_CANDIDATES,
+) -> WeightChoice:
+    """The coarsest scale's weight (the others 1) that best separates the synthetic defects from
+    the good parts. With one scale there is nothing to weigh."""
+    scales = len(constants.log_likelihood_reference)
+    if scales < 2:
+        return WeightChoice(None, {}, len(defect_masks))
+    scores: dict[str, float] = {}
+    best, best_score = None, -np.inf
+    for weight in candidates:
+        weights = None if weight == 1.0 else (*([1.0] * (scales - 1)), float(weight))
+        trial = dataclasses.replace(constants, scale_weights=weights, part_score=None)
+        good_maps, _ = anomaly_maps(good_log_likelihoods, trial, output_size)
+        defect_maps, _ = anomaly_maps(defect_log_likelihoods, trial, output_size)
+        score = selection_score(good_maps, defect_maps, defect_masks)
+        scores[f"{weight:g}"] = round(score, 6)
+        if score > best_score:
+            best, best_score = weights, score
+    return WeightChoice(best, scores, len(defect_masks))
