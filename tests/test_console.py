@@ -306,8 +306,6 @@ def test_live_model_metrics_and_dedupe(console, station):
     state = console.wait_for(lambda: (s := _station_state(console, name)) and s["parts_seen"] == 21 and s["alarms"] and s["stats"] and s, what="21 parts")
     assert state["status"] == "online" and state["outbox_pending"] == 4 and state["latency_p99_ms"] == 63.7
     assert state["threshold"] == 0.8125 and state["stats"]["calibration_quantiles"] == CALIBRATION_QUANTILES
-    time.sleep(0.3)  # the duplicates on `reject` may trail the last result
-    got = _samples(console.metrics())
     expected = {
         ("edge_station_up", name, ()): 1.0,
         ("edge_station_parts_total", name, ()): 21.0,
@@ -321,6 +319,9 @@ def test_live_model_metrics_and_dedupe(console, station):
         ("edge_station_dropped_frames_total", name, ()): 3.0,
         ("edge_station_bad_frames_total", name, ()): 1.0,
     }
+    # The duplicates on `reject` may trail the last result: wait for the counts, then compare.
+    console.wait_for(lambda: {key: _samples(console.metrics()).get(key) for key in expected} == expected, what="the metrics of 21 parts")
+    got = _samples(console.metrics())
     assert {key: got.get(key) for key in expected} == expected
     assert got[("edge_console_messages_total", None, (("kind", "result"),))] >= 21
     assert got[("edge_console_duplicates_total", None, ())] >= 3  # each reject came on both topics

@@ -197,16 +197,20 @@ def _session_json(enabled: bool, session: Session | None) -> dict:
 # -- the commands -------------------------------------------------------------------------------------
 
 
-def _add_commands(app: FastAPI, console: Console) -> None:
-    auth = console.auth
-    counters = console.counters
+class _Commands:
+    """One command's way through the console: the operator, the station, the body, the publish."""
 
-    def operator(request: Request, what: str, station: str) -> Session:
+    def __init__(self, console: Console):
+        self.console = console
+        self.auth = console.auth
+        self.counters = console.counters
+
+    def operator(self, request: Request, what: str, station: str) -> Session:
         """The logged-in operator behind a write, or 403 (logged with the reason)."""
-        if not auth.enabled:
+        if not self.auth.enabled:
             raise HTTPException(403, READ_ONLY)
         _same_origin(request)
-        session = auth.session(request.cookies.get(SESSION_COOKIE))
+        session = self.auth.session(request.cookies.get(SESSION_COOKIE))
         if session is None:
             log.warning("%s for %r from %s refused: no login", what, station[:64], _address(request))
             raise HTTPException(403, "log in first (/login): write actions need an operator login; a session ends at logout or after its hours")
@@ -215,21 +219,21 @@ def _add_commands(app: FastAPI, console: Console) -> None:
             raise HTTPException(403, f"the {CSRF_HEADER} header is missing or wrong: send the token from /api/session with every write (the pages do); reload the page")
         return session
 
-    def known_station(name: str) -> None:
-        known, _ = console.model.station_stats(name) if valid_station_name(name) else (False, None)
+    def known_station(self, name: str) -> None:
+        known, _ = self.console.model.station_stats(name) if valid_station_name(name) else (False, None)
         if not known:
             raise HTTPException(404, f"no station {name[:128]!r} has published on this broker since the console started; commands go only to stations the console has seen")
 
-    def send(user: str, station: str, command: Command) -> dict:
+    def send(self, user: str, station: str, command: Command) -> dict:
         """Publish and wait for the broker's PUBACK (a web thread); the answer for the page."""
-        topic = f"{console.config.mqtt.topic_prefix.rstrip('/')}/{station}/{command.kind}"
+        topic = f"{self.console.config.mqtt.topic_prefix.rstrip('/')}/{station}/{command.kind}"
         try:
-            console.ingest.publish(topic, command.payload, retain=command.retain)
+            self.console.ingest.publish(topic, command.payload, retain=command.retain)
         except PublishError as error:
-            counters.commands.add((command.kind, "not_sent"))
+            self.counters.commands.add((command.kind, "not_sent"))
             log.warning("operator %s: %s for station %s NOT sent: %s", user, command.said, station, error)
             raise HTTPException(503, f"not sent: {error}") from None
-        counters.commands.add((command.kind, "sent"))
+        self.counters.commands.add((command.kind, "sent"))
         retained = " (retained)" if command.retain else ""
         log.info("operator %s: %s sent to %s%s", user, command.said, topic, retained)
         return {
@@ -242,13 +246,13 @@ def _add_commands(app: FastAPI, console: Console) -> None:
             "message": f"{command.said} sent to {station}{retained}, confirmed by the broker",
         }
 
-    async def run(request: Request, name: str, what: str, build: Callable[[str, bytes], Command]) -> tuple[str, dict]:
+    async def run(self, request: Request, name: str, what: str, build: Callable[[str, bytes], Command]) -> tuple[str, dict]:
         """Login, station, body, the command (`build`, on a web thread: it may read the history),
         then the publish. Any refusal is counted and answered before anything is published."""
         user = None
         try:
-            user = operator(request, what, name).user
-            known_station(name)
+            user = self.operator(request, what, name).user
+            self.known_station(name)
             if _media_type(request) != "application/json":
                 raise HTTPException(415, "send the command as JSON (Content-Type: application/json)")
             body = await _body(request, MAX_COMMAND_BYTES)
@@ -257,29 +261,49 @@ def _add_commands(app: FastAPI, console: Console) -> None:
             except BadBody as error:
                 raise HTTPException(422, str(error)) from None
         except HTTPException as refusal:
-            counters.commands.add((what, "refused"))
+            self.counters.commands.add((what, "refused"))
             if user is not None:
                 log.info("operator %s: %s for station %s refused: %s", user, what, name[:64], refusal.detail)
             raise
-        return user, await run_in_threadpool(send, user, name, command)
+        return user, await run_in_threadpool(self.send, user, name, command)
+
+    def recipe(self, station: str, body: bytes) -> Command:
+        """Only a recipe the station lists: it would reject every part under any other."""
+        chosen, command = recipe_command(body)
+        _, stats = self.console.model.station_stats(station)
+        recipes = stats.recipes if stats is not None else None
+        if recipes is None:
+            raise HTTPException(409, f"station {station} has not said which recipes it has (its stats carry no 'recipes'); the console sends only a recipe the station lists")
+        if chosen.recipe not in recipes:
+            raise HTTPException(409, f"station {station} has no recipe {chosen.recipe!r}; it has {', '.join(recipes) or 'none'}")
+        return command
+
+    def part_known(self, station: str, part_id: str) -> bool:
+        if self.console.model.has_part(station, part_id):
+            return True
+        try:
+            return self.console.history.has_part(station, part_id)
+        except HistoryUnavailable as error:
+            raise HTTPException(503, f"cannot look the part up: history unavailable: {error}") from None
+
+    def record_label(self, station: str, labelled: FeedbackBody, user: str, answer: dict) -> None:
+        """Recorded once the broker confirmed it: the gallery and the strip show what was sent."""
+        record = LabelRecord(station, labelled.part_id, labelled.label, json.loads(answer["payload"]).get("defect_type"), user, time.time())
+        self.console.model.set_label(station, labelled.part_id, record.to_json())
+        self.console.history.add_label(record)
+        answer["label"] = record.to_json()
+
+
+def _add_commands(app: FastAPI, console: Console) -> None:
+    commands = _Commands(console)
 
     @app.post("/api/stations/{name}/recipe")
     async def recipe(name: str, request: Request) -> dict:
-        def build(user: str, body: bytes) -> Command:
-            chosen, command = recipe_command(body)
-            _, stats = console.model.station_stats(name)
-            recipes = stats.recipes if stats is not None else None
-            if recipes is None:
-                raise HTTPException(409, f"station {name} has not said which recipes it has (its stats carry no 'recipes'); the console sends only a recipe the station lists")
-            if chosen.recipe not in recipes:
-                raise HTTPException(409, f"station {name} has no recipe {chosen.recipe!r}; it has {', '.join(recipes) or 'none'}")
-            return command
-
-        return (await run(request, name, "recipe", build))[1]
+        return (await commands.run(request, name, "recipe", lambda user, body: commands.recipe(name, body)))[1]
 
     @app.post("/api/stations/{name}/teach")
     async def teach(name: str, request: Request) -> dict:
-        return (await run(request, name, "teach", lambda user, body: teach_command(body)))[1]
+        return (await commands.run(request, name, "teach", lambda user, body: teach_command(body)))[1]
 
     @app.post("/api/stations/{name}/feedback")
     async def feedback(name: str, request: Request) -> dict:
@@ -287,24 +311,11 @@ def _add_commands(app: FastAPI, console: Console) -> None:
 
         def build(user: str, body: bytes) -> Command:
             labelled, command = feedback_command(body)
-            if not part_known(name, labelled.part_id):
+            if not commands.part_known(name, labelled.part_id):
                 raise HTTPException(404, f"no part {labelled.part_id[:128]!r} from station {name} in the live view or the history")
             asked.append(labelled)
             return command
 
-        user, answer = await run(request, name, "feedback", build)
-        labelled = asked[0]
-        # Recorded once the broker confirmed it: the gallery and the strip show what was sent.
-        record = LabelRecord(name, labelled.part_id, labelled.label, json.loads(answer["payload"]).get("defect_type"), user, time.time())
-        console.model.set_label(name, labelled.part_id, record.to_json())
-        console.history.add_label(record)
-        answer["label"] = record.to_json()
+        user, answer = await commands.run(request, name, "feedback", build)
+        commands.record_label(name, asked[0], user, answer)
         return answer
-
-    def part_known(station: str, part_id: str) -> bool:
-        if console.model.has_part(station, part_id):
-            return True
-        try:
-            return console.history.has_part(station, part_id)
-        except HistoryUnavailable as error:
-            raise HTTPException(503, f"cannot look the part up: history unavailable: {error}") from None
