@@ -42,6 +42,17 @@ def test_the_console_shows_a_real_station(line, browser, screenshots):  # noqa: 
     browser.get(console.url + "/")
     row = 'tr[data-testid="station-row"][data-station="cell-7"]'
     _wait(browser, lambda d: "online" in d.find_element(By.CSS_SELECTOR, row).text, timeout_s=30, what="the station online on the overview")
+
+    def shows_published_rate(d) -> bool:
+        """The overview's parts/s and reject rate are those of the station's latest stats."""
+        stats = json.loads(subscriber.on("stats")[-1].payload)
+        cells = d.find_element(By.CSS_SELECTOR, row)
+        fps = cells.find_element(By.CSS_SELECTOR, '[data-testid="station-fps"]').text
+        rate = cells.find_element(By.CSS_SELECTOR, '[data-testid="station-reject-rate"]').text
+        digits = 2 if stats["reject_rate"] < 0.1 else 1  # as the page writes a percentage
+        return stats["fps"] > 0 and fps == f"{stats['fps']:.1f}" and rate == f"{100 * stats['reject_rate']:.{digits}f} %"
+
+    _wait(browser, shows_published_rate, timeout_s=30, what="the station's published parts/s and reject rate on the overview")
     browser.save_screenshot(str(screenshots / "real-overview.png"))
 
     browser.get(console.url + "/station/cell-7")

@@ -65,7 +65,7 @@ def station(name: str) -> str:
 <section class="live">
 <h2>Live view</h2>
 <p id="verdict" class="verdict" data-testid="last-verdict">–</p>
-<img id="preview" data-testid="preview" alt="latest inspected part of {heading}">
+<img id="preview" data-testid="preview" alt="latest inspected part of {heading}" hidden>
 <p id="preview-caption" class="caption">No preview yet.</p>
 </section>
 <div class="side">

@@ -147,6 +147,7 @@
     previewSeq = preview.seq;
     // A new URL per preview: the browser fetches the new image and never shows a cached one.
     $("preview").src = "/api/preview/" + encoded + ".jpg?seq=" + preview.seq;
+    $("preview").hidden = false;
     $("preview").dataset.seq = String(preview.seq);
     const said = preview.part_id
       ? "part " + preview.part_id + " · " + (preview.verdict || "?") + " · score " + number(preview.score, 3)
@@ -194,7 +195,7 @@
     const last = parts[parts.length - 1];
     if (!last) return;
     const verdict = $("verdict");
-    verdict.textContent = (last.verdict || "?").toUpperCase().replace("_", " ") + " · " + last.part_id;
+    verdict.textContent = (last.verdict || "?").toUpperCase().replace("_", " ") + " · part " + last.part_id;
     verdict.className = "verdict " + (last.verdict === "pass" ? "pass" : "reject");
     verdict.dataset.verdict = last.verdict || "";
     verdict.dataset.partId = last.part_id;
