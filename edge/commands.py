@@ -7,7 +7,7 @@ one is counted and logged by the station, never acted on."""
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, ValidationError
 
@@ -43,7 +43,11 @@ class BadCommand(ValueError):
     """Why a payload is not a command; str() is the line for the log."""
 
 
-def parse_command(payload: bytes, model: type[_Command]) -> _Command:
+CommandModel = TypeVar("CommandModel", bound=_Command)
+
+
+def parse_command(payload: bytes, model: type[CommandModel]) -> CommandModel:
+    """The command the payload is, or BadCommand saying why not (for the log)."""
     if len(payload) > MAX_COMMAND_BYTES:
         raise BadCommand(f"{len(payload)} bytes, more than the {MAX_COMMAND_BYTES} a command may have")
     try:
@@ -60,16 +64,4 @@ def parse_command(payload: bytes, model: type[_Command]) -> _Command:
             raise BadCommand(f"part_id {printable(command.part_id[:80])!r} cannot be a part id")
         if command.label == "good" and command.defect_type is not None:
             raise BadCommand("defect_type goes with label 'defect' only")
-    return command
-
-
-def parse_teach(payload: bytes) -> TeachCommand:
-    command = parse_command(payload, TeachCommand)
-    assert isinstance(command, TeachCommand)
-    return command
-
-
-def parse_feedback(payload: bytes) -> FeedbackCommand:
-    command = parse_command(payload, FeedbackCommand)
-    assert isinstance(command, FeedbackCommand)
     return command

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from edge.alarms import UNKNOWN_RECIPE, Alarms
-from edge.commands import BadCommand, parse_feedback, parse_teach
+from edge.commands import BadCommand, CommandModel, FeedbackCommand, TeachCommand, parse_command
 from edge.counters import ThrottledLog
 from edge.recipes import StationRecipes, parse_recipe
 from edge.review import ReviewRing
@@ -59,21 +59,24 @@ class StationCommands:
         known = ", ".join(self.recipes.names)
         self.alarms.raise_alarm(UNKNOWN_RECIPE, f"{asked_by} asked for recipe {name!r}, which this station does not have ({known}); parts asked under it are rejected as not inspected")
 
-    def on_feedback(self, payload: bytes) -> None:
+    def _parsed(self, kind: str, model: type[CommandModel], payload: bytes) -> CommandModel | None:
         try:
-            command = parse_feedback(payload)
+            return parse_command(payload, model)
         except BadCommand as error:
-            self.bad["feedback"]("%s: ignored feedback: %s", self.station, error)
+            self.bad[kind]("%s: ignored %s command: %s", self.station, kind, error)
+            return None
+
+    def on_feedback(self, payload: bytes) -> None:
+        command = self._parsed("feedback", FeedbackCommand, payload)
+        if command is None:
             return
         problem = self.review.label(command)
         if problem is not None:
             self.bad["feedback"]("%s: ignored feedback for part %s: %s", self.station, printable(command.part_id), problem)
 
     def on_teach(self, payload: bytes) -> None:
-        try:
-            command = parse_teach(payload)
-        except BadCommand as error:
-            self.bad["teach"]("%s: ignored teach command: %s", self.station, error)
+        command = self._parsed("teach", TeachCommand, payload)
+        if command is None:
             return
         if command.action == "stop":
             if not self.teach.stop():

@@ -83,23 +83,11 @@ class ConsoleCollector(Collector):
 
     def _console(self) -> Iterator[Metric]:
         c = self.counters
-        messages = CounterMetricFamily("edge_console_messages", "MQTT messages received, by topic kind", labels=["kind"])
-        for kind, count in c.messages.items():
-            messages.add_metric([str(kind)], count)
-        malformed = CounterMetricFamily("edge_console_malformed", "Payloads refused, by topic kind and reason", labels=["kind", "reason"])
-        for label, count in c.malformed.items():
-            kind, reason = label if isinstance(label, tuple) else ("other", "other")
-            malformed.add_metric([str(kind), str(reason)], count)
-        deleted = CounterMetricFamily("edge_console_retention_deleted", "Rows deleted by retention, by table", labels=["table"])
-        for table, count in c.retention_deleted.items():
-            deleted.add_metric([str(table)], count)
-        failures = CounterMetricFamily("edge_console_login_failures", "Operator logins refused, by reason (bad_credentials, throttled, users_file)", labels=["reason"])
-        for reason, count in c.login_failures.items():
-            failures.add_metric([str(reason)], count)
-        commands = CounterMetricFamily("edge_console_commands", "Operators' commands to the stations, by command and result (sent, not_sent, refused)", labels=["command", "result"])
-        for label, count in c.commands.items():
-            command, result = label if isinstance(label, tuple) else ("other", "other")
-            commands.add_metric([str(command), str(result)], count)
+        messages = _labelled("edge_console_messages", "MQTT messages received, by topic kind", ["kind"], c.messages.items())
+        malformed = _labelled("edge_console_malformed", "Payloads refused, by topic kind and reason", ["kind", "reason"], c.malformed.items())
+        deleted = _labelled("edge_console_retention_deleted", "Rows deleted by retention, by table", ["table"], c.retention_deleted.items())
+        failures = _labelled("edge_console_login_failures", "Operator logins refused, by reason (bad_credentials, throttled, users_file)", ["reason"], c.login_failures.items())
+        commands = _labelled("edge_console_commands", "Operators' commands to the stations, by command and result (sent, not_sent, refused)", ["command", "result"], c.commands.items())
         yield messages
         yield malformed
         yield deleted
@@ -153,3 +141,13 @@ def registry(collector: ConsoleCollector) -> CollectorRegistry:
 
 def exposition(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
+
+
+def _labelled(name: str, text: str, labels: list[str], counts) -> CounterMetricFamily:
+    """A counter family from (label or tuple of labels, count) pairs; a key of the wrong shape is
+    counted under "other" rather than breaking the scrape."""
+    family = CounterMetricFamily(name, text, labels=labels)
+    for key, count in counts:
+        values = key if isinstance(key, tuple) else (key,)
+        family.add_metric([str(v) for v in values] if len(values) == len(labels) else ["other"] * len(labels), count)
+    return family
