@@ -19,18 +19,20 @@ log = logging.getLogger("edge.delivery")
 
 
 class AnswerDelivery:
-    def __init__(self, station: str, publisher: StationPublisher, audit: AuditLog, stats: StationStats, publish: PublishConfig, source, keepers: tuple[Callable[[Answer], None], ...] = ()):
+    def __init__(self, station: str, publisher: StationPublisher, audit: AuditLog, stats: StationStats, publish: PublishConfig, source, keepers: tuple[Callable[[Answer, dict], None], ...] = ()):
         self.station = station
         self.publisher = publisher
         self.audit = audit
         self.stats = stats
         self.publish = publish
         self.source = source
-        self.keepers = keepers  # the review ring and teach-in: they take the part's image, never block
+        # The review ring and teach-in: they take the part's image and its message, never block.
+        self.keepers = keepers
         self.next_preview = 0.0  # time.monotonic() when the live view may be published again
 
     def deliver(self, answer: Answer) -> None:
-        recorded = self._record(answer) if answer.published else True
+        payload = answer.payload() if answer.published else {}  # built once, for every use below
+        recorded = self._record(answer, payload) if answer.published else True
         # Only now, with the answer in the outbox and the audit log (synced: a pass has no outbox
         # file), is a file source's part done: a power cut before this re-inspects it on restart.
         # A full disk that refused the answer keeps the file where it is, for the same reason.
@@ -40,15 +42,14 @@ class AnswerDelivery:
                 log.warning("%s: the answer for part %s is not on disk (state directory full); its file stays in the folder", self.station, answer.part_id)
         for keep in self.keepers:
             try:
-                keep(answer)
+                keep(answer, payload)
             except Exception as error:  # a review image or teach-in part is not worth a part's answer
                 log.error("%s: keeping part %s's image failed: %s", self.station, answer.part_id, error)
         if answer.frame is not None:
             self.source.finish(answer.frame, keep_file=not recorded)
 
-    def _record(self, answer: Answer) -> bool:
+    def _record(self, answer: Answer, payload: dict) -> bool:
         """Publish and audit one answer; True if it is on disk (the outbox for a reject, the audit log)."""
-        payload = answer.payload()
         saved = self.publisher.publish_reject(payload) if answer.is_reject else True  # through the outbox: never lost
         if self.publish.results:
             self.publisher.publish_result(payload)

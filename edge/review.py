@@ -160,7 +160,7 @@ class ReviewRing:
             self.sequence = max(self.sequence, sequence)
 
     # -- the publish thread -------------------------------------------------------------------
-    def keep(self, answer: Answer) -> None:
+    def keep(self, answer: Answer, payload: dict) -> None:
         if not self.limits.enabled or answer.verdict is None or answer.frame is None:
             return  # only inspected parts can be labelled against their verdict
         view = roi_view(answer.frame, self.camera)
@@ -168,7 +168,7 @@ class ReviewRing:
             return
         # A copy: the crop is a view that would keep the whole frame alive.
         copy = np.array(view)
-        kept = _Kept(answer.is_reject, time.time(), answer.payload(), view=copy, size=copy.nbytes)
+        kept = _Kept(answer.is_reject, time.time(), payload, view=copy, size=copy.nbytes)
         with self.condition:
             if not kept.reject:
                 self.in_memory.add(answer.part_id, kept)

@@ -123,7 +123,7 @@ class TeachIn:
     def _status(session: _Session, active: bool) -> dict:
         return {"active": active, "folder": str(session.folder), "saved": session.saved, "count": session.count}
 
-    def offer(self, answer: Answer) -> None:
+    def offer(self, answer: Answer, payload: dict | None = None) -> None:
         """The publish thread's part: keep it if a teach-in runs and it shows a new part."""
         if self.session is None or answer.frame is None:  # unlocked look: the common case costs nothing
             return
