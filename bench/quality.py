@@ -121,20 +121,31 @@ def scale_subsets(bundle, scored) -> list[dict]:
     return rows
 
 
-def equal_scale_weights(bundle, scored) -> dict | None:
-    """The same bundle's map with every scale weighted equally (the scoring before issue 22), by
-    the map alone: the ablation of the scale weights. None where the bundle weighs them equally."""
-    constants = bundle.manifest.scoring
-    if constants.scale_weights is None:
+def map_ablation(bundle, scored) -> dict | None:
+    """The same bundle's map, by the map alone, without each choice calibration made on synthetic
+    defects (issue 22): every scale weighted equally, and without the optional stride-4 flow
+    (the other flows are trained independently, so their subset is that model). None where the
+    bundle made neither choice."""
+    constants = replace(bundle.manifest.scoring, part_score=None)
+    strides = bundle.manifest.flow_strides
+    size = tuple(bundle.manifest.input_size)
+
+    def metrics(scales: tuple[int, ...], weights) -> dict:
+        sub = replace(constants.subset(scales), scale_weights=weights)
+        maps, scores = anomaly_maps([scored.log_likelihoods[i] for i in scales], sub, size)
+        m = category_metrics(maps, scores, scored.masks, scored.labels, None)
+        return {k: m.get(k) for k in ("image_auroc", "pixel_auroc", "pro")}
+
+    everything = tuple(range(len(strides)))
+    rows = {}
+    if constants.scale_weights is not None:
+        rows["equal scale weights, map only"] = metrics(everything, None)
+    if 4 in strides and len(strides) > 1:
+        without = tuple(i for i, s in enumerate(strides) if s != 4)
+        rows["without the stride-4 flow, map only"] = metrics(without, constants.subset(without).scale_weights)
+    if not rows:
         return None
-    equal = replace(constants, scale_weights=None, part_score=None)
-    maps, scores = anomaly_maps(scored.log_likelihoods, equal, tuple(bundle.manifest.input_size))
-    weighted = category_metrics(scored.maps, scored.maps.reshape(len(scored.maps), -1).max(axis=1), scored.masks, scored.labels, None)
-    m = category_metrics(maps, scores, scored.masks, scored.labels, None)
-    return {
-        "weighted, map only": {k: weighted.get(k) for k in ("image_auroc", "pixel_auroc", "pro")},
-        "equal scale weights, map only": {k: m.get(k) for k in ("image_auroc", "pixel_auroc", "pro")},
-    }
+    return {"chosen, map only": metrics(everything, constants.scale_weights), **rows}
 
 
 def image_score_rules(scored) -> list[dict]:
@@ -160,6 +171,8 @@ def print_table(rows: list[dict]) -> None:
             f"{fmt(r.get('image_auroc'))} {fmt(r.get('pixel_auroc'))} {fmt(r.get('pro'))} "
             f"{fmt(r.get('false_reject_rate'))} {fmt(r.get('miss_rate'))} {r.get('calibration_s', ''):>8}"
         )
+        if r.get("flow_strides"):
+            print(f"{'':<20} {'  flows at strides':<22} {','.join(map(str, r['flow_strides']))}")
         ref = r.get("reference_test_set_max")
         if ref:
             print(f"{'':<20} {'  test-set-max ref':<22} {'':<18} {'':<8} {fmt(ref['image_auroc'])} {fmt(ref['pixel_auroc'])} {fmt(ref['pro'])}")
@@ -171,7 +184,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="categories to run, e.g. mpdd/metal_plate")
     parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--input-size", type=int, default=256)
-    parser.add_argument("--strides", type=parse_strides, default=TAP_STRIDES, help="feature scales to model, e.g. 8,16 (edge-calibrate's option)")
+    parser.add_argument("--strides", type=parse_strides, default=None, help="feature scales to model, e.g. 8,16 (edge-calibrate's option; default 8,16,32 and 4 where synthetic defects favour it)")
     parser.add_argument("--ablation", action="store_true")
     parser.add_argument("--robustness", action="store_true")
     parser.add_argument("--augment", type=int, default=0, metavar="COPIES", help="calibrate every bundle with COPIES shifted/rotated copies of each good image")
@@ -186,13 +199,14 @@ def main() -> int:
     base = CalibrationSettings(
         encoder=args.encoder,
         input_size=(args.input_size, args.input_size),
-        flow_strides=args.strides,
+        flow_strides=args.strides or TAP_STRIDES,
+        optional_strides=() if args.strides else CalibrationSettings.optional_strides,
         augment=AugmentConfig(copies=args.augment),
         feature_pooling=args.feature_pooling,
         part_appearance=args.part_appearance,
     )
     labels = [f"pooled {args.feature_pooling}x{args.feature_pooling}"] if args.feature_pooling > 1 else []
-    labels += [f"strides {'+'.join(map(str, args.strides))}"] if args.strides != TAP_STRIDES else []
+    labels += [f"strides {'+'.join(map(str, args.strides))}"] if args.strides else []
     base_label = ", ".join(labels)
     dirs = [d for d in categories(args.datasets) if not args.only or f"{d.parent.name}/{d.name}" in args.only]
     measured_on = machine()  # the commit as the run starts; edits made while it runs are not in it
@@ -202,9 +216,11 @@ def main() -> int:
         for category_dir in dirs:
             row, bundle, scored = run_one(category_dir, base, work, label=base_label, reuse=args.reuse_bundles)
             rows.append(row)
-            ablation = equal_scale_weights(bundle, scored)
+            row["flow_strides"] = list(bundle.manifest.flow_strides)
+            row["map_choice_scores"] = bundle.manifest.training["report"].get("map_choice_scores")
+            ablation = map_ablation(bundle, scored)
             if ablation:
-                row["scale_weight_ablation"] = ablation
+                row["map_ablation"] = ablation
                 for label, m in ablation.items():
                     rows.append({"dataset": row["dataset"], "variant": label, **m})
             if row["image_auroc_of"]:
@@ -229,7 +245,7 @@ def main() -> int:
                 rows.append(aug_row)
             print_table(rows)
     print_table(rows)
-    report = {"machine": measured_on, "settings": {"encoder": args.encoder, "input_size": args.input_size, "augment_copies": args.augment, "feature_pooling": args.feature_pooling, "part_appearance": args.part_appearance, "strides": list(args.strides)}, "rows": rows}
+    report = {"machine": measured_on, "settings": {"encoder": args.encoder, "input_size": args.input_size, "augment_copies": args.augment, "feature_pooling": args.feature_pooling, "part_appearance": args.part_appearance, "strides": list(args.strides) if args.strides else "default"}, "rows": rows}
     write_results(args.output, report)
     return 0
 

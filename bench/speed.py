@@ -11,9 +11,13 @@ For each encoder at each input size:
   FLOPs        multiply-adds x2 of every convolution and coupling matmul, per frame;
                achieved GFLOP/s (FLOPs x end-to-end frames/s) against this machine's own
                float32 matmul rate
-The bundles are calibrated briefly (speed does not depend on how well the flows are trained).
+The bundles are calibrated briefly (speed does not depend on how well the flows are trained),
+so nearly every part of the MPDD test stream is a reject (a heatmap and a review image each: the
+slow path). `--bundle DIR` measures a calibrated bundle instead (bench/quality.py --keep-bundles)
+on a stream of its own station's good parts, as a line runs: mostly passes.
 
   python bench/speed.py [--frames 1000] [--encoders efficientnet-lite0 ...] [--sizes 256 512]
+  python bench/speed.py --bundle runs/bundles/mpdd-metal_plate [--bundle ...]
 Writes bench/results/speed.json and prints one table. A benchmark, not a test.
 """
 from __future__ import annotations
@@ -98,6 +102,19 @@ def make_bundle(encoder: str, size: int, work: Path, steps: int = 30) -> Path:
     settings = CalibrationSettings(encoder=encoder, input_size=(size, size), train=TrainConfig(steps_per_scale=(steps, steps, steps, steps)))
     calibrate(METAL_PLATE / "train" / "good", out, settings, force=True, log=lambda message: None)
     return out
+
+
+def good_parts_video(path: Path, folder: Path, frames: int, size: tuple[int, int]) -> Path:
+    """A stream of a station's own good parts (the bundle's training folder) at its input size."""
+    sources = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    if not sources:
+        raise SystemExit(f"{folder}: no good images to make a stream of")
+    images = [cv2.resize(cv2.imread(str(p)), size[::-1], interpolation=cv2.INTER_AREA) for p in sources]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, size[::-1])
+    for i in range(frames):
+        writer.write(images[(i * 7) % len(images)])
+    writer.release()
+    return path
 
 
 def stage_breakdown(bundle_path: Path, video: Path, frames: int, broker_port: int) -> dict:
@@ -244,6 +261,10 @@ def main() -> int:
     parser.add_argument("--large-encoders", nargs="*", default=["efficientnet-lite0"], help="encoders also measured at sizes above 256")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "speed.json")
     parser.add_argument("--preview", action="store_true", help="also run end to end with the console's live view at 2 Hz")
+    parser.add_argument(
+        "--bundle", type=Path, action="append", default=[],
+        help="measure this calibrated bundle on a stream of its own good parts instead of the briefly trained ones (repeatable)",
+    )
     args = parser.parse_args()
     measured_on = machine()
     gflops_machine = matmul_gflops()
@@ -254,50 +275,49 @@ def main() -> int:
         (work / "broker").mkdir()
         broker = Broker(work / "broker").start()
         try:
-            for encoder in args.encoders:
-                for size in args.sizes:
-                    if size > 256 and encoder not in args.large_encoders:
-                        continue
-                    frames = args.frames if size <= 256 else args.large_frames
-                    label = f"{encoder} {size}"
-                    print(f"{label}: calibrating a bundle", file=sys.stderr)
-                    bundle_path = make_bundle(encoder, size, work)
-                    bundle = open_bundle(bundle_path)
-                    video = work / f"stream-{size}.avi"
-                    if not video.exists():
-                        parts_video(video, frames, (size, size))
-                    flops = model_flops(bundle)
-                    print(f"{label}: backend alone", file=sys.stderr)
-                    plan = plan_inference("onnxruntime", 0, 0, usable_cores())  # what edge-inspect does by default
-                    alone = backend_only(bundle_path, video, frames, plan)
-                    # One session over every core, one frame at a time: the daemon before workers.
-                    one_session = backend_only(bundle_path, video, frames, InferencePlan("onnxruntime", 1, 0))
-                    print(f"{label}: end to end through edge-inspect", file=sys.stderr)
-                    e2e = end_to_end(bundle_path, video, frames, broker, work / f"run-{encoder}-{size}", None)
-                    # Flat out, latency is mostly queueing; a camera at 80% of that rate shows
-                    # what one part waits when the line keeps up.
-                    paced_fps = round(0.8 * e2e["fps"], 1)
-                    print(f"{label}: end to end, camera paced at {paced_fps} frames/s", file=sys.stderr)
-                    paced = end_to_end(bundle_path, video, frames, broker, work / f"run-{encoder}-{size}-paced", paced_fps)
-                    if args.preview:
-                        # The console's live view at 2 Hz against none, flat out, back to back.
-                        print(f"{label}: end to end with the live view at 2 Hz", file=sys.stderr)
-                        previewed = end_to_end(bundle_path, video, frames, broker, work / f"run-{encoder}-{size}-preview", None, preview_hz=2.0)
-                    stages = stage_breakdown(bundle_path, video, min(frames, 300), broker.port)
-                    model_ms = stages["encoder"]["mean_ms"] + stages["flows"]["mean_ms"]
-                    rows.append({
-                        "encoder": encoder, "input_size": size, "frames": frames,
-                        "gflop_per_frame": round(flops / 1e9, 3),
-                        # one frame alone (the stage times) and sustained by the daemon
-                        "achieved_gflops": round(flops / 1e9 / (model_ms / 1000), 2),
-                        "achieved_gflops_end_to_end": round(flops / 1e9 * e2e["fps"], 2),
-                        "machine_matmul_gflops": round(gflops_machine, 1),
-                        "backend_only": alone, "backend_one_session": one_session, "end_to_end": e2e, "end_to_end_paced": paced,
-                        "e2e_over_backend": round(e2e["fps"] / alone["fps"], 3),
-                        **({"end_to_end_preview_2hz": previewed, "preview_fps_ratio": round(previewed["fps"] / e2e["fps"], 3)} if args.preview else {}),
-                        "stages": stages,
-                    })
-                    print_table(rows)
+            for bundle_path, label, frames in subjects(args, work):
+                bundle = open_bundle(bundle_path)
+                encoder, size = bundle.manifest.encoder.name, bundle.manifest.input_size[0]
+                slug = label.replace(" ", "-")
+                video = work / f"stream-{slug}.avi"
+                if args.bundle:
+                    good_parts_video(video, Path(bundle.manifest.training["good_folder"]), frames, tuple(bundle.manifest.input_size))
+                else:
+                    parts_video(video, frames, (size, size))
+                flops = model_flops(bundle)
+                print(f"{label}: backend alone", file=sys.stderr)
+                plan = plan_inference("onnxruntime", 0, 0, usable_cores())  # what edge-inspect does by default
+                alone = backend_only(bundle_path, video, frames, plan)
+                # One session over every core, one frame at a time: the daemon before workers.
+                one_session = backend_only(bundle_path, video, frames, InferencePlan("onnxruntime", 1, 0))
+                print(f"{label}: end to end through edge-inspect", file=sys.stderr)
+                e2e = end_to_end(bundle_path, video, frames, broker, work / f"run-{slug}", None)
+                # Flat out, latency is mostly queueing; a camera at 80% of that rate shows
+                # what one part waits when the line keeps up.
+                paced_fps = round(0.8 * e2e["fps"], 1)
+                print(f"{label}: end to end, camera paced at {paced_fps} frames/s", file=sys.stderr)
+                paced = end_to_end(bundle_path, video, frames, broker, work / f"run-{slug}-paced", paced_fps)
+                if args.preview:
+                    # The console's live view at 2 Hz against none, flat out, back to back.
+                    print(f"{label}: end to end with the live view at 2 Hz", file=sys.stderr)
+                    previewed = end_to_end(bundle_path, video, frames, broker, work / f"run-{slug}-preview", None, preview_hz=2.0)
+                stages = stage_breakdown(bundle_path, video, min(frames, 300), broker.port)
+                model_ms = stages["encoder"]["mean_ms"] + stages["flows"]["mean_ms"]
+                rows.append({
+                    "label": label, "flow_strides": list(bundle.manifest.flow_strides),
+                    "stream": "the bundle's good parts" if args.bundle else "MPDD metal_plate test parts, briefly trained bundle",
+                    "encoder": encoder, "input_size": size, "frames": frames,
+                    "gflop_per_frame": round(flops / 1e9, 3),
+                    # one frame alone (the stage times) and sustained by the daemon
+                    "achieved_gflops": round(flops / 1e9 / (model_ms / 1000), 2),
+                    "achieved_gflops_end_to_end": round(flops / 1e9 * e2e["fps"], 2),
+                    "machine_matmul_gflops": round(gflops_machine, 1),
+                    "backend_only": alone, "backend_one_session": one_session, "end_to_end": e2e, "end_to_end_paced": paced,
+                    "e2e_over_backend": round(e2e["fps"] / alone["fps"], 3),
+                    **({"end_to_end_preview_2hz": previewed, "preview_fps_ratio": round(previewed["fps"] / e2e["fps"], 3)} if args.preview else {}),
+                    "stages": stages,
+                })
+                print_table(rows)
         finally:
             broker.stop()
     report = {"machine": measured_on, "rows": rows}
@@ -305,14 +325,30 @@ def main() -> int:
     return 0
 
 
+def subjects(args, work: Path):
+    """(bundle, label, frames) to measure: the given bundles, or a brief calibration per encoder
+    and size."""
+    if args.bundle:
+        for path in args.bundle:
+            yield path, path.name, args.frames
+        return
+    for encoder in args.encoders:
+        for size in args.sizes:
+            if size > 256 and encoder not in args.large_encoders:
+                continue
+            label = f"{encoder} {size}"
+            print(f"{label}: calibrating a bundle", file=sys.stderr)
+            yield make_bundle(encoder, size, work), label, args.frames if size <= 256 else args.large_frames
+
+
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'encoder':<18} {'size':>5} {'GFLOP':>6} {'GFLOP/s':>8} {'e2e fps':>8} {'backend fps':>11} {'1 session':>9} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'paced p50/p99':>14} {'RSS MiB':>13}")
+    print(f"\n{'bundle':<26} {'size':>5} {'rejects':>7} {'GFLOP':>6} {'GFLOP/s':>8} {'e2e fps':>8} {'backend fps':>11} {'1 session':>9} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'paced p50/p99':>14} {'RSS MiB':>13}")
     for r in rows:
         e, lat = r["end_to_end"], r["end_to_end"]["latency_ms"]
         rss = "-" if not e["rss_mib_start_end"] else "{}->{}".format(*e["rss_mib_start_end"])
         paced = "{p50:.1f}/{p99:.1f}".format(**r["end_to_end_paced"]["latency_ms"])
         print(
-            f"{r['encoder']:<18} {r['input_size']:>5} {r['gflop_per_frame']:6.2f} {r['achieved_gflops_end_to_end']:8.1f} {e['fps']:8.1f} "
+            f"{r['label']:<26} {r['input_size']:>5} {e['rejects']:>7} {r['gflop_per_frame']:6.2f} {r['achieved_gflops_end_to_end']:8.1f} {e['fps']:8.1f} "
             f"{r['backend_only']['fps']:11.1f} {r['backend_one_session']['fps']:9.1f} {r['e2e_over_backend']:6.2f} {lat['p50']:7.1f} {lat['p95']:7.1f} {lat['p99']:7.1f} {paced:>14} {rss:>13}"
         )
     for r in rows:
