@@ -122,10 +122,10 @@ def scale_subsets(bundle, scored) -> list[dict]:
 
 
 def map_ablation(bundle, scored) -> dict | None:
-    """The same bundle's map, by the map alone, without each choice calibration made on synthetic
-    defects (issue 22): every scale weighted equally, and without the optional stride-4 flow
-    (the other flows are trained independently, so their subset is that model). None where the
-    bundle made neither choice."""
+    """The same bundle's map, by the map alone, without what issue 22 added: every scale weighted
+    equally (the weight calibration chose on synthetic defects), and, for a bundle with a stride-4
+    flow (--strides 4,...), without that flow (each flow trains independently, so the others'
+    subset is that model). None where neither applies."""
     constants = replace(bundle.manifest.scoring, part_score=None)
     strides = bundle.manifest.flow_strides
     size = tuple(bundle.manifest.input_size)
@@ -184,7 +184,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="categories to run, e.g. mpdd/metal_plate")
     parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--input-size", type=int, default=256)
-    parser.add_argument("--strides", type=parse_strides, default=None, help="feature scales to model, e.g. 8,16 (edge-calibrate's option; default 8,16,32 and 4 where synthetic defects favour it)")
+    parser.add_argument("--strides", type=parse_strides, default=None, help="feature scales to model, e.g. 8,16 (edge-calibrate's option; default 8,16,32)")
     parser.add_argument("--ablation", action="store_true")
     parser.add_argument("--robustness", action="store_true")
     parser.add_argument("--augment", type=int, default=0, metavar="COPIES", help="calibrate every bundle with COPIES shifted/rotated copies of each good image")
@@ -200,7 +200,6 @@ def main() -> int:
         encoder=args.encoder,
         input_size=(args.input_size, args.input_size),
         flow_strides=args.strides or TAP_STRIDES,
-        optional_strides=() if args.strides else CalibrationSettings.optional_strides,
         augment=AugmentConfig(copies=args.augment),
         feature_pooling=args.feature_pooling,
         part_appearance=args.part_appearance,
@@ -217,7 +216,7 @@ def main() -> int:
             row, bundle, scored = run_one(category_dir, base, work, label=base_label, reuse=args.reuse_bundles)
             rows.append(row)
             row["flow_strides"] = list(bundle.manifest.flow_strides)
-            row["map_choice_scores"] = bundle.manifest.training["report"].get("map_choice_scores")
+            row["coarsest_weight_scores"] = bundle.manifest.training["report"].get("coarsest_weight_scores")
             ablation = map_ablation(bundle, scored)
             if ablation:
                 row["map_ablation"] = ablation

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from calibration.augment import augmented_copies, nuisance_copies
 from calibration.device import resolve_device
 from calibration.images import ImageFolderError, list_images, load_images
 from calibration.progress import Progress
-from calibration.scale_weights import choose_map
+from calibration.scale_weights import choose_coarsest_weight
 from calibration.synthetic_defects import synthetic_defects
 from calibration.thresholds import choose_thresholds, fit_scoring_constants, with_part_score
 from calibration.train import TrainConfig, encode_features, log_likelihoods, train_decoders
@@ -35,8 +35,8 @@ from engines.bundle import (
     format_version_for,
     write_bundle,
 )
-from engines.cflow import CflowDecoders, FeatureShape, PreprocessedEncoder, feature_shapes
-from engines.encoders import TAP_STRIDES, EncoderInfo, load_encoder
+from engines.cflow import CflowDecoders, PreprocessedEncoder, feature_shapes
+from engines.encoders import TAP_STRIDES, load_encoder
 from engines.export import export_encoder, export_flows, export_half_graphs
 from engines.flow import FlowConfig
 from engines.part_appearance import fit_part_appearance, part_statistics
@@ -62,10 +62,6 @@ class CalibrationSettings:
     # both cost magnetic_tile's large, faint defects (bench/README.md). The whole-part model
     # pools strides 8, 16 and 32 whichever scales have flows.
     flow_strides: tuple[int, ...] = TAP_STRIDES
-    # Scales trained beside those and kept only where the station's synthetic defects favour
-    # them (calibration/scale_weights.py): a stride-4 flow sharpens small defects' outlines and
-    # costs about as much as the other flows together (issue 22). () with an explicit --strides.
-    optional_strides: tuple[int, ...] = (4,)
     colour: str | None = None  # None: gray when every good image is gray, else rgb
     flow: FlowConfig = field(default_factory=FlowConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -78,9 +74,8 @@ class CalibrationSettings:
     # Pixels at the input size; 4 gave the best PRO on MPDD metal_plate (0, 2, 4 tried). On synthetic
     # defects made from held-out good parts 2 scored 0.002-0.003 higher, within their noise (issue 22).
     blur_sigma: float = 4.0
-    # Synthetic defects made from the held-out good parts on which the map's scales and the
-    # coarsest one's weight are chosen (calibration/scale_weights.py); 0: the flow strides at
-    # equal weights, as before issue 22.
+    # Synthetic defects made from the held-out good parts on which the coarsest scale's weight in
+    # the map is chosen (calibration/scale_weights.py); 0: equal weights, as before issue 22.
     synthetic_defects: int = 120
     threads: int = 0
     device: str = "cpu"  # where the good parts are encoded and the flows train (calibration/device.py)
@@ -98,10 +93,9 @@ class CalibrationReport:
     part_appearance_statistics: int = 0
     defect_images: int = 0
     defect_miss_rate: float | None = None
-    # Selection score on synthetic defects per candidate map: its strides and the coarsest scale's
-    # weight (the chosen one is the bundle's; calibration/scale_weights.py).
-    map_choice_scores: dict[str, float] = field(default_factory=dict)
-    trained_strides: list[int] = field(default_factory=list)  # the bundle keeps some or all
+    # Selection score on synthetic defects per candidate weight of the coarsest scale (the best is
+    # in the manifest's scoring.scale_weights; calibration/scale_weights.py).
+    coarsest_weight_scores: dict[str, float] = field(default_factory=dict)
     synthetic_defects: int = 0
 
 
@@ -140,54 +134,18 @@ def encode_part_statistics(encoder: PreprocessedEncoder, images: np.ndarray, bat
     return np.concatenate(out)
 
 
-def trained_strides(settings: CalibrationSettings) -> tuple[int, ...]:
-    """The flow strides and, where synthetic defects will judge them, the optional ones."""
-    if not settings.synthetic_defects:
-        return tuple(settings.flow_strides)
-    return tuple(sorted(set(settings.flow_strides) | set(settings.optional_strides)))
-
-
-def encoder_taps(flow_strides: tuple[int, ...], part_appearance: bool) -> tuple[int, ...]:
+def encoder_taps(settings: CalibrationSettings) -> tuple[int, ...]:
     """The strides the encoder outputs: the flows' and, for the whole-part model, 8, 16 and 32.
     Dropping a scale's flow (its likelihoods are noisy on a station) need not drop the stage
     from the part score: on mvtec3d/tire, flows at 8,16 with the part model over all three
     stages give image AUROC 0.81, against 0.76 with the part model over two (bench/README.md)."""
-    if not part_appearance:
-        return tuple(flow_strides)
-    return tuple(sorted(set(flow_strides) | set(TAP_STRIDES)))
+    if not settings.part_appearance:
+        return settings.flow_strides
+    return tuple(sorted(set(settings.flow_strides) | set(TAP_STRIDES)))
 
 
-@dataclass(frozen=True)
-class EncoderTaps:
-    """The frozen encoder with the taps a set of flow strides needs, and where each flow reads."""
-
-    encoder: PreprocessedEncoder
-    info: EncoderInfo
-    shapes: list[FeatureShape]  # every tap's
-    flow_taps: tuple[int, ...]  # the tap each flow reads
-
-    @classmethod
-    def of(cls, settings: CalibrationSettings, flow_strides: tuple[int, ...]) -> EncoderTaps:
-        module, info = load_encoder(settings.encoder, tap_strides=encoder_taps(flow_strides, settings.part_appearance))
-        encoder = PreprocessedEncoder(module, info.mean, info.std, settings.feature_pooling).eval()
-        shapes = feature_shapes(info.tap_channels, info.tap_strides, settings.input_size)
-        return cls(encoder, info, shapes, tuple(flow_tap_indices(info.tap_strides, flow_strides)))
-
-    @property
-    def flow_shapes(self) -> list[FeatureShape]:
-        return [self.shapes[i] for i in self.flow_taps]
-
-    def flow_inputs(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [features[i] for i in self.flow_taps]
-
-    def narrowed(
-        self, settings: CalibrationSettings, flow_strides: tuple[int, ...], cached: list[list[torch.Tensor]]
-    ) -> tuple[EncoderTaps, list[list[torch.Tensor]]]:
-        """The taps for fewer flow strides, and each cached feature list cut to them (the encoder
-        is frozen, so its features at the remaining taps are the same)."""
-        narrow = EncoderTaps.of(settings, flow_strides)
-        kept = [self.info.tap_strides.index(s) for s in narrow.info.tap_strides]
-        return narrow, [[features[i] for i in kept] for features in cached]
+def flow_inputs(features: list[torch.Tensor], flow_taps: tuple[int, ...]) -> list[torch.Tensor]:
+    return [features[i] for i in flow_taps]
 
 
 def part_distances(model, features: list[torch.Tensor], batch_size: int = 64) -> np.ndarray:
@@ -227,9 +185,11 @@ def calibrate(
     defects = load_images(defect_paths, settings.input_size, colour) if defect_paths else None
     seconds["read"] = time.monotonic() - started
 
-    strides = trained_strides(settings)
-    taps = EncoderTaps.of(settings, strides)
-    encoder = taps.encoder
+    encoder_module, info = load_encoder(settings.encoder, tap_strides=encoder_taps(settings))
+    encoder = PreprocessedEncoder(encoder_module, info.mean, info.std, settings.feature_pooling).eval()
+    tap_shapes = feature_shapes(info.tap_channels, info.tap_strides, settings.input_size)
+    flow_taps = flow_tap_indices(info.tap_strides, settings.flow_strides)
+    shapes = [tap_shapes[i] for i in flow_taps]
     train_images = fit.images
     if settings.augment.copies:
         a = settings.augment
@@ -243,32 +203,9 @@ def calibrate(
 
     mark = time.monotonic()
     torch.manual_seed(settings.train.seed)
-    decoders = CflowDecoders(taps.flow_shapes, settings.flow)
-    training = train_decoders(decoders, taps.flow_inputs(fit_features), settings.train, strides, device)
+    decoders = CflowDecoders(shapes, settings.flow)
+    training = train_decoders(decoders, flow_inputs(fit_features, flow_taps), settings.train, settings.flow_strides, device)
     seconds["train"] = time.monotonic() - mark
-
-    mark = time.monotonic()
-    held_ll = log_likelihoods(decoders, taps.flow_inputs(held_features), taps.flow_shapes)
-    constants = fit_scoring_constants(held_ll, settings.blur_sigma)
-    map_choice = None
-    if settings.synthetic_defects and len(strides) > 1:
-        synthetic = synthetic_defects(held.images, settings.synthetic_defects, settings.train.seed)
-        synthetic_features = encode_features(encoder, synthetic.images, label="encoding synthetic defects")
-        synthetic_ll = log_likelihoods(decoders, taps.flow_inputs(synthetic_features), taps.flow_shapes)
-        del synthetic_features
-        map_choice = choose_map(
-            strides, settings.optional_strides, settings.blur_sigma, held_ll, synthetic_ll, synthetic.masks, settings.input_size
-        )
-        constants = map_choice.constants
-        log(f"the map's scales and coarsest weight, by synthetic-defect score: {map_choice.scores}")
-        if len(map_choice.kept) < len(strides):
-            # The optional scale did not pay: the bundle is what a calibration without it gives.
-            strides = tuple(strides[i] for i in map_choice.kept)
-            decoders = decoders.keep(map_choice.kept)
-            held_ll = [held_ll[i] for i in map_choice.kept]
-            taps, (fit_features, held_features) = taps.narrowed(settings, strides, [fit_features, held_features])
-            encoder = taps.encoder
-    seconds["map_choice"] = time.monotonic() - mark
 
     mark = time.monotonic()
     part_appearance, shrinkage, held_distances = None, None, None
@@ -281,6 +218,16 @@ def calibrate(
         held_distances = part_distances(part_appearance, held_features)
         seconds["part_model"] = time.monotonic() - mark
         mark = time.monotonic()
+    held_ll = log_likelihoods(decoders, flow_inputs(held_features, flow_taps), shapes)
+    constants = fit_scoring_constants(held_ll, settings.blur_sigma)
+    weight_choice = None
+    if settings.synthetic_defects and len(shapes) > 1:
+        synthetic = synthetic_defects(held.images, settings.synthetic_defects, settings.train.seed)
+        synthetic_features = encode_features(encoder, synthetic.images, label="encoding synthetic defects")
+        synthetic_ll = log_likelihoods(decoders, flow_inputs(synthetic_features, flow_taps), shapes)
+        weight_choice = choose_coarsest_weight(constants, held_ll, synthetic_ll, synthetic.masks, settings.input_size)
+        constants = replace(constants, scale_weights=weight_choice.weights)
+        log(f"coarsest scale's weight in the map, by synthetic-defect score: {weight_choice.scores}")
     held_maps, held_map_maxima = anomaly_maps(held_ll, constants, settings.input_size)
     if part_appearance is not None:
         constants = with_part_score(constants, held_map_maxima, held_distances)
@@ -298,20 +245,18 @@ def calibrate(
         holdout_false_reject_rate=float(np.mean(held_scores > thresholds.image)),
         part_appearance_shrinkage=shrinkage,
         part_appearance_statistics=part_appearance.dimensions if part_appearance is not None else 0,
-        trained_strides=list(trained_strides(settings)),
-        map_choice_scores=map_choice.scores if map_choice is not None else {},
-        synthetic_defects=map_choice.synthetic_defects if map_choice is not None else 0,
+        coarsest_weight_scores=weight_choice.scores if weight_choice is not None else {},
+        synthetic_defects=weight_choice.synthetic_defects if weight_choice is not None else 0,
     )
     if defects is not None:
         defect_features = encode_features(encoder, defects.images, label="encoding defective parts")
         defect_distances = part_distances(part_appearance, defect_features) if part_appearance is not None else None
-        defect_ll = log_likelihoods(decoders, taps.flow_inputs(defect_features), taps.flow_shapes)
+        defect_ll = log_likelihoods(decoders, flow_inputs(defect_features, flow_taps), shapes)
         _, defect_scores = anomaly_maps(defect_ll, constants, settings.input_size, defect_distances)
         report.defect_images = len(defect_scores)
         report.defect_miss_rate = float(np.mean(defect_scores <= thresholds.image))
 
-    info = taps.info
-    flow_record = FlowRecord(**asdict(settings.flow), strides=None if strides == info.tap_strides else strides)
+    flow_record = FlowRecord(**asdict(settings.flow), strides=None if tuple(settings.flow_strides) == info.tap_strides else tuple(settings.flow_strides))
     manifest = Manifest(
         format_version=format_version_for(flow_record),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -340,11 +285,11 @@ def calibrate(
         torch.save(decoders.state_dict(), directory / FLOW_WEIGHTS)
         if part_appearance is not None:
             torch.save(part_appearance.state_dict(), directory / PART_APPEARANCE_WEIGHTS)
-        export_encoder(encoder, settings.input_size, directory / ENCODER_ONNX, len(taps.shapes))
-        export_flows(decoders, directory / FLOWS_ONNX, part_appearance=part_appearance, tap_shapes=taps.shapes, flow_taps=taps.flow_taps)
+        export_encoder(encoder, settings.input_size, directory / ENCODER_ONNX, len(tap_shapes))
+        export_flows(decoders, directory / FLOWS_ONNX, part_appearance=part_appearance, tap_shapes=tap_shapes, flow_taps=flow_taps)
         export_half_graphs(
             encoder, decoders, settings.input_size, directory / ENCODER_FP16_ONNX, directory / FLOWS_FP16_ONNX, part_appearance,
-            taps.shapes, taps.flow_taps,
+            tap_shapes, flow_taps,
         )
 
     mark = time.monotonic()

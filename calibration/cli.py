@@ -183,8 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--colour", choices=("auto", "rgb", "gray"), default="auto", help="auto: gray when every good image is gray")
     parser.add_argument(
         "--strides", type=parse_strides, default=None, metavar="S,S",
-        help="feature scales with a flow (default 8,16,32, plus 4 where synthetic defects made from the held-out good "
-        "parts show that it pays; given here, exactly these). Adding 4 sharpens the outlines of small defects; "
+        help="feature scales with a flow (default 8,16,32). Adding 4 sharpens the outlines of small defects; "
         "8,16 suits small, sharp defects (the whole-part score still sees stride 32); large, faint ones need 32 "
         "and lose with 4: compare bundles with edge-evaluate, or let --choose-strides compare them",
     )
@@ -263,8 +262,6 @@ def main(argv: list[str] | None = None) -> int:
         encoder=args.encoder,
         input_size=args.input_size,
         flow_strides=args.strides or TAP_STRIDES,
-        # An explicit --strides is the station's whole choice: no scale is added on synthetic defects.
-        optional_strides=() if args.strides else CalibrationSettings.optional_strides,
         colour=None if args.colour == "auto" else args.colour,
         flow=FlowConfig(coupling_blocks=args.coupling_blocks),
         feature_pooling=args.feature_pooling,

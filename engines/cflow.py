@@ -52,14 +52,6 @@ class CflowDecoders(nn.Module):
     def position_encoding(self, scale: int) -> torch.Tensor:
         return getattr(self, f"position_encoding_{scale}")
 
-    def keep(self, scales: Sequence[int]) -> CflowDecoders:
-        """A copy with only these scales' flows, as trained (calibration drops an optional scale
-        that the station's synthetic defects did not favour)."""
-        kept = CflowDecoders([self.shapes[i] for i in scales], self.config)
-        for new, old in enumerate(scales):
-            kept.flows[new].load_state_dict(self.flows[old].state_dict())
-        return kept
-
     def log_likelihood_maps(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Feature maps (B, C, h, w) -> per-position log-likelihood per channel (B, h, w), float32."""
         maps = []

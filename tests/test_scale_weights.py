@@ -1,10 +1,10 @@
-"""Synthetic defects and the per-station choice of the map made on them: the coarsest scale's
-weight, and whether an optional fine scale is kept."""
+"""Synthetic defects and the per-station choice of the coarsest scale's weight made on them."""
 
 import numpy as np
 
-from calibration.scale_weights import choose_map
+from calibration.scale_weights import choose_coarsest_weight
 from calibration.synthetic_defects import synthetic_defects
+from calibration.thresholds import fit_scoring_constants
 
 
 def test_synthetic_defects_change_the_part_where_their_mask_says():
@@ -34,36 +34,12 @@ def test_a_noisy_coarse_scale_gets_less_weight_and_an_informative_one_keeps_it()
     good = _log_likelihoods(rng, 20, coarse_noise=2.0)
     defects = _log_likelihoods(rng, 20, coarse_noise=2.0)
     defects[0][:, 4:8, 4:8] -= 3.0
-    choice = choose_map((8, 32), (), 0.0, good, defects, masks, (32, 32))
-    assert choice.kept == (0, 1) and choice.constants.scale_weights == (1.0, 0.25)
+    constants = fit_scoring_constants(good, 0.0)
+    assert choose_coarsest_weight(constants, good, defects, masks, (32, 32)).weights == (1.0, 0.25)
     # A quiet coarse scale that sees the defects (a large faint one): full weight is kept.
     good = _log_likelihoods(rng, 20, coarse_noise=0.1)
     defects = _log_likelihoods(rng, 20, coarse_noise=0.1)
     defects[0][:, 4:8, 4:8] -= 0.3
     defects[1][:, 1:2, 1:2] -= 3.0
-    choice = choose_map((8, 32), (), 0.0, good, defects, masks, (32, 32))
-    assert choice.constants.scale_weights is None and set(choice.scores) == {"8,32 x1", "8,32 x0.25"}
-
-
-def _with_fine_scale(rng, count, sees_defects):
-    fine = rng.normal(0, 0.1, size=(count, 32, 32)).astype(np.float32)
-    if sees_defects:
-        fine[:, 9:15, 9:15] -= 3.0  # the defect's outline, sharply
-    return fine
-
-
-def test_an_optional_fine_scale_is_kept_only_where_it_outlines_the_defects_better():
-    rng = np.random.default_rng(2)
-    masks = np.zeros((20, 32, 32), bool)
-    masks[:, 9:15, 9:15] = True
-    good = [_with_fine_scale(rng, 20, False), *_log_likelihoods(rng, 20, coarse_noise=0.1)]
-    # The stride-8 map sees the defect only as a blurred blob one position too wide.
-    defects = [_with_fine_scale(rng, 20, True), *_log_likelihoods(rng, 20, coarse_noise=0.1)]
-    defects[1][:, 1:5, 1:5] -= 3.0
-    choice = choose_map((4, 8, 32), (4,), 0.0, good, defects, masks, (32, 32))
-    assert choice.kept == (0, 1, 2) and len(choice.constants.log_likelihood_reference) == 3
-    # A fine scale that is blind to the defects is dropped, and the references are the other two's.
-    defects[0] = _with_fine_scale(rng, 20, False)
-    choice = choose_map((4, 8, 32), (4,), 0.0, good, defects, masks, (32, 32))
-    assert choice.kept == (1, 2) and len(choice.constants.log_likelihood_reference) == 2
-    assert {"8,32 x1", "4,8,32 x1"} <= set(choice.scores)
+    choice = choose_coarsest_weight(fit_scoring_constants(good, 0.0), good, defects, masks, (32, 32))
+    assert choice.weights is None and set(choice.scores) == {"1", "0.25"}
