@@ -278,7 +278,7 @@ def main() -> int:
             for bundle_path, label, frames in subjects(args, work):
                 bundle = open_bundle(bundle_path)
                 encoder, size = bundle.manifest.encoder.name, bundle.manifest.input_size[0]
-                slug = label.replace(" ", "-")
+                slug = label.replace(" ", "-").replace("/", "-")
                 video = work / f"stream-{slug}.avi"
                 if args.bundle:
                     good_parts_video(video, Path(bundle.manifest.training["good_folder"]), frames, tuple(bundle.manifest.input_size))
@@ -330,7 +330,7 @@ def subjects(args, work: Path):
     and size."""
     if args.bundle:
         for path in args.bundle:
-            yield path, path.name, args.frames
+            yield path, f"{path.parent.name}/{path.name}", args.frames  # the parent tells bundles of one name apart
         return
     for encoder in args.encoders:
         for size in args.sizes:
@@ -342,13 +342,13 @@ def subjects(args, work: Path):
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'bundle':<26} {'size':>5} {'rejects':>7} {'GFLOP':>6} {'GFLOP/s':>8} {'e2e fps':>8} {'backend fps':>11} {'1 session':>9} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'paced p50/p99':>14} {'RSS MiB':>13}")
+    print(f"\n{'bundle':<44} {'size':>5} {'rejects':>7} {'GFLOP':>6} {'GFLOP/s':>8} {'e2e fps':>8} {'backend fps':>11} {'1 session':>9} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'paced p50/p99':>14} {'RSS MiB':>13}")
     for r in rows:
         e, lat = r["end_to_end"], r["end_to_end"]["latency_ms"]
         rss = "-" if not e["rss_mib_start_end"] else "{}->{}".format(*e["rss_mib_start_end"])
         paced = "{p50:.1f}/{p99:.1f}".format(**r["end_to_end_paced"]["latency_ms"])
         print(
-            f"{r['label']:<26} {r['input_size']:>5} {e['rejects']:>7} {r['gflop_per_frame']:6.2f} {r['achieved_gflops_end_to_end']:8.1f} {e['fps']:8.1f} "
+            f"{r['label']:<44} {r['input_size']:>5} {e['rejects']:>7} {r['gflop_per_frame']:6.2f} {r['achieved_gflops_end_to_end']:8.1f} {e['fps']:8.1f} "
             f"{r['backend_only']['fps']:11.1f} {r['backend_one_session']['fps']:9.1f} {r['e2e_over_backend']:6.2f} {lat['p50']:7.1f} {lat['p95']:7.1f} {lat['p99']:7.1f} {paced:>14} {rss:>13}"
         )
     for r in rows:
