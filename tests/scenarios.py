@@ -204,6 +204,8 @@ def proc_resources(pid: int) -> dict | None:
     except OSError:
         return None
     fields = dict(line.split(":", 1) for line in status if ":" in line)
+    if "VmRSS" not in fields:  # exited, not yet reaped: a zombie has no memory lines
+        return None
     return {"rss_kib": int(fields["VmRSS"].split()[0]), "threads": int(fields["Threads"]), "fds": fds}
 
 
