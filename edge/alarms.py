@@ -20,6 +20,7 @@ SCORE_DRIFT = "score_drift"
 DISK_FULL = "disk_full"
 OUTBOX_BACKLOG = "outbox_backlog"
 UNKNOWN_RECIPE = "unknown_recipe"
+REJECT_RATE = "reject_rate"
 
 
 class Alarms:

@@ -273,6 +273,12 @@ class AlarmsConfig(_Section):
     drift_spreads: Annotated[StrictFloat, Field(gt=0)] = 3.0
     # Rejects waiting for the broker beyond this: the PLC is not getting them.
     outbox_backlog: Annotated[StrictInt, Field(ge=1)] = 100
+    # More than this share of the last reject_rate_parts inspected parts rejected. Score drift
+    # watches passing parts only, so it is blind when the picture changes so much that nothing
+    # passes (an MJPEG camera on a bundle calibrated from PNG images rejects every good plate).
+    # 1.0 turns it off.
+    reject_rate: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.5
+    reject_rate_parts: Annotated[StrictInt, Field(ge=10)] = 50
 
 
 class ReviewConfig(_Section):

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from edge.alarms import DISK_FULL, OUTBOX_BACKLOG, SCORE_DRIFT
+from edge.alarms import DISK_FULL, OUTBOX_BACKLOG, REJECT_RATE, SCORE_DRIFT
 from edge.audit import AuditLog
 from edge.config import AlarmsConfig, CameraConfig, Config
 from edge.frame_numbers import FrameNumbers
@@ -57,7 +57,7 @@ def build_station(config: Config, camera: CameraConfig, engines: dict[str, Stati
     outbox = Outbox(state / "outbox" / camera.station, make_room=lambda: review.free_space() or audit.free_space())
     by_recipe = recipe_engines(config, camera, engines)
     recipes = StationRecipes(name, by_recipe, camera.default_recipe, state / "recipe" / name)
-    stats = StationStats(calibrations(by_recipe))
+    stats = StationStats(calibrations(by_recipe), recent_parts=config.alarms.reject_rate_parts)
     publisher = StationPublisher(config.mqtt, name, outbox)
     frame_numbers = FrameNumbers(state / "frame_numbers" / name, first_if_new=lambda: first_unused_frame_number(audit, outbox))
     teach = TeachIn(name, state / "teach" / name, camera, every_frame_is_a_part=camera.mode == "triggered" or camera.source.type == "folder", min_free_bytes=int(config.review.min_free_mb * 1_000_000))
@@ -104,6 +104,14 @@ def check_alarms(station: Station, limits: AlarmsConfig, stats: dict) -> None:
         f"passing parts' median score is {drift:+.1f} calibration spreads from the good parts' (limit {limits.drift_spreads:g}): check lighting, lens and product; re-calibrate if the change is meant"
         if drift is not None
         else "",
+    )
+    recent = stats["recent"]
+    station.alarms.set(
+        REJECT_RATE,
+        recent["parts"] >= limits.reject_rate_parts and recent["rejects"] > limits.reject_rate * recent["parts"],
+        f"{recent['rejects']} of the last {recent['parts']} parts rejected (limit {limits.reject_rate:.0%}): if they are good parts, "
+        "the picture has changed since calibration (camera compression, lighting, focus, product); fix that, or re-calibrate "
+        "from this camera (edge-inspect teach)",
     )
     station.alarms.set(DISK_FULL, bool(stats["disk_full"]), "the state directory is full: the oldest audit records are being deleted to keep the outbox")
     backlog = stats["outbox_pending"]

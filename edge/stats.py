@@ -12,8 +12,9 @@ from edge.counters import Counter
 
 
 class StationStats:
-    def __init__(self, calibrations: dict[str, dict[str, float]], window: int = 1000):
+    def __init__(self, calibrations: dict[str, dict[str, float]], window: int = 1000, recent_parts: int = 50):
         self.lock = threading.Lock()
+        self.recent_rejects: collections.deque[bool] = collections.deque(maxlen=recent_parts)  # the reject-rate alarm's window
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=window)
         self.pass_scores: collections.deque[float] = collections.deque(maxlen=window)
         self.finished: collections.deque[float] = collections.deque(maxlen=window)
@@ -44,6 +45,7 @@ class StationStats:
             self.parts += 1
             self.latencies_ms.append(latency_ms)
             self.finished.append(time.monotonic())
+            self.recent_rejects.append(reject)
             if reject:
                 self.rejects += 1
             else:
@@ -73,6 +75,7 @@ class StationStats:
                 "parts": self.parts,
                 "rejects": self.rejects,
                 "reject_rate": self.rejects / self.parts if self.parts else 0.0,
+                "recent": {"parts": len(self.recent_rejects), "rejects": sum(self.recent_rejects)},
                 "fps": round(fps, 2),
                 "latency_ms": {f"p{p}": round(float(np.percentile(latencies, p)), 2) for p in (50, 95, 99)},
                 "dropped_frames": self.dropped.value,

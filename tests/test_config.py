@@ -113,6 +113,8 @@ BAD = [
     ("recipe without recipes", "cameras.0.recipe", "A", "cameras[0]"),
     ("empty recipes", "cameras.0.recipes", {}, "cameras[0]"),
     ("review ring of one part", "review.keep_parts", 1, "review.keep_parts"),
+    ("reject-rate alarm above 1", "alarms.reject_rate", 1.5, "alarms.reject_rate"),
+    ("reject-rate alarm over 3 parts", "alarms.reject_rate_parts", 3, "alarms.reject_rate_parts"),
 ]
 
 

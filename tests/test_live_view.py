@@ -70,7 +70,8 @@ def test_an_outbox_backlog_raises_a_retained_alarm_that_clears_once_delivered(sm
     video = tmp_path / "line.avi"
     noise_video(video, 40)
     camera = f"  - station: away\n    source: {{type: file, path: {video}, fps: 20, loop: true}}\n"
-    config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera, extra="alarms: {outbox_backlog: 3}\n", publish="{stats_interval_s: 0.5}")
+    # Every noise part is a reject, so the reject-rate alarm is turned off (1.0): this is about the outbox.
+    config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera, extra="alarms: {outbox_backlog: 3, reject_rate: 1.0}\n", publish="{stats_interval_s: 0.5}")
     process = start_daemon(config)
     try:
         time.sleep(9)  # the broker is away: rejects pile up in the outbox
