@@ -25,6 +25,7 @@ from engines.backends import open_backend  # noqa: E402
 from engines.bundle import open_bundle  # noqa: E402
 from engines.inspector import Inspector  # noqa: E402
 from engines.preprocess import to_model_input  # noqa: E402
+from tests.scenarios import read_video  # noqa: E402
 
 JPEG_QUALITIES = (95, 85, 75)
 
@@ -36,12 +37,7 @@ def through_mjpeg_video(frames: list[np.ndarray], work: Path) -> list[np.ndarray
     for frame in frames:
         writer.write(frame)
     writer.release()
-    capture, decoded = cv2.VideoCapture(str(path)), []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            return decoded
-        decoded.append(frame)
+    return read_video(path)
 
 
 def jpeg(frame: np.ndarray, quality: int) -> np.ndarray:
