@@ -113,13 +113,19 @@ class _Tier:
         self.parts[part_id] = kept
         self.bytes += kept.size
         while len(self.parts) > self.max_parts or self.bytes > self.max_bytes:
-            out.append(self.pop(next(iter(self.parts))))
+            out.append(self.pop_oldest())
         return out
 
     def pop(self, part_id: str) -> _Kept:
         kept = self.parts.pop(part_id)
         self.bytes -= kept.size
         return kept
+
+    def oldest(self) -> _Kept | None:
+        return next(iter(self.parts.values()), None)
+
+    def pop_oldest(self) -> _Kept:
+        return self.pop(next(iter(self.parts)))
 
 
 class ReviewRing:
@@ -149,12 +155,12 @@ class ReviewRing:
         found = []
         for path in self.recent.iterdir():
             parsed = _part_of(path.name)
+            if parsed is None:
+                continue
             try:
-                stat = path.stat() if parsed is not None else None
+                found.append((parsed, path, path.stat()))
             except OSError:
                 continue
-            if parsed is not None and stat is not None:
-                found.append((parsed, path, stat))
         for (sequence, part_id), path, stat in sorted(found, key=lambda item: item[0][0]):
             self._delete(self.on_disk.add(part_id or path.stem, _Kept(True, stat.st_mtime, {}, path=path, size=stat.st_size)))
             self.sequence = max(self.sequence, sequence)
@@ -248,13 +254,13 @@ class ReviewRing:
         with self.condition:
             if not self.on_disk.parts:
                 return False
-            self._delete([self.on_disk.pop(next(iter(self.on_disk.parts)))])
+            self._delete([self.on_disk.pop_oldest()])
             return True
 
     def _expire(self, now: float) -> None:
         expired = now - self.limits.keep_rejects_hours * 3600.0
-        while self.on_disk.parts and next(iter(self.on_disk.parts.values())).time < expired:
-            self._delete([self.on_disk.pop(next(iter(self.on_disk.parts)))])
+        while (oldest := self.on_disk.oldest()) is not None and oldest.time < expired:
+            self._delete([self.on_disk.pop_oldest()])
 
     @staticmethod
     def _delete(gone: list[_Kept]) -> None:
