@@ -40,7 +40,7 @@ def start_daemon(config: Path, env: dict | None = None, launcher: str | None = N
 
 def finish(process: subprocess.Popen, timeout: float = 120) -> str:
     output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output
+    assert process.returncode == 0, f"the daemon exited with {process.returncode}:\n{output[-5000:]}"
     return output
 
 

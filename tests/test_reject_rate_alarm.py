@@ -47,8 +47,7 @@ def test_a_station_rejecting_nearly_everything_raises_the_reject_rate_alarm(smal
     subscriber = Subscriber(broker.port)
     process = start_daemon(config)
     try:
-        ok = subscriber.reached("result", 2 * PARTS, timeout=90)
-        time.sleep(2.5)  # stats ticks (every second) after the last part, where alarms are checked
+        ok = subscriber.reached("result", 2 * PARTS, timeout=90) and _window_full_in_stats(subscriber, ("good", "noise"), timeout=30)
     finally:
         process.send_signal(signal.SIGTERM)
     output = finish(process, timeout=60)
@@ -66,3 +65,15 @@ def test_a_station_rejecting_nearly_everything_raises_the_reject_rate_alarm(smal
     assert [s["recent"] for s in stats if s["station"] == "noise"][-1] == {"parts": 10, "rejects": 10}
     assert output.count("alarm reject_rate") == 1  # raised once, however many ticks see it
     subscriber.close()
+
+
+def _window_full_in_stats(subscriber: Subscriber, stations: tuple[str, ...], timeout: float) -> bool:
+    """Every station has published stats with a full window: the alarms of that tick were checked
+    (and published) before those stats went out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        full = {s["station"] for s in map(lambda m: json.loads(m.payload), subscriber.on("stats")) if s["recent"]["parts"] == 10}
+        if full >= set(stations):
+            return True
+        time.sleep(0.1)
+    return False
