@@ -6,21 +6,38 @@ from __future__ import annotations
 import json
 import signal
 
+import cv2
+import numpy as np
 import pytest
 
+from tests.conftest import METAL_PLATE, require
 from tests.console_helpers import ConsoleProcess
 from tests.mqtt_helpers import Subscriber
 from tests.test_console import _loaded, _wait, browser, screenshots  # noqa: F401 (fixtures)
 from tests.test_daemon_e2e import finish, start_daemon, write_config
-from tests.test_live_view import noise_video
+
+
+def parts_video(path, size: int = 128) -> None:
+    """A line as a shift sees it: real MPDD plates, mostly good, some defective, and now and then
+    something that is no plate at all (noise: a sure reject). Stored losslessly: MJPEG artefacts
+    alone make good plates rejects (bench/compression.py)."""
+    good = sorted((require(METAL_PLATE) / "train" / "good").glob("*.png"))[:12]
+    defective = sorted(p for p in (METAL_PLATE / "test").glob("*/*.png") if p.parent.name != "good")[::12][:4]
+    noise = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    frames = [cv2.resize(cv2.imread(str(p)), (size, size), interpolation=cv2.INTER_AREA) for p in good[:6] + defective[:2] + good[6:] + defective[2:]]
+    frames.insert(9, noise)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"png "), 30, (size, size))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
 
 
 @pytest.fixture
 def line(small_bundle, broker, tmp_path):
-    """The daemon inspecting a looping video (every other frame noise: rejects), with the live view on."""
+    """The daemon inspecting a looping video of real parts, with the live view on."""
     bundle, _ = small_bundle
     video = tmp_path / "cell.avi"
-    noise_video(video, 60)
+    parts_video(video)
     camera = f"  - station: cell-7\n    source: {{type: file, path: {video}, fps: 10, loop: true}}\n"
     config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera, publish="{stats_interval_s: 1, preview_hz: 2, heatmaps: rejects}")
     console = ConsoleProcess(broker.port, tmp_path)
