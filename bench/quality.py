@@ -123,16 +123,16 @@ def scale_subsets(bundle, scored) -> list[dict]:
 
 def map_ablation(bundle, scored) -> dict | None:
     """The same bundle's map, by the map alone, without what issue 22 added: every scale weighted
-    equally (the weight calibration chose on synthetic defects), and, for a bundle with a stride-4
-    flow (--strides 4,...), without that flow (each flow trains independently, so the others'
-    subset is that model). None where neither applies."""
+    equally (the weight calibration chose on synthetic defects), without the nearest good patch's
+    term, and, for a bundle with a stride-4 flow (--strides 4,...), without that flow (each flow
+    trains independently, so the others' subset is that model). None where none applies."""
     constants = replace(bundle.manifest.scoring, part_score=None)
     strides = bundle.manifest.flow_strides
     size = tuple(bundle.manifest.input_size)
 
-    def metrics(scales: tuple[int, ...], weights) -> dict:
-        sub = replace(constants.subset(scales), scale_weights=weights)
-        maps, scores = anomaly_maps([scored.log_likelihoods[i] for i in scales], sub, size)
+    def metrics(scales: tuple[int, ...], weights, patch: bool = True) -> dict:
+        sub = replace(constants.subset(scales), scale_weights=weights, nearest_patch=constants.nearest_patch if patch else None)
+        maps, scores = anomaly_maps([scored.log_likelihoods[i] for i in scales], sub, size, patch_distances=scored.patch_distances)
         m = category_metrics(maps, scores, scored.masks, scored.labels, None)
         return {k: m.get(k) for k in ("image_auroc", "pixel_auroc", "pro")}
 
@@ -140,6 +140,9 @@ def map_ablation(bundle, scored) -> dict | None:
     rows = {}
     if constants.scale_weights is not None:
         rows["equal scale weights, map only"] = metrics(everything, None)
+    if constants.nearest_patch is not None:
+        rows["without the nearest patch, map only"] = metrics(everything, constants.scale_weights, patch=False)
+        rows["without the nearest patch, equal scale weights, map only"] = metrics(everything, None, patch=False)
     if 4 in strides and len(strides) > 1:
         without = tuple(i for i, s in enumerate(strides) if s != 4)
         rows["without the stride-4 flow, map only"] = metrics(without, constants.subset(without).scale_weights)

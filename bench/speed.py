@@ -72,7 +72,8 @@ def model_flops(bundle) -> float:
     from engines.backends.torch_backend import build_torch_model
     from engines.cflow import FoldedDecoders
 
-    encoder, decoders, part_appearance = build_torch_model(bundle)
+    model = build_torch_model(bundle)
+    encoder, decoders, part_appearance = model.encoder, model.decoders, model.part_appearance
     total = [0.0]
 
     def count(module, inputs, output):
@@ -89,6 +90,9 @@ def model_flops(bundle) -> float:
             total[0] += 2 * shape.positions * (block.in_weight.numel() + block.out_weight.numel())
     if part_appearance is not None:
         total[0] += 2 * part_appearance.whitening.numel()
+    if model.nearest_patch is not None:
+        positions = decoders.shapes[0].positions if 8 not in bundle.manifest.flow_strides else decoders.shapes[bundle.manifest.flow_strides.index(8)].positions
+        total[0] += 2 * positions * model.nearest_patch.bank.numel()
     return total[0]
 
 
@@ -147,7 +151,7 @@ def stage_breakdown(bundle_path: Path, video: Path, frames: int, broker_port: in
         model_input = timed("preprocess", inspector.model_input, image)
         features = timed("encoder", backend.encoder.run, backend.feature_names, {"image": model_input[None]})
         outputs = timed("flows", backend.flows.run, None, dict(zip(backend.flow_inputs, features)))
-        output = ModelOutput.from_graph_outputs(outputs, backend.scales)
+        output = ModelOutput.from_graph_outputs(backend.flow_outputs, outputs)
         maps, scores = timed("scoring", inspector.score, output)
         verdict = timed("decision", decide, maps[0], float(scores[0]), thresholds.image, thresholds.pixel, 16, (0, 0, image.shape[1], image.shape[0]))
         box = (0, 0, image.shape[1], image.shape[0])

@@ -16,9 +16,9 @@ from calibration.augment import augmented_copies, nuisance_copies
 from calibration.device import resolve_device
 from calibration.images import ImageFolderError, list_images, load_images
 from calibration.progress import Progress
-from calibration.scale_weights import choose_coarsest_weight
+from calibration.scale_weights import choose_coarsest_weight, choose_nearest_patch
 from calibration.synthetic_defects import synthetic_defects
-from calibration.thresholds import choose_thresholds, fit_scoring_constants, with_part_score
+from calibration.thresholds import choose_thresholds, fit_scoring_constants, with_nearest_patch, with_part_score
 from calibration.train import TrainConfig, encode_features, log_likelihoods, train_decoders
 from engines.bundle import (
     ENCODER_FP16_ONNX,
@@ -26,6 +26,7 @@ from engines.bundle import (
     FLOW_WEIGHTS,
     FLOWS_FP16_ONNX,
     FLOWS_ONNX,
+    NEAREST_PATCH_WEIGHTS,
     PART_APPEARANCE_WEIGHTS,
     Bundle,
     EncoderRecord,
@@ -35,10 +36,11 @@ from engines.bundle import (
     format_version_for,
     write_bundle,
 )
-from engines.cflow import CflowDecoders, PreprocessedEncoder, feature_shapes
+from engines.cflow import CflowDecoders, FeatureShape, PreprocessedEncoder, feature_shapes
 from engines.encoders import TAP_STRIDES, load_encoder
 from engines.export import export_encoder, export_flows, export_half_graphs
 from engines.flow import FlowConfig
+from engines.nearest_patch import PATCH_STRIDES, fit_nearest_patch, nearest_distances, patch_taps
 from engines.part_appearance import fit_part_appearance, part_statistics
 from engines.scoring import anomaly_maps, image_scores
 
@@ -71,6 +73,9 @@ class CalibrationSettings:
     target_pixel_false_positive_rate: float = 0.005
     feature_pooling: int = 1  # 1: none (the paper); 3 or 5 for large, faint defects (bench/README.md)
     part_appearance: bool = True  # also score each part as a whole (engines/part_appearance.py)
+    # Put each position's distance to its nearest good patch beside the flows in the map
+    # (engines/nearest_patch.py): sharper outlines for one matmul per frame (issue 22).
+    nearest_patch: bool = True
     # Pixels at the input size; 4 gave the best PRO on MPDD metal_plate (0, 2, 4 tried). On synthetic
     # defects made from held-out good parts 2 scored 0.002-0.003 higher, within their noise (issue 22).
     blur_sigma: float = 4.0
@@ -97,6 +102,9 @@ class CalibrationReport:
     # in the manifest's scoring.scale_weights; calibration/scale_weights.py).
     coarsest_weight_scores: dict[str, float] = field(default_factory=dict)
     synthetic_defects: int = 0
+    nearest_patch_bank: int = 0  # patches in the bank; 0: no nearest-patch term
+    # Selection score on the synthetic defects with and without that term (calibration/scale_weights.py).
+    nearest_patch_scores: dict[str, float] = field(default_factory=dict)
 
 
 def split_good(paths: list[Path], holdout: list[Path] | None, fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -114,6 +122,11 @@ def split_good(paths: list[Path], holdout: list[Path] | None, fraction: float, s
             need += f" ({MIN_FIT_IMAGES + MIN_HOLDOUT_IMAGES} in one folder; a few hundred give a reliable threshold)"
         raise ImageFolderError(f"too few good images: {len(fit)} to train and {len(held)} held out; need {need}")
     return fit, held
+
+
+def tap_maps(features: list[torch.Tensor], shapes: list[FeatureShape]) -> list[torch.Tensor]:
+    """The cached (N, positions, channels) fibers as (N, channels, height, width) maps."""
+    return [f.transpose(1, 2).reshape(len(f), s.channels, s.height, s.width) for f, s in zip(features, shapes)]
 
 
 def channels_first(features: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -135,13 +148,17 @@ def encode_part_statistics(encoder: PreprocessedEncoder, images: np.ndarray, bat
 
 
 def encoder_taps(settings: CalibrationSettings) -> tuple[int, ...]:
-    """The strides the encoder outputs: the flows' and, for the whole-part model, 8, 16 and 32.
+    """The strides the encoder outputs: the flows', for the whole-part model 8, 16 and 32, and
+    for the nearest patch 8 and 16.
     Dropping a scale's flow (its likelihoods are noisy on a station) need not drop the stage
     from the part score: on mvtec3d/tire, flows at 8,16 with the part model over all three
     stages give image AUROC 0.81, against 0.76 with the part model over two (bench/README.md)."""
-    if not settings.part_appearance:
-        return settings.flow_strides
-    return tuple(sorted(set(settings.flow_strides) | set(TAP_STRIDES)))
+    taps = set(settings.flow_strides)
+    if settings.part_appearance:
+        taps |= set(TAP_STRIDES)
+    if settings.nearest_patch:
+        taps |= set(PATCH_STRIDES)
+    return tuple(sorted(taps))
 
 
 def flow_inputs(features: list[torch.Tensor], flow_taps: tuple[int, ...]) -> list[torch.Tensor]:
@@ -218,6 +235,15 @@ def calibrate(
         held_distances = part_distances(part_appearance, held_features)
         seconds["part_model"] = time.monotonic() - mark
         mark = time.monotonic()
+    nearest_patch, held_patch, patch_scores = None, None, {}
+    if settings.nearest_patch:
+        log("choosing the bank of good patches")
+        taps = patch_taps(info.tap_strides)
+        assert taps is not None, "encoder_taps() always taps strides 8 and 16 for the nearest patch"
+        nearest_patch = fit_nearest_patch(tap_maps(fit_features, tap_shapes), taps, settings.train.seed)
+        held_patch = nearest_distances(nearest_patch, tap_maps(held_features, tap_shapes))
+        seconds["nearest_patch"] = time.monotonic() - mark
+        mark = time.monotonic()
     held_ll = log_likelihoods(decoders, flow_inputs(held_features, flow_taps), shapes)
     constants = fit_scoring_constants(held_ll, settings.blur_sigma)
     weight_choice = None
@@ -228,7 +254,16 @@ def calibrate(
         weight_choice = choose_coarsest_weight(constants, held_ll, synthetic_ll, synthetic.masks, settings.input_size)
         constants = replace(constants, scale_weights=weight_choice.weights)
         log(f"coarsest scale's weight in the map, by synthetic-defect score: {weight_choice.scores}")
-    held_maps, held_map_maxima = anomaly_maps(held_ll, constants, settings.input_size)
+    if nearest_patch is not None:
+        constants = with_nearest_patch(constants, held_patch)
+        if weight_choice is not None:
+            synthetic_patch = nearest_distances(nearest_patch, tap_maps(synthetic_features, tap_shapes))
+            patch_choice = choose_nearest_patch(constants, held_ll, synthetic_ll, held_patch, synthetic_patch, synthetic.masks, settings.input_size)
+            patch_scores = patch_choice.scores
+            log(f"nearest good patch in the map, by synthetic-defect score: {patch_scores} ({'kept' if patch_choice.keep else 'left out'})")
+            if not patch_choice.keep:
+                nearest_patch, held_patch, constants = None, None, replace(constants, nearest_patch=None)
+    held_maps, held_map_maxima = anomaly_maps(held_ll, constants, settings.input_size, patch_distances=held_patch)
     if part_appearance is not None:
         constants = with_part_score(constants, held_map_maxima, held_distances)
     held_scores = image_scores(held_map_maxima, constants, held_distances)
@@ -247,12 +282,15 @@ def calibrate(
         part_appearance_statistics=part_appearance.dimensions if part_appearance is not None else 0,
         coarsest_weight_scores=weight_choice.scores if weight_choice is not None else {},
         synthetic_defects=weight_choice.synthetic_defects if weight_choice is not None else 0,
+        nearest_patch_bank=len(nearest_patch.bank) if nearest_patch is not None else 0,
+        nearest_patch_scores=patch_scores,
     )
     if defects is not None:
         defect_features = encode_features(encoder, defects.images, label="encoding defective parts")
         defect_distances = part_distances(part_appearance, defect_features) if part_appearance is not None else None
         defect_ll = log_likelihoods(decoders, flow_inputs(defect_features, flow_taps), shapes)
-        _, defect_scores = anomaly_maps(defect_ll, constants, settings.input_size, defect_distances)
+        defect_patch = nearest_distances(nearest_patch, tap_maps(defect_features, tap_shapes)) if nearest_patch is not None else None
+        _, defect_scores = anomaly_maps(defect_ll, constants, settings.input_size, defect_distances, defect_patch)
         report.defect_images = len(defect_scores)
         report.defect_miss_rate = float(np.mean(defect_scores <= thresholds.image))
 
@@ -285,11 +323,13 @@ def calibrate(
         torch.save(decoders.state_dict(), directory / FLOW_WEIGHTS)
         if part_appearance is not None:
             torch.save(part_appearance.state_dict(), directory / PART_APPEARANCE_WEIGHTS)
+        if nearest_patch is not None:
+            torch.save({"bank": nearest_patch.bank}, directory / NEAREST_PATCH_WEIGHTS)
         export_encoder(encoder, settings.input_size, directory / ENCODER_ONNX, len(tap_shapes))
-        export_flows(decoders, directory / FLOWS_ONNX, part_appearance=part_appearance, tap_shapes=tap_shapes, flow_taps=flow_taps)
+        export_flows(decoders, directory / FLOWS_ONNX, part_appearance=part_appearance, tap_shapes=tap_shapes, flow_taps=flow_taps, nearest_patch=nearest_patch)
         export_half_graphs(
             encoder, decoders, settings.input_size, directory / ENCODER_FP16_ONNX, directory / FLOWS_FP16_ONNX, part_appearance,
-            tap_shapes, flow_taps,
+            tap_shapes, flow_taps, nearest_patch,
         )
 
     mark = time.monotonic()

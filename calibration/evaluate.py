@@ -32,6 +32,7 @@ class ScoredCategory:
     reference_scores: np.ndarray
     log_likelihoods: list[np.ndarray]  # per scale (N, h, w), for scoring ablations
     part_distances: np.ndarray | None  # (N,), None for a bundle without a part appearance model
+    patch_distances: np.ndarray | None  # (N, h8, w8), None for a bundle without a patch bank
     seconds_per_image: float
 
 
@@ -72,6 +73,7 @@ def score_category(
         reference_scores=reference_scores,
         log_likelihoods=per_scale,
         part_distances=output.part_distances,
+        patch_distances=output.patch_distances,
         seconds_per_image=elapsed / len(images),
     )
 

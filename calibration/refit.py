@@ -13,7 +13,7 @@ import numpy as np
 
 from calibration.images import list_images, load_images
 from calibration.retune import history_entry, write_amended
-from calibration.thresholds import choose_thresholds, fit_scoring_constants, with_part_score
+from calibration.thresholds import choose_thresholds, fit_scoring_constants, with_nearest_patch, with_part_score
 from engines.backends import ModelOutput, open_backend
 from engines.bundle import Bundle, BundleError
 from engines.scoring import anomaly_maps, image_scores
@@ -61,9 +61,11 @@ def refit(
 
     out = model_outputs(bundle, images, threads, progress)
     old = m.thresholds
-    _, old_scores = anomaly_maps(out.log_likelihoods, m.scoring, m.input_size, out.part_distances)
+    _, old_scores = anomaly_maps(out.log_likelihoods, m.scoring, m.input_size, out.part_distances, out.patch_distances)
     constants = fit_scoring_constants(out.log_likelihoods, m.scoring.blur_sigma, m.scoring.scale_weights)
-    maps, maxima = anomaly_maps(out.log_likelihoods, constants, m.input_size)
+    if m.scoring.nearest_patch is not None and out.patch_distances is not None:
+        constants = with_nearest_patch(constants, out.patch_distances, m.scoring.nearest_patch.weight)
+    maps, maxima = anomaly_maps(out.log_likelihoods, constants, m.input_size, patch_distances=out.patch_distances)
     if m.scoring.part_score is not None and out.part_distances is not None:
         constants = with_part_score(constants, maxima, out.part_distances)
     scores = image_scores(maxima, constants, out.part_distances)
@@ -75,7 +77,7 @@ def refit(
     if defects is not None:
         defect_images = load_images(list_images(defects), m.input_size, m.colour).images
         d = model_outputs(bundle, defect_images, threads, lambda done, total: None)
-        _, defect_scores = anomaly_maps(d.log_likelihoods, constants, m.input_size, d.part_distances)
+        _, defect_scores = anomaly_maps(d.log_likelihoods, constants, m.input_size, d.part_distances, d.patch_distances)
         report = replace(report, defect_images=len(defect_scores), miss_rate=float(np.mean(defect_scores <= thresholds.image)))
     changes = {
         "scoring": "fitted again on the good parts",

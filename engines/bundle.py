@@ -29,8 +29,12 @@ from engines.scoring import ScoringConstants, ScoringJson
 # supported changes made to it since calibration, and the held-out good parts' scores
 # (thresholds.good_scores) that a threshold can be re-chosen from. Bundles before it cannot be
 # told from hand-edited ones, so they are refused; `edge-bundle reseal` carries one over.
-FORMAT_VERSION = 4
-READABLE_FORMAT_VERSIONS = (4,)
+# 5: the map may weigh the flows' scales unequally (scoring.scale_weights) and include each
+# position's distance to its nearest good patch (scoring.nearest_patch, nearest_patch.pt and a
+# patch_distance output of the flows graph). A version-4 reader would refuse the new keys as
+# unknown; the version says why. Version 4 bundles are read as they are.
+FORMAT_VERSION = 5
+READABLE_FORMAT_VERSIONS = (4, 5)
 UNSEALED_FORMAT_VERSIONS = (1, 2, 3)  # what `edge-bundle reseal` reads
 MANIFEST = "manifest.json"
 # Ed25519 signature of manifest.json's bytes, for plants that sign their bundles (engines/signing.py).
@@ -46,8 +50,14 @@ FLOWS_FP16_ONNX = "flows_fp16.onnx"
 FLOW_WEIGHTS = "flows.pt"
 # The whole-part appearance model's Gaussian (engines/part_appearance.py); bundles before it have none.
 PART_APPEARANCE_WEIGHTS = "part_appearance.pt"
-# The flows graph's last output when the bundle has a part appearance model.
+# The flows graph's outputs: a log-likelihood map per flow (log_likelihood_0, ...), then the
+# part's distance where the bundle has a part appearance model, then each stride-8 position's
+# distance to its nearest good patch where it has a patch bank.
+LOG_LIKELIHOOD_PREFIX = "log_likelihood_"
 PART_DISTANCE = "part_distance"
+PATCH_DISTANCE = "patch_distance"
+# The nearest good patch's bank (engines/nearest_patch.py); bundles before format 5 have none.
+NEAREST_PATCH_WEIGHTS = "nearest_patch.pt"
 
 
 class BundleError(RuntimeError):
@@ -349,8 +359,12 @@ def open_bundle(path: str | os.PathLike, public_key: str | os.PathLike | None = 
     else:
         body = check_seal(data, manifest_path)
         if version not in READABLE_FORMAT_VERSIONS:
-            raise BundleError(f"{manifest_path}: bundle format version {version!r}, this software reads version {FORMAT_VERSION}; re-calibrate with this version's edge-calibrate")
+            readable = " and ".join(str(v) for v in READABLE_FORMAT_VERSIONS)
+            raise BundleError(f"{manifest_path}: bundle format version {version!r}, this software reads versions {readable}; re-calibrate with this version's edge-calibrate")
     manifest = _parse_manifest(body, manifest_path)
+    if version == 4 and manifest.scoring.nearest_patch is not None:
+        # A version-4 reader would refuse the key; a manifest that says 4 and has it was not written by edge-calibrate.
+        raise BundleError(f"{manifest_path}: scoring.nearest_patch needs bundle format 5, the manifest says 4; re-run edge-calibrate")
     _verify_files(path, manifest)
     return Bundle(path, manifest, hashlib.sha256(raw).hexdigest()[:12])
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines.bundle import LOG_LIKELIHOOD_PREFIX, PART_DISTANCE, PATCH_DISTANCE
 from engines.flow import LOG_2PI, ConditionalFlow, CouplingBlock, FlowConfig, wide
 from engines.positional import positional_encoding_2d
 
@@ -161,24 +162,38 @@ class FoldedDecoders(nn.Module):
 
 
 class FlowsGraph(nn.Module):
-    """What the flows graph computes: per-scale log-likelihood maps and, where the bundle has
-    a whole-part appearance model, each part's distance from the good parts (B,) float32.
+    """What the flows graph computes: per-scale log-likelihood maps; where the bundle has a
+    whole-part appearance model, each part's distance from the good parts (B,) float32; where
+    it has a patch bank, each stride-8 position's distance to its nearest good patch (B, h, w)
+    float32. `output_names` names them in order.
 
     It takes every encoder tap. `flow_taps` names those with a flow (default: all); the
     whole-part model pools them all, so a station that drops the stride-32 flow (its few
     positions are the least reliable likelihoods) keeps the coarse stage in its part score."""
 
-    def __init__(self, folded: FoldedDecoders, part_appearance: nn.Module | None = None, flow_taps: tuple[int, ...] | None = None):
+    def __init__(self, folded: FoldedDecoders, part_appearance: nn.Module | None = None, flow_taps: tuple[int, ...] | None = None, nearest_patch: nn.Module | None = None):
         super().__init__()
         self.folded = folded
         self.part_appearance = part_appearance
+        self.nearest_patch = nearest_patch
         self.flow_taps = tuple(range(len(folded.flows))) if flow_taps is None else tuple(flow_taps)
 
+    @property
+    def output_names(self) -> list[str]:
+        names = [f"{LOG_LIKELIHOOD_PREFIX}{i}" for i in range(len(self.flow_taps))]
+        if self.part_appearance is not None:
+            names.append(PART_DISTANCE)
+        if self.nearest_patch is not None:
+            names.append(PATCH_DISTANCE)
+        return names
+
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        maps = self.folded(*(features[i] for i in self.flow_taps))
-        if self.part_appearance is None:
-            return maps
-        return (*maps, self.part_appearance(features))
+        outputs = tuple(self.folded(*(features[i] for i in self.flow_taps)))
+        if self.part_appearance is not None:
+            outputs = (*outputs, self.part_appearance(features))
+        if self.nearest_patch is not None:
+            outputs = (*outputs, self.nearest_patch(features))
+        return outputs
 
 
 class PreprocessedEncoder(nn.Module):

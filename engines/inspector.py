@@ -42,7 +42,12 @@ class Inspector:
                 f"{self.bundle.path}: the manifest scores part appearance but the backend gave no part distance "
                 "(no part_distance output in the flows graph, or no part_appearance.pt for the torch backend); re-calibrate"
             )
-        return anomaly_maps(output.log_likelihoods, scoring, self.input_size, output.part_distances)
+        if scoring.nearest_patch is not None and output.patch_distances is None:
+            raise BundleError(
+                f"{self.bundle.path}: the manifest scores the nearest good patch but the backend gave no patch distance "
+                "(no patch_distance output in the flows graph, or no nearest_patch.pt for the torch backend); re-calibrate"
+            )
+        return anomaly_maps(output.log_likelihoods, scoring, self.input_size, output.part_distances, output.patch_distances)
 
     def inspect(self, frame: np.ndarray) -> Inspection:
         maps, scores = self.inspect_batch(self.model_input(frame)[None])

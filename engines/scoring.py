@@ -7,7 +7,7 @@ lives in calibration/ as an evaluation reference only).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
@@ -15,6 +15,22 @@ from pydantic import BaseModel, ConfigDict, StrictFloat, model_validator
 
 # exp() of float64 underflows below about -745; clipping there keeps -log finite everywhere.
 _LOWEST_LOG_RATIO = -700.0
+
+
+@dataclass(frozen=True)
+class NearestPatchScoring:
+    """The nearest good patch's term in the map (engines/nearest_patch.py). A position's squared
+    distance d to its nearest bank patch is read as the log-likelihood of an isotropic Gaussian
+    around that patch, -d / (2 spread), with spread the held-out good positions' mean distance;
+    from there it is one more term of the average, like a flow's scale, with its own reference
+    (the held-out good positions' 99th percentile) and weight."""
+
+    spread: float
+    reference: float
+    weight: float = 1.0
+
+    def log_likelihoods(self, distances: np.ndarray) -> np.ndarray:
+        return -np.asarray(distances, dtype=np.float64) / (2.0 * self.spread)
 
 
 @dataclass(frozen=True)
@@ -42,11 +58,15 @@ class ScoringConstants:
     # Per scale, its weight in the average of relative likelihoods (normalised to sum 1). None:
     # equal weights, as every bundle before issue 22 was calibrated with.
     scale_weights: tuple[float, ...] | None = None
+    # The nearest good patch's term beside the flows' scales; None: the map is the flows' alone,
+    # as in every bundle before format 5.
+    nearest_patch: NearestPatchScoring | None = None
 
     def to_json(self) -> dict:
         part = None if self.part_score is None else PartScoreJson(scale=self.part_score[0], offset=self.part_score[1])
         weights = None if self.scale_weights is None else list(self.scale_weights)
-        data = ScoringJson(log_likelihood_reference=list(self.log_likelihood_reference), blur_sigma=self.blur_sigma, part_score=part, scale_weights=weights)
+        patch = None if self.nearest_patch is None else NearestPatchJson(**asdict(self.nearest_patch))
+        data = ScoringJson(log_likelihood_reference=list(self.log_likelihood_reference), blur_sigma=self.blur_sigma, part_score=part, scale_weights=weights, nearest_patch=patch)
         return data.model_dump(exclude_none=True)
 
     @classmethod
@@ -55,13 +75,17 @@ class ScoringConstants:
         return ScoringJson.model_validate(data).constants()
 
     def subset(self, scales: tuple[int, ...]) -> ScoringConstants:
-        """The constants of some scales alone, without the part score (it pools every scale)."""
+        """The constants of some flows' scales alone, without the part score (it pools every
+        scale) and the nearest patch (it is not a flow)."""
         weights = None if self.scale_weights is None else tuple(self.scale_weights[i] for i in scales)
         return ScoringConstants(tuple(self.log_likelihood_reference[i] for i in scales), self.blur_sigma, scale_weights=weights)
 
     def normalised_weights(self) -> np.ndarray:
+        """Each flow scale's weight in the map's average, then the nearest patch's where there is one."""
         count = len(self.log_likelihood_reference)
         weights = np.ones(count) if self.scale_weights is None else np.asarray(self.scale_weights, dtype=np.float64)
+        if self.nearest_patch is not None:
+            weights = np.append(weights, self.nearest_patch.weight)
         return weights / weights.sum()
 
     def part_scores(self, part_distances: np.ndarray) -> np.ndarray:
@@ -80,6 +104,18 @@ class PartScoreJson(_Json):
     offset: StrictFloat
 
 
+class NearestPatchJson(_Json):
+    spread: StrictFloat
+    reference: StrictFloat
+    weight: StrictFloat
+
+    @model_validator(mode="after")
+    def _positive(self) -> NearestPatchJson:
+        if not (self.spread > 0 and self.weight >= 0 and np.isfinite([self.spread, self.reference, self.weight]).all()):
+            raise ValueError("nearest_patch: spread must be positive, weight non-negative, all finite")
+        return self
+
+
 class ScoringJson(_Json):
     """The manifest's `scoring` section as written (engines/bundle.py reads it as part of the manifest)."""
 
@@ -87,6 +123,7 @@ class ScoringJson(_Json):
     blur_sigma: StrictFloat
     part_score: PartScoreJson | None = None  # written only where the bundle has a part model
     scale_weights: list[StrictFloat] | None = None  # written only where the scales are not weighted equally
+    nearest_patch: NearestPatchJson | None = None  # written only where the bundle has a patch bank
 
     @model_validator(mode="after")
     def _one_weight_per_scale(self) -> ScoringJson:
@@ -98,11 +135,25 @@ class ScoringJson(_Json):
     def constants(self) -> ScoringConstants:
         part = None if self.part_score is None else (self.part_score.scale, self.part_score.offset)
         weights = None if self.scale_weights is None else tuple(self.scale_weights)
-        return ScoringConstants(tuple(self.log_likelihood_reference), self.blur_sigma, part, weights)
+        patch = None if self.nearest_patch is None else NearestPatchScoring(**self.nearest_patch.model_dump())
+        return ScoringConstants(tuple(self.log_likelihood_reference), self.blur_sigma, part, weights, patch)
 
 
-def relative_likelihoods(log_likelihoods: list[np.ndarray], constants: ScoringConstants) -> list[np.ndarray]:
-    return [np.exp(np.clip(ll.astype(np.float64) - reference, _LOWEST_LOG_RATIO, 0.0)) for ll, reference in zip(log_likelihoods, constants.log_likelihood_reference)]
+def _relative(log_likelihoods: np.ndarray, reference: float) -> np.ndarray:
+    return np.exp(np.clip(log_likelihoods.astype(np.float64) - reference, _LOWEST_LOG_RATIO, 0.0))
+
+
+def relative_likelihoods(log_likelihoods: list[np.ndarray], constants: ScoringConstants, patch_distances: np.ndarray | None = None) -> list[np.ndarray]:
+    """The map's terms, each in (0, 1]: one per flow scale, then the nearest patch's where the
+    constants have one (its distances are then required: a map without the term it was
+    calibrated with would be judged against the wrong threshold)."""
+    terms = [_relative(ll, reference) for ll, reference in zip(log_likelihoods, constants.log_likelihood_reference)]
+    patch = constants.nearest_patch
+    if patch is not None:
+        if patch_distances is None:
+            raise ValueError("these scoring constants include the nearest good patch, but no patch distances were given")
+        terms.append(_relative(patch.log_likelihoods(patch_distances), patch.reference))
+    return terms
 
 
 def anomaly_maps(
@@ -110,13 +161,15 @@ def anomaly_maps(
     constants: ScoringConstants,
     output_size: tuple[int, int],
     part_distances: np.ndarray | None = None,
+    patch_distances: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(B, h_s, w_s) log-likelihood per channel at each scale -> maps (B, H, W) float32, scores (B,).
+    """(B, h_s, w_s) log-likelihood per channel at each scale (and, where the constants have the
+    nearest patch's term, its (B, h, w) distances) -> maps (B, H, W) float32, scores (B,).
 
     The score is the map's maximum, or where the constants have a part score and the part
     distances are given, the larger of that and the part score."""
     height, width = output_size
-    scales = relative_likelihoods(log_likelihoods, constants)
+    scales = relative_likelihoods(log_likelihoods, constants, patch_distances)
     weights = constants.normalised_weights()
     batch = scales[0].shape[0]
     maps = np.empty((batch, height, width), dtype=np.float32)

@@ -140,10 +140,10 @@ def test_strides_drop_flows_but_the_part_model_keeps_every_stage(good_folder, tm
     assert '"part_appearance_statistics": 880' in result.stdout  # mean and deviation of 40 + 80 + 320 channels
     bundle = open_bundle(out)
     assert bundle.manifest.encoder.tap_strides == (8, 16, 32) and bundle.manifest.flow_strides == (8, 16)
-    assert bundle.manifest.format_version == 4 and len(bundle.manifest.scoring.log_likelihood_reference) == 2
+    assert bundle.manifest.format_version == 5 and len(bundle.manifest.scoring.log_likelihood_reference) == 2
     flows = onnx.load(str(bundle.file(FLOWS_ONNX))).graph
     assert [i.name for i in flows.input] == ["features_0", "features_1", "features_2"]
-    assert [o.name for o in flows.output] == ["log_likelihood_0", "log_likelihood_1", "part_distance"]
+    assert [o.name for o in flows.output] == ["log_likelihood_0", "log_likelihood_1", "part_distance", "patch_distance"]
     images = first_images(good_folder)
     (onnx_maps, onnx_scores), (torch_maps, torch_scores) = inspect_with_both_backends(bundle, images)
     assert onnx_maps.shape == (3, 64, 64) and np.isfinite(onnx_scores).all()
@@ -177,7 +177,7 @@ def test_strides_without_the_part_model_shorten_the_encoder(good_folder, tmp_pat
     assert result.returncode == 0, result.stderr
     bundle = open_bundle(out)
     assert bundle.manifest.encoder.tap_strides == (8, 16) and bundle.manifest.encoder.tap_channels == (40, 80)
-    assert bundle.manifest.format_version == 4 and bundle.manifest.flow.strides is None
+    assert bundle.manifest.format_version == 5 and bundle.manifest.flow.strides is None
 
     short, _ = load_encoder("efficientnet-lite0", tap_strides=(8, 16))
     full, info = load_encoder("efficientnet-lite0")

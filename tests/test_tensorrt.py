@@ -129,8 +129,9 @@ def _value_types(model: onnx.ModelProto) -> dict[str, int]:
 
 def test_half_graphs_reduce_in_float32(small_bundle):
     """The mixed-precision graphs: half features between encoder and flows, float32
-    log-likelihoods and part distance out, every ReduceSum of the flows fed float32, the
-    couplings' matmuls half and the part appearance's one matmul float32."""
+    log-likelihoods, part distance and patch distances out, every ReduceSum of the flows fed
+    float32, the couplings' matmuls half, and the part appearance's and the nearest patch's one
+    matmul each float32."""
     bundle, _ = small_bundle
     encoder = onnx.load(str(bundle.file("encoder_fp16.onnx")))
     flows = onnx.load(str(bundle.file("flows_fp16.onnx")))
@@ -145,10 +146,10 @@ def test_half_graphs_reduce_in_float32(small_bundle):
     assert all(types[n.input[0]] == single for n in reductions), "a reduction runs in half precision"
     matmuls = [n for n in flows.graph.node if n.op_type == "MatMul"]
     single_matmuls = [n for n in matmuls if types[n.input[0]] == single]
-    assert [o.name for o in flows.graph.output][-1] == "part_distance"
-    assert len(single_matmuls) == 1, "a coupling matmul runs in float32, or the part distance's does not"
+    assert [o.name for o in flows.graph.output][-2:] == ["part_distance", "patch_distance"]
+    assert len(single_matmuls) == 2, "a coupling matmul runs in float32, or the part or patch distance's does not"
     couplings = bundle.manifest.flow.coupling_blocks * len(bundle.manifest.encoder.tap_channels)
-    assert len(matmuls) - 1 == 2 * couplings, "every coupling's two matmuls run in half precision"
+    assert len(matmuls) - 2 == 2 * couplings, "every coupling's two matmuls run in half precision"
 
 
 def test_torch_half_path_matches_float32(small_bundle):

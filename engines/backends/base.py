@@ -7,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from engines.bundle import LOG_LIKELIHOOD_PREFIX, PART_DISTANCE, PATCH_DISTANCE
+
 
 class BackendError(RuntimeError):
     """A backend that cannot run here; the message says what is missing and what to do."""
@@ -18,20 +20,27 @@ class ModelOutput:
 
     log_likelihoods: list[np.ndarray]  # per scale (B, h, w) float32, per channel
     part_distances: np.ndarray | None = None  # (B,) float32; None for a bundle without a part appearance model
+    patch_distances: np.ndarray | None = None  # (B, h8, w8) float32; None for a bundle without a patch bank
 
     @classmethod
-    def from_graph_outputs(cls, outputs: list[np.ndarray], scales: int) -> ModelOutput:
-        """The flows graph's outputs in order: one log-likelihood map per scale, then the part
-        distance where the graph has one."""
-        return cls(list(outputs[:scales]), outputs[scales] if len(outputs) > scales else None)
+    def from_graph_outputs(cls, names: list[str], outputs: list[np.ndarray]) -> ModelOutput:
+        """The flows graph's outputs by name (engines/bundle.py names them): log_likelihood_i
+        per scale, and part_distance and patch_distance where the graph has them."""
+        named = dict(zip(names, outputs))
+        scales = sorted((n for n in named if n.startswith(LOG_LIKELIHOOD_PREFIX)), key=lambda n: int(n[len(LOG_LIKELIHOOD_PREFIX) :]))
+        return cls([named[n] for n in scales], named.get(PART_DISTANCE), named.get(PATCH_DISTANCE))
 
     @classmethod
     def concatenate(cls, batches: list[ModelOutput]) -> ModelOutput:
         """Batches run one after another, as one output."""
         scales = len(batches[0].log_likelihoods)
         maps = [np.concatenate([b.log_likelihoods[s] for b in batches]) for s in range(scales)]
-        has_part = batches[0].part_distances is not None
-        return cls(maps, np.concatenate([b.part_distances for b in batches]) if has_part else None)
+
+        def joined(field: str) -> np.ndarray | None:
+            parts = [getattr(b, field) for b in batches]
+            return None if parts[0] is None else np.concatenate(parts)
+
+        return cls(maps, joined("part_distances"), joined("patch_distances"))
 
 
 class InferenceBackend(Protocol):

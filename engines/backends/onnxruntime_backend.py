@@ -32,13 +32,12 @@ class OnnxRuntimeBackend:
         self.flows = ort.InferenceSession(str(bundle.file(FLOWS_ONNX)), options, providers=providers)
         self.feature_names = [o.name for o in self.encoder.get_outputs()]
         self.flow_inputs = [i.name for i in self.flows.get_inputs()]
-        # Flows may cover fewer scales than the encoder taps (the part model reads them all).
-        self.scales = sum(o.name.startswith("log_likelihood_") for o in self.flows.get_outputs())
+        self.flow_outputs = [o.name for o in self.flows.get_outputs()]
 
     def infer(self, images: np.ndarray) -> ModelOutput:
         features = self.encoder.run(self.feature_names, {"image": np.ascontiguousarray(images, dtype=np.uint8)})
-        outputs = self.flows.run(None, dict(zip(self.flow_inputs, features)))
-        return ModelOutput.from_graph_outputs(outputs, self.scales)
+        outputs = self.flows.run(self.flow_outputs, dict(zip(self.flow_inputs, features)))
+        return ModelOutput.from_graph_outputs(self.flow_outputs, outputs)
 
     def close(self) -> None:
         self.encoder = self.flows = None

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.backends.base import BackendError, ModelOutput
-from engines.bundle import PART_DISTANCE, Bundle
+from engines.bundle import Bundle
 from engines.tensorrt_build import DEFAULT_MAX_BATCH, build_plans, current_target, import_tensorrt
 from engines.tensorrt_plans import PlansMissing, engines_directory, rebuild_hint, select_plans
 
@@ -114,9 +114,8 @@ class TensorRTBackend:
                 is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
                 if (graph == "encoder" and is_input) or (graph == "flows" and not is_input):
                     self.host_buffers[name] = self.cuda.pinned((self.max_batch, *item), dtype)
-        maps = sorted((n for n in self.host_buffers if n.startswith("log_likelihood_")), key=lambda n: int(n.rsplit("_", 1)[1]))
-        self.scales = len(maps)
-        self.outputs = maps + [n for n in self.host_buffers if n == PART_DISTANCE]
+        # Every output of the flows engine: log-likelihood maps, and the part and patch distances where the bundle has them.
+        self.outputs = [n for n in self.host_buffers if n != "image"]
 
     def infer(self, images: np.ndarray) -> ModelOutput:
         results: list[list[np.ndarray]] = []
@@ -124,7 +123,7 @@ class TensorRTBackend:
             for start in range(0, len(images), self.max_batch):
                 results.append(self._run(images[start : start + self.max_batch]))
         outputs = [np.concatenate([r[i] for r in results]) for i in range(len(self.outputs))]
-        return ModelOutput.from_graph_outputs(outputs, self.scales)
+        return ModelOutput.from_graph_outputs(self.outputs, outputs)
 
     def _run(self, images: np.ndarray) -> list[np.ndarray]:
         rt, batch = self.cuda.rt, len(images)

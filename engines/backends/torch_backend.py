@@ -4,16 +4,28 @@ flows.pt): the reference the exported graphs are checked against, and the CUDA p
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from engines.backends.base import BackendError, ModelOutput
-from engines.bundle import FLOW_WEIGHTS, PART_APPEARANCE_WEIGHTS, Bundle
+from engines.bundle import FLOW_WEIGHTS, NEAREST_PATCH_WEIGHTS, PART_APPEARANCE_WEIGHTS, Bundle
 
 
-def build_torch_model(bundle: Bundle):
-    """Return (PreprocessedEncoder, CflowDecoders, PartAppearance or None) as calibrated, in
-    eval mode on the CPU. The decoders read the encoder outputs `manifest.flow_taps`."""
+@dataclass(frozen=True)
+class TorchModel:
+    """The calibrated modules, in eval mode on the CPU (typed Any: torch is imported lazily)."""
+
+    encoder: Any  # PreprocessedEncoder
+    decoders: Any  # CflowDecoders, reading the encoder outputs `manifest.flow_taps`
+    part_appearance: Any = None  # PartAppearance, where the bundle has one
+    nearest_patch: Any = None  # NearestPatch, where the bundle has a patch bank
+
+
+def build_torch_model(bundle: Bundle) -> TorchModel:
+    """The bundle's model as calibrated: encoder from its pinned weights, flows from flows.pt,
+    and the part appearance model and patch bank where the bundle has them."""
     import torch
 
     from engines.cflow import CflowDecoders, PreprocessedEncoder, feature_shapes
@@ -44,7 +56,16 @@ def build_torch_model(bundle: Bundle):
 
         part_state = torch.load(bundle.file(PART_APPEARANCE_WEIGHTS), map_location="cpu", weights_only=True)
         part_appearance = PartAppearance(part_state["mean"], part_state["whitening"]).eval()
-    return preprocessed.eval(), decoders.eval(), part_appearance
+    nearest_patch = None
+    if bundle.has(NEAREST_PATCH_WEIGHTS):
+        from engines.nearest_patch import NearestPatch, patch_taps
+
+        taps = patch_taps(manifest.encoder.tap_strides)
+        if taps is None:
+            raise BackendError(f"{bundle.path}: {NEAREST_PATCH_WEIGHTS} needs encoder taps at strides 8 and 16; re-calibrate")
+        patch_state = torch.load(bundle.file(NEAREST_PATCH_WEIGHTS), map_location="cpu", weights_only=True)
+        nearest_patch = NearestPatch(patch_state["bank"], taps).eval()
+    return TorchModel(preprocessed.eval(), decoders.eval(), part_appearance, nearest_patch)
 
 
 class TorchBackend:
@@ -76,12 +97,12 @@ class TorchBackend:
             raise BackendError("backend 'torch' on cuda: this torch build or machine has no usable CUDA device; use device 'cpu' or backend 'onnxruntime'")
         self.precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
         dtype = torch.float16 if self.precision == "fp16" else torch.float32
-        encoder, decoders, part_appearance = build_torch_model(bundle)
+        model = build_torch_model(bundle)
+        encoder = model.encoder
         if dtype != torch.float32:
             encoder = encoder.with_compute_dtype(dtype)
         self.encoder = encoder.to(self.device).eval()
-        self.flows = FlowsGraph(FoldedDecoders(decoders, dtype), part_appearance, bundle.manifest.flow_taps).to(self.device).eval()
-        self.scales = len(decoders.shapes)
+        self.flows = FlowsGraph(FoldedDecoders(model.decoders, dtype), model.part_appearance, bundle.manifest.flow_taps, model.nearest_patch).to(self.device).eval()
         self.input_size = bundle.manifest.input_size
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         if self.device.type == "cuda":
@@ -107,7 +128,7 @@ class TorchBackend:
                 outputs = graph.run(images)
             else:
                 outputs = [o.cpu().numpy() for o in self._forward(self.torch.from_numpy(images).to(self.device))]
-        return ModelOutput.from_graph_outputs(outputs, self.scales)
+        return ModelOutput.from_graph_outputs(self.flows.output_names, outputs)
 
     def _graph_for(self, batch: int) -> _CapturedBatch | None:
         if batch not in self.graphs and len(self.graphs) < self.MAX_CAPTURED_BATCH_SIZES:
