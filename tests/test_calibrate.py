@@ -21,7 +21,11 @@ def test_bundle_records_the_calibration(small_bundle):
     assert m.thresholds.good_parts == report.holdout_images == 11
     assert m.thresholds.pixel <= m.thresholds.image
     assert "Gumbel" in m.thresholds.method  # 11 parts cannot resolve a 1% quantile empirically
-    assert set(m.files) == {"encoder.onnx", "flows.onnx", "flows.pt", "encoder_fp16.onnx", "flows_fp16.onnx", "part_appearance.pt"}
+    # The nearest-patch term is kept or vetoed on synthetic defects; the bundle says which, consistently.
+    kept = m.scoring.nearest_patch is not None
+    assert set(report.nearest_patch_scores) == {"with", "without"} and (report.nearest_patch_bank > 0) == kept
+    patch_files = {"nearest_patch.pt"} if kept else set()
+    assert set(m.files) == {"encoder.onnx", "flows.onnx", "flows.pt", "encoder_fp16.onnx", "flows_fp16.onnx", "part_appearance.pt"} | patch_files
     assert m.scoring.part_score is not None and m.scoring.part_score[0] > 0
     assert 0.0 < report.part_appearance_shrinkage <= 1.0
     # The held-out good parts pass at the calibrated threshold.

@@ -143,7 +143,8 @@ def test_strides_drop_flows_but_the_part_model_keeps_every_stage(good_folder, tm
     assert bundle.manifest.format_version == 5 and len(bundle.manifest.scoring.log_likelihood_reference) == 2
     flows = onnx.load(str(bundle.file(FLOWS_ONNX))).graph
     assert [i.name for i in flows.input] == ["features_0", "features_1", "features_2"]
-    assert [o.name for o in flows.output] == ["log_likelihood_0", "log_likelihood_1", "part_distance", "patch_distance"]
+    patch = ["patch_distance"] if bundle.manifest.scoring.nearest_patch is not None else []
+    assert [o.name for o in flows.output] == ["log_likelihood_0", "log_likelihood_1", "part_distance", *patch]
     images = first_images(good_folder)
     (onnx_maps, onnx_scores), (torch_maps, torch_scores) = inspect_with_both_backends(bundle, images)
     assert onnx_maps.shape == (3, 64, 64) and np.isfinite(onnx_scores).all()

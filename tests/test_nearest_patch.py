@@ -14,12 +14,25 @@ import torch
 from calibration.images import list_images, load_images
 from engines.backends import ModelOutput, open_backend
 from engines.bundle import NEAREST_PATCH_WEIGHTS, PATCH_DISTANCE, BundleError, open_bundle, seal
-from engines.encoders import load_encoder
 from engines.cflow import PreprocessedEncoder
+from engines.encoders import load_encoder
 from engines.inspector import Inspector
 from engines.nearest_patch import NearestPatch, fit_nearest_patch, greedy_coreset, patch_features, patch_taps
 from engines.scoring import NearestPatchScoring, ScoringConstants, anomaly_maps
 from tests.conftest import METAL_PLATE, SMALL_SIZE, require
+
+
+@pytest.fixture(scope="module")
+def patch_bundle(tmp_path_factory):
+    """A real short calibration at 64x64 that keeps the term: without synthetic defects there is
+    nothing to veto it (the session's small bundle may have it vetoed)."""
+    from calibration.calibrate import CalibrationSettings, calibrate
+    from calibration.train import TrainConfig
+
+    settings = CalibrationSettings(
+        input_size=SMALL_SIZE, synthetic_defects=0, train=TrainConfig(epochs=2.0, min_steps_per_scale=30, max_steps_per_scale=30, fiber_batch=512)
+    )
+    return calibrate(require(METAL_PLATE) / "train" / "good", tmp_path_factory.mktemp("patch") / "bundle", settings, log=lambda message: None)
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +94,8 @@ def test_the_patch_term_is_one_more_term_of_the_average():
         anomaly_maps(log_likelihoods, both, (8, 8))
 
 
-def test_every_backend_returns_the_same_patch_distances_and_scores(small_bundle):
-    bundle, report = small_bundle
+def test_every_backend_returns_the_same_patch_distances_and_scores(patch_bundle):
+    bundle, report = patch_bundle
     scoring = bundle.manifest.scoring
     assert report.nearest_patch_bank > 0 and scoring.nearest_patch is not None and scoring.nearest_patch.spread > 0
     assert bundle.manifest.format_version == 5 and bundle.has(NEAREST_PATCH_WEIGHTS)
@@ -104,8 +117,8 @@ def test_every_backend_returns_the_same_patch_distances_and_scores(small_bundle)
     assert alone == pytest.approx(outputs["onnxruntime"][1][4], rel=1e-5)
 
 
-def test_a_backend_without_the_patch_distance_is_refused_not_scored_without_it(small_bundle):
-    bundle, _ = small_bundle
+def test_a_backend_without_the_patch_distance_is_refused_not_scored_without_it(patch_bundle):
+    bundle, _ = patch_bundle
     images = load_images(list_images(require(METAL_PLATE) / "test" / "good")[:1], SMALL_SIZE, "rgb").images
     backend = open_backend("onnxruntime", bundle)
     output = backend.infer(images)
@@ -114,8 +127,8 @@ def test_a_backend_without_the_patch_distance_is_refused_not_scored_without_it(s
         Inspector(bundle, backend).score(without)
 
 
-def test_a_bad_patch_section_is_refused_by_key(small_bundle, tmp_path):
-    bundle, _ = small_bundle
+def test_a_bad_patch_section_is_refused_by_key(patch_bundle, tmp_path):
+    bundle, _ = patch_bundle
     for value, said in ((-1.0, "nearest_patch"), ("wide", "scoring.nearest_patch.spread")):
         copy = tmp_path / f"bundle_{said}"
         shutil.copytree(bundle.path, copy)
@@ -127,8 +140,8 @@ def test_a_bad_patch_section_is_refused_by_key(small_bundle, tmp_path):
             open_bundle(copy)
 
 
-def test_a_format_4_manifest_cannot_carry_the_patch_term(small_bundle, tmp_path):
-    bundle, _ = small_bundle
+def test_a_format_4_manifest_cannot_carry_the_patch_term(patch_bundle, tmp_path):
+    bundle, _ = patch_bundle
     copy = tmp_path / "bundle"
     shutil.copytree(bundle.path, copy)
     data = json.loads((copy / "manifest.json").read_text())
