@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.quality import machine, write_results  # noqa: E402
+from calibration.images import list_images  # noqa: E402
 from edge.station_engine import InferencePlan, plan_inference, usable_cores  # noqa: E402
 from edge.decision import decide  # noqa: E402
 from edge.answer import Answer, Inspected  # noqa: E402
@@ -91,8 +92,8 @@ def model_flops(bundle) -> float:
     if part_appearance is not None:
         total[0] += 2 * part_appearance.whitening.numel()
     if model.nearest_patch is not None:
-        positions = decoders.shapes[0].positions if 8 not in bundle.manifest.flow_strides else decoders.shapes[bundle.manifest.flow_strides.index(8)].positions
-        total[0] += 2 * positions * model.nearest_patch.bank.numel()
+        height, width = bundle.manifest.input_size
+        total[0] += 2 * (height // 8) * (width // 8) * model.nearest_patch.bank.numel()  # every stride-8 position against the bank
     return total[0]
 
 
@@ -113,7 +114,7 @@ def good_parts_video(path: Path, folder: Path, frames: int, size: tuple[int, int
     stored losslessly (PNG frames, ~1 ms to decode at 256x256 against ~0.2 for MJPEG): MJPEG's
     artefacts alone lift a good metal plate's score above the threshold of a bundle calibrated on
     PNG images (bench/README.md, "Compressed frames")."""
-    sources = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    sources = list_images(Path(folder))
     if not sources:
         raise SystemExit(f"{folder}: no good images to make a stream of")
     images = [cv2.resize(cv2.imread(str(p)), size[::-1], interpolation=cv2.INTER_AREA) for p in sources]

@@ -246,18 +246,19 @@ def calibrate(
         mark = time.monotonic()
     held_ll = log_likelihoods(decoders, flow_inputs(held_features, flow_taps), shapes)
     constants = fit_scoring_constants(held_ll, settings.blur_sigma)
-    weight_choice = None
+    weight_choice, synthetic_patch = None, None
     if settings.synthetic_defects and len(shapes) > 1:
         synthetic = synthetic_defects(held.images, settings.synthetic_defects, settings.train.seed)
         synthetic_features = encode_features(encoder, synthetic.images, label="encoding synthetic defects")
         synthetic_ll = log_likelihoods(decoders, flow_inputs(synthetic_features, flow_taps), shapes)
+        if nearest_patch is not None:
+            synthetic_patch = nearest_distances(nearest_patch, tap_maps(synthetic_features, tap_shapes))
         weight_choice = choose_coarsest_weight(constants, held_ll, synthetic_ll, synthetic.masks, settings.input_size)
         constants = replace(constants, scale_weights=weight_choice.weights)
         log(f"coarsest scale's weight in the map, by synthetic-defect score: {weight_choice.scores}")
     if nearest_patch is not None:
         constants = with_nearest_patch(constants, held_patch)
-        if weight_choice is not None:
-            synthetic_patch = nearest_distances(nearest_patch, tap_maps(synthetic_features, tap_shapes))
+        if synthetic_patch is not None:
             patch_choice = choose_nearest_patch(constants, held_ll, synthetic_ll, held_patch, synthetic_patch, synthetic.masks, settings.input_size)
             patch_scores = patch_choice.scores
             log(f"nearest good patch in the map, by synthetic-defect score: {patch_scores} ({'kept' if patch_choice.keep else 'left out'})")

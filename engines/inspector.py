@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.backends import InferenceBackend, ModelOutput
-from engines.bundle import Bundle, BundleError
+from engines.bundle import NEAREST_PATCH_WEIGHTS, PART_APPEARANCE_WEIGHTS, PART_DISTANCE, PATCH_DISTANCE, Bundle, BundleError
 from engines.preprocess import to_model_input
 from engines.scoring import anomaly_maps
 
@@ -35,18 +35,17 @@ class Inspector:
 
     def score(self, output: ModelOutput) -> tuple[np.ndarray, np.ndarray]:
         scoring = self.bundle.manifest.scoring
-        if scoring.part_score is not None and output.part_distances is None:
-            # The threshold was calibrated on scores that include the part score; without it
-            # every part would be judged on less than it was calibrated for.
-            raise BundleError(
-                f"{self.bundle.path}: the manifest scores part appearance but the backend gave no part distance "
-                "(no part_distance output in the flows graph, or no part_appearance.pt for the torch backend); re-calibrate"
-            )
-        if scoring.nearest_patch is not None and output.patch_distances is None:
-            raise BundleError(
-                f"{self.bundle.path}: the manifest scores the nearest good patch but the backend gave no patch distance "
-                "(no patch_distance output in the flows graph, or no nearest_patch.pt for the torch backend); re-calibrate"
-            )
+        # The threshold was calibrated on scores that include every term the manifest names;
+        # without one, every part would be judged on less than it was calibrated for.
+        for what, needed, given, output_name, torch_file in (
+            ("part appearance", scoring.part_score, output.part_distances, PART_DISTANCE, PART_APPEARANCE_WEIGHTS),
+            ("the nearest good patch", scoring.nearest_patch, output.patch_distances, PATCH_DISTANCE, NEAREST_PATCH_WEIGHTS),
+        ):
+            if needed is not None and given is None:
+                raise BundleError(
+                    f"{self.bundle.path}: the manifest scores {what} but the backend gave no {output_name} "
+                    f"(no {output_name} output in the flows graph, or no {torch_file} for the torch backend); re-calibrate"
+                )
         return anomaly_maps(output.log_likelihoods, scoring, self.input_size, output.part_distances, output.patch_distances)
 
     def inspect(self, frame: np.ndarray) -> Inspection:
