@@ -203,6 +203,7 @@ def main() -> int:
         encoder=args.encoder,
         input_size=(args.input_size, args.input_size),
         flow_strides=args.strides or TAP_STRIDES,
+        may_drop_coarsest_flow=args.strides is None,  # as edge-calibrate: flows named are kept
         augment=AugmentConfig(copies=args.augment),
         feature_pooling=args.feature_pooling,
         part_appearance=args.part_appearance,
@@ -220,6 +221,7 @@ def main() -> int:
             rows.append(row)
             row["flow_strides"] = list(bundle.manifest.flow_strides)
             row["coarsest_weight_scores"] = bundle.manifest.training["report"].get("coarsest_weight_scores")
+            row["flow_stride_left_out"] = bundle.manifest.training["report"].get("flow_stride_left_out", 0)
             ablation = map_ablation(bundle, scored)
             if ablation:
                 row["map_ablation"] = ablation

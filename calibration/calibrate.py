@@ -16,7 +16,7 @@ from calibration.augment import augmented_copies, nuisance_copies
 from calibration.device import resolve_device
 from calibration.images import ImageFolderError, list_images, load_images
 from calibration.progress import Progress
-from calibration.scale_weights import choose_coarsest_weight, choose_nearest_patch
+from calibration.scale_weights import COARSEST_WEIGHT_CANDIDATES, choose_coarsest_weight, choose_nearest_patch
 from calibration.synthetic_defects import synthetic_defects
 from calibration.thresholds import choose_thresholds, fit_scoring_constants, with_nearest_patch, with_part_score
 from calibration.train import TrainConfig, encode_features, log_likelihoods, train_decoders
@@ -82,6 +82,10 @@ class CalibrationSettings:
     # Synthetic defects made from the held-out good parts on which the coarsest scale's weight in
     # the map is chosen (calibration/scale_weights.py); 0: equal weights, as before issue 22.
     synthetic_defects: int = 120
+    # Where the synthetic defects score best with the coarsest flow's weight at 0, leave that
+    # flow out of the bundle (its share of every frame's arithmetic saved). False where the
+    # flows were chosen explicitly (--strides, --choose-strides): those are kept as asked.
+    may_drop_coarsest_flow: bool = True
     threads: int = 0
     device: str = "cpu"  # where the good parts are encoded and the flows train (calibration/device.py)
 
@@ -102,6 +106,7 @@ class CalibrationReport:
     # in the manifest's scoring.scale_weights; calibration/scale_weights.py).
     coarsest_weight_scores: dict[str, float] = field(default_factory=dict)
     synthetic_defects: int = 0
+    flow_stride_left_out: int = 0  # the coarsest flow's stride where synthetic defects left it out; 0: none
     nearest_patch_bank: int = 0  # patches in the bank; 0: no nearest-patch term
     # Selection score on the synthetic defects with and without that term (calibration/scale_weights.py).
     nearest_patch_scores: dict[str, float] = field(default_factory=dict)
@@ -161,6 +166,15 @@ def encoder_taps(settings: CalibrationSettings) -> tuple[int, ...]:
     return tuple(sorted(taps))
 
 
+def without_coarsest_flow(decoders: CflowDecoders) -> CflowDecoders:
+    """The same trained flows but the coarsest (the last): its weights dropped, the others' kept
+    exactly, so their log-likelihoods and the constants fitted on them stay valid."""
+    last = len(decoders.shapes) - 1
+    kept = CflowDecoders(decoders.shapes[:last], decoders.config)
+    kept.load_state_dict({key: value for key, value in decoders.state_dict().items() if not key.startswith(f"flows.{last}.")}, strict=True)
+    return kept.eval()
+
+
 def flow_inputs(features: list[torch.Tensor], flow_taps: tuple[int, ...]) -> list[torch.Tensor]:
     return [features[i] for i in flow_taps]
 
@@ -205,7 +219,8 @@ def calibrate(
     encoder_module, info = load_encoder(settings.encoder, tap_strides=encoder_taps(settings))
     encoder = PreprocessedEncoder(encoder_module, info.mean, info.std, settings.feature_pooling).eval()
     tap_shapes = feature_shapes(info.tap_channels, info.tap_strides, settings.input_size)
-    flow_taps = flow_tap_indices(info.tap_strides, settings.flow_strides)
+    flow_strides = tuple(settings.flow_strides)
+    flow_taps = flow_tap_indices(info.tap_strides, flow_strides)
     shapes = [tap_shapes[i] for i in flow_taps]
     train_images = fit.images
     if settings.augment.copies:
@@ -253,9 +268,18 @@ def calibrate(
         synthetic_ll = log_likelihoods(decoders, flow_inputs(synthetic_features, flow_taps), shapes)
         if nearest_patch is not None:
             synthetic_patch = nearest_distances(nearest_patch, tap_maps(synthetic_features, tap_shapes))
-        weight_choice = choose_coarsest_weight(constants, held_ll, synthetic_ll, synthetic.masks, settings.input_size)
+        candidates = tuple(w for w in COARSEST_WEIGHT_CANDIDATES if w > 0 or settings.may_drop_coarsest_flow)
+        weight_choice = choose_coarsest_weight(constants, held_ll, synthetic_ll, synthetic.masks, settings.input_size, candidates)
         constants = replace(constants, scale_weights=weight_choice.weights)
         log(f"coarsest scale's weight in the map, by synthetic-defect score: {weight_choice.scores}")
+        if weight_choice.drops_coarsest:
+            # Weight 0 adds nothing to the map: leave the flow out of the bundle and save its
+            # share of every frame (its stage stays tapped for the whole-part model).
+            log(f"the stride-{flow_strides[-1]} flow is left out of the bundle: flows at strides {','.join(map(str, flow_strides[:-1]))}")
+            decoders = without_coarsest_flow(decoders)
+            flow_strides, flow_taps, shapes = flow_strides[:-1], flow_taps[:-1], shapes[:-1]
+            held_ll, synthetic_ll = held_ll[:-1], synthetic_ll[:-1]
+            constants = replace(constants.subset(tuple(range(len(shapes)))), scale_weights=None)
     if nearest_patch is not None:
         constants = with_nearest_patch(constants, held_patch)
         if synthetic_patch is not None:
@@ -283,6 +307,7 @@ def calibrate(
         part_appearance_statistics=part_appearance.dimensions if part_appearance is not None else 0,
         coarsest_weight_scores=weight_choice.scores if weight_choice is not None else {},
         synthetic_defects=weight_choice.synthetic_defects if weight_choice is not None else 0,
+        flow_stride_left_out=settings.flow_strides[-1] if len(flow_strides) < len(settings.flow_strides) else 0,
         nearest_patch_bank=len(nearest_patch.bank) if nearest_patch is not None else 0,
         nearest_patch_scores=patch_scores,
     )
@@ -295,7 +320,7 @@ def calibrate(
         report.defect_images = len(defect_scores)
         report.defect_miss_rate = float(np.mean(defect_scores <= thresholds.image))
 
-    flow_record = FlowRecord(**asdict(settings.flow), strides=None if tuple(settings.flow_strides) == info.tap_strides else tuple(settings.flow_strides))
+    flow_record = FlowRecord(**asdict(settings.flow), strides=None if flow_strides == info.tap_strides else flow_strides)
     manifest = Manifest(
         format_version=format_version_for(flow_record),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -158,7 +158,7 @@ def choose_strides(
             label = ",".join(map(str, strides))
             log(f"candidate {number}/{len(candidates)}: strides {label}")
             bundle, report = calibrate(
-                good_dir, work / f"strides-{'-'.join(map(str, strides))}", replace(settings, flow_strides=strides),
+                good_dir, work / f"strides-{'-'.join(map(str, strides))}", replace(settings, flow_strides=strides, may_drop_coarsest_flow=False),
                 holdout_dir, defect_dir, force=False, log=lambda message: log(f"  [{label}] {message}"),
             )
             if images is None:  # every candidate reads the parts at the same size and colour

@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--colour", choices=("auto", "rgb", "gray"), default="auto", help="auto: gray when every good image is gray")
     parser.add_argument(
         "--strides", type=parse_strides, default=None, metavar="S,S",
-        help="feature scales with a flow (default 8,16,32). Adding 4 sharpens the outlines of small defects; "
+        help="feature scales with a flow (default 8,16,32, and 32 left out where synthetic defects made from the "
+        "held-out good parts score best without it; given here, every scale named is kept). Adding 4 sharpens the outlines of small defects; "
         "8,16 suits small, sharp defects (the whole-part score still sees stride 32); large, faint ones need 32 "
         "and lose with 4: compare bundles with edge-evaluate, or let --choose-strides compare them",
     )
@@ -267,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         encoder=args.encoder,
         input_size=args.input_size,
         flow_strides=args.strides or TAP_STRIDES,
+        may_drop_coarsest_flow=args.strides is None,  # flows asked for by name are kept
         colour=None if args.colour == "auto" else args.colour,
         flow=FlowConfig(coupling_blocks=args.coupling_blocks),
         feature_pooling=args.feature_pooling,
@@ -316,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"held-out false-reject rate {report.holdout_false_reject_rate:.3f} on {report.holdout_images} good parts")
     if report.part_appearance_shrinkage is not None:
         log(f"whole-part appearance model: Gaussian over {report.part_appearance_statistics} statistics, Ledoit-Wolf shrinkage {report.part_appearance_shrinkage:.3f}")
+    left_out = f" (stride {report.flow_stride_left_out} left out: synthetic defects scored best without it)" if report.flow_stride_left_out else ""
+    log(f"flows at strides {','.join(map(str, bundle.manifest.flow_strides))}{left_out}")
     if report.nearest_patch_bank:
         log(f"nearest good patch: a bank of {report.nearest_patch_bank} patches at stride 8")
     if report.defect_miss_rate is not None:

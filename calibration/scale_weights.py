@@ -9,6 +9,11 @@ so calibration tries each candidate on synthetic defects (calibration/synthetic_
 keeps the best by the mean of image AUROC, pixel AUROC and PRO, as --choose-strides does with
 real marked defects (issue 22: the same criterion picked 0.25 for metal_plate and tire and 1 for
 magnetic_tile, and agreed with their test sets). Only good parts are used.
+
+With three or more flows the candidates include 0: the coarsest flow left out of the bundle,
+which saves its share of every frame's arithmetic (on tire, where the synthetic defects choose it,
+0.28 of 1.94 GFLOP; bench/README.md, "The coarsest flow left out"). The finer flows, the whole-part
+model over every tapped stage and the nearest patch still see what it saw.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import numpy as np
 from calibration.metrics import auroc, pixel_auroc, pro_auc
 from engines.scoring import ScoringConstants, anomaly_maps
 
-COARSEST_WEIGHT_CANDIDATES = (1.0, 0.25)  # the first is kept on ties
+COARSEST_WEIGHT_CANDIDATES = (1.0, 0.25, 0.0)  # the first is kept on ties
+MIN_FLOWS_KEPT = 2  # weight 0 (the coarsest flow left out) is tried only where this many remain
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,11 @@ class WeightChoice:
     weights: tuple[float, ...] | None  # None: equal
     scores: dict[str, float]  # candidate weight of the coarsest scale -> its selection score
     synthetic_defects: int
+
+    @property
+    def drops_coarsest(self) -> bool:
+        """Weight 0: the coarsest flow adds nothing to the map, so the bundle leaves it out."""
+        return self.weights is not None and self.weights[-1] == 0.0
 
 
 def selection_score(good_maps: np.ndarray, defect_maps: np.ndarray, defect_masks: np.ndarray) -> float:
@@ -57,6 +68,8 @@ def choose_coarsest_weight(
     scores: dict[str, float] = {}
     best, best_score = None, -np.inf
     for weight in candidates:
+        if weight == 0.0 and scales - 1 < MIN_FLOWS_KEPT:
+            continue
         weights = None if weight == 1.0 else (*([1.0] * (scales - 1)), float(weight))
         # On the flows' scales alone: the nearest patch's term is added after, at its own weight.
         trial = dataclasses.replace(constants, scale_weights=weights, part_score=None, nearest_patch=None)

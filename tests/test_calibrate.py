@@ -26,6 +26,13 @@ def test_bundle_records_the_calibration(small_bundle):
     assert set(report.nearest_patch_scores) == {"with", "without"} and (report.nearest_patch_bank > 0) == kept
     patch_files = {"nearest_patch.pt"} if kept else set()
     assert set(m.files) == {"encoder.onnx", "flows.onnx", "flows.pt", "encoder_fp16.onnx", "flows_fp16.onnx", "part_appearance.pt"} | patch_files
+    # The coarsest flow is kept or left out on synthetic defects; the bundle says which,
+    # consistently, and its stage stays tapped for the whole-part model.
+    scores, left_out = report.coarsest_weight_scores, report.flow_stride_left_out
+    assert set(scores) == {"1", "0.25", "0"} and left_out in (0, 32)
+    assert (left_out == 32) == (scores["0"] > max(scores["1"], scores["0.25"]))
+    assert m.flow_strides == ((8, 16) if left_out else (8, 16, 32)) and m.encoder.tap_strides == (8, 16, 32)
+    assert len(m.scoring.log_likelihood_reference) == len(m.flow_strides)
     assert m.scoring.part_score is not None and m.scoring.part_score[0] > 0
     assert 0.0 < report.part_appearance_shrinkage <= 1.0
     # The held-out good parts pass at the calibrated threshold.

@@ -43,3 +43,45 @@ def test_a_noisy_coarse_scale_gets_less_weight_and_an_informative_one_keeps_it()
     defects[1][:, 1:2, 1:2] -= 3.0
     choice = choose_coarsest_weight(fit_scoring_constants(good, 0.0), good, defects, masks, (32, 32))
     assert choice.weights is None and set(choice.scores) == {"1", "0.25"}
+
+
+def test_a_coarsest_flow_that_only_adds_noise_is_left_out_where_two_flows_remain():
+    rng = np.random.default_rng(2)
+    masks = np.zeros((20, 32, 32), bool)
+    masks[:, 8:16, 8:16] = True
+
+    def three_scales(count):
+        fine, middle = _log_likelihoods(rng, count, coarse_noise=0.1)
+        return [fine, middle, rng.normal(0, 3.0, size=(count, 2, 2)).astype(np.float32)]
+
+    good, defects = three_scales(20), three_scales(20)
+    defects[0][:, 4:8, 4:8] -= 3.0  # the fine scale sees the defects, the coarsest is noise
+    choice = choose_coarsest_weight(fit_scoring_constants(good, 0.0), good, defects, masks, (32, 32))
+    assert set(choice.scores) == {"1", "0.25", "0"}
+    assert choice.drops_coarsest and choice.weights == (1.0, 1.0, 0.0)
+    assert choice.scores["0"] > max(choice.scores["1"], choice.scores["0.25"])
+    # Without the candidate (flows asked for by name), the same data keeps the flow at a quarter.
+    kept = choose_coarsest_weight(fit_scoring_constants(good, 0.0), good, defects, masks, (32, 32), (1.0, 0.25))
+    assert not kept.drops_coarsest and kept.weights == (1.0, 1.0, 0.25)
+
+
+def test_leaving_out_the_coarsest_flow_keeps_the_others_exactly():
+    import torch
+
+    from calibration.calibrate import without_coarsest_flow
+    from engines.cflow import CflowDecoders, FeatureShape
+    from engines.flow import FlowConfig
+
+    shapes = [FeatureShape(8, 8, 8), FeatureShape(16, 4, 4), FeatureShape(32, 2, 2)]
+    decoders = CflowDecoders(shapes, FlowConfig(coupling_blocks=2, condition_channels=16)).eval()
+    with torch.no_grad():  # trained flows are not at their initial values: move every weight
+        for parameter in decoders.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    features = [torch.randn(3, s.channels, s.height, s.width) for s in shapes]
+    kept = without_coarsest_flow(decoders)
+    assert kept.shapes == shapes[:2] and len(kept.flows) == 2
+    with torch.inference_mode():
+        before, after = decoders.log_likelihood_maps(features), kept.log_likelihood_maps(features[:2])
+    assert len(after) == 2
+    for a, b in zip(before[:2], after):
+        assert torch.equal(a, b)
