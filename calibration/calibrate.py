@@ -83,8 +83,9 @@ class CalibrationSettings:
     # the map is chosen (calibration/scale_weights.py); 0: equal weights, as before issue 22.
     synthetic_defects: int = 120
     # Where the synthetic defects score best with the coarsest flow's weight at 0, leave that
-    # flow out of the bundle (its share of every frame's arithmetic saved). False where the
-    # flows were chosen explicitly (--strides, --choose-strides): those are kept as asked.
+    # flow out of the bundle (its share of every frame's arithmetic saved), if the whole-part
+    # model still pools its stage. False where the flows were chosen explicitly (--strides,
+    # --choose-strides): those are kept as asked.
     may_drop_coarsest_flow: bool = True
     threads: int = 0
     device: str = "cpu"  # where the good parts are encoded and the flows train (calibration/device.py)
@@ -268,7 +269,9 @@ def calibrate(
         synthetic_ll = log_likelihoods(decoders, flow_inputs(synthetic_features, flow_taps), shapes)
         if nearest_patch is not None:
             synthetic_patch = nearest_distances(nearest_patch, tap_maps(synthetic_features, tap_shapes))
-        candidates = tuple(w for w in COARSEST_WEIGHT_CANDIDATES if w > 0 or settings.may_drop_coarsest_flow)
+        # Only with the whole-part model: it keeps the coarsest stage in the score when its flow goes.
+        may_drop = settings.may_drop_coarsest_flow and settings.part_appearance
+        candidates = tuple(w for w in COARSEST_WEIGHT_CANDIDATES if w > 0 or may_drop)
         weight_choice = choose_coarsest_weight(constants, held_ll, synthetic_ll, synthetic.masks, settings.input_size, candidates)
         constants = replace(constants, scale_weights=weight_choice.weights)
         log(f"coarsest scale's weight in the map, by synthetic-defect score: {weight_choice.scores}")

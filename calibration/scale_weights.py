@@ -10,7 +10,8 @@ keeps the best by the mean of image AUROC, pixel AUROC and PRO, as --choose-stri
 real marked defects (issue 22: the same criterion picked 0.25 for metal_plate and tire and 1 for
 magnetic_tile, and agreed with their test sets). Only good parts are used.
 
-With three or more flows the candidates include 0: the coarsest flow left out of the bundle,
+With three or more flows and the whole-part model (calibration/calibrate.py decides), the
+candidates include 0: the coarsest flow left out of the bundle,
 which saves its share of every frame's arithmetic (on tire, where the synthetic defects choose it,
 0.28 of 1.94 GFLOP; bench/README.md, "The coarsest flow left out"). The finer flows, the whole-part
 model over every tapped stage and the nearest patch still see what it saw.

@@ -107,7 +107,10 @@ def test_a_bundle_without_part_model_scores_by_the_map(tmp_path):
     assert report.part_appearance_shrinkage is None
     images = np.zeros((2, *SMALL_SIZE, 3), np.uint8)
     output = open_backend("onnxruntime", bundle).infer(images)
+    # All three flows: without the part model the coarsest flow is never left out (here the
+    # synthetic defects of this calibration scored best without it when that was allowed).
     assert output.part_distances is None and len(output.log_likelihoods) == 3
+    assert bundle.manifest.flow_strides == (8, 16, 32) and "0" not in report.coarsest_weight_scores
     maps, scores = Inspector(bundle, open_backend("torch", bundle)).inspect_batch(images)
     np.testing.assert_allclose(scores, maps.reshape(2, -1).max(axis=1))
     # A manifest that scores part appearance needs the distance from its graph; without it the
