@@ -40,7 +40,7 @@ from engines.cflow import CflowDecoders, FeatureShape, PreprocessedEncoder, feat
 from engines.encoders import TAP_STRIDES, load_encoder
 from engines.export import export_encoder, export_flows, export_half_graphs
 from engines.flow import FlowConfig
-from engines.nearest_patch import PATCH_STRIDES, fit_nearest_patch, nearest_distances, patch_taps
+from engines.nearest_patch import PATCH_STRIDES, NearestPatch, fit_nearest_patch, nearest_distances, patch_taps
 from engines.part_appearance import fit_part_appearance, part_statistics
 from engines.scoring import anomaly_maps, image_scores
 
@@ -130,15 +130,20 @@ def split_good(paths: list[Path], holdout: list[Path] | None, fraction: float, s
     return fit, held
 
 
-def tap_maps(features: list[torch.Tensor], shapes: list[FeatureShape]) -> list[torch.Tensor]:
-    """The cached (N, positions, channels) fibers as (N, channels, height, width) maps."""
-    return [f.transpose(1, 2).reshape(len(f), s.channels, s.height, s.width) for f, s in zip(features, shapes)]
-
-
 def channels_first(features: list[torch.Tensor]) -> list[torch.Tensor]:
     """The cached (N, positions, channels) fibers as the (N, channels, positions) maps that the
     part appearance model pools, as in the graph."""
     return [f.transpose(1, 2) for f in features]
+
+
+def tap_maps(features: list[torch.Tensor], shapes: list[FeatureShape]) -> list[torch.Tensor]:
+    """The cached fibers as the (N, channels, height, width) maps the nearest patch reads."""
+    return [m.reshape(len(m), s.channels, s.height, s.width) for m, s in zip(channels_first(features), shapes)]
+
+
+def patch_distances_of(model: NearestPatch, features: list[torch.Tensor], shapes: list[FeatureShape]) -> np.ndarray:
+    """Each cached part's (N, h, w) distances to the nearest bank patch."""
+    return nearest_distances(model, tap_maps(features, shapes))
 
 
 @torch.inference_mode()
@@ -257,18 +262,18 @@ def calibrate(
         taps = patch_taps(info.tap_strides)
         assert taps is not None, "encoder_taps() always taps strides 8 and 16 for the nearest patch"
         nearest_patch = fit_nearest_patch(tap_maps(fit_features, tap_shapes), taps, settings.train.seed)
-        held_patch = nearest_distances(nearest_patch, tap_maps(held_features, tap_shapes))
+        held_patch = patch_distances_of(nearest_patch, held_features, tap_shapes)
         seconds["nearest_patch"] = time.monotonic() - mark
         mark = time.monotonic()
     held_ll = log_likelihoods(decoders, flow_inputs(held_features, flow_taps), shapes)
     constants = fit_scoring_constants(held_ll, settings.blur_sigma)
-    weight_choice, synthetic_patch = None, None
+    weight_choice, synthetic_patch, stride_left_out = None, None, 0
     if settings.synthetic_defects and len(shapes) > 1:
         synthetic = synthetic_defects(held.images, settings.synthetic_defects, settings.train.seed)
         synthetic_features = encode_features(encoder, synthetic.images, label="encoding synthetic defects")
         synthetic_ll = log_likelihoods(decoders, flow_inputs(synthetic_features, flow_taps), shapes)
         if nearest_patch is not None:
-            synthetic_patch = nearest_distances(nearest_patch, tap_maps(synthetic_features, tap_shapes))
+            synthetic_patch = patch_distances_of(nearest_patch, synthetic_features, tap_shapes)
         # Only with the whole-part model: it keeps the coarsest stage in the score when its flow goes.
         may_drop = settings.may_drop_coarsest_flow and settings.part_appearance
         candidates = tuple(w for w in COARSEST_WEIGHT_CANDIDATES if w > 0 or may_drop)
@@ -280,6 +285,7 @@ def calibrate(
             # share of every frame (its stage stays tapped for the whole-part model).
             log(f"the stride-{flow_strides[-1]} flow is left out of the bundle: flows at strides {','.join(map(str, flow_strides[:-1]))}")
             decoders = without_coarsest_flow(decoders)
+            stride_left_out = flow_strides[-1]
             flow_strides, flow_taps, shapes = flow_strides[:-1], flow_taps[:-1], shapes[:-1]
             held_ll, synthetic_ll = held_ll[:-1], synthetic_ll[:-1]
             constants = replace(constants.subset(tuple(range(len(shapes)))), scale_weights=None)
@@ -310,7 +316,7 @@ def calibrate(
         part_appearance_statistics=part_appearance.dimensions if part_appearance is not None else 0,
         coarsest_weight_scores=weight_choice.scores if weight_choice is not None else {},
         synthetic_defects=weight_choice.synthetic_defects if weight_choice is not None else 0,
-        flow_stride_left_out=settings.flow_strides[-1] if len(flow_strides) < len(settings.flow_strides) else 0,
+        flow_stride_left_out=stride_left_out,
         nearest_patch_bank=len(nearest_patch.bank) if nearest_patch is not None else 0,
         nearest_patch_scores=patch_scores,
     )
@@ -318,7 +324,7 @@ def calibrate(
         defect_features = encode_features(encoder, defects.images, label="encoding defective parts")
         defect_distances = part_distances(part_appearance, defect_features) if part_appearance is not None else None
         defect_ll = log_likelihoods(decoders, flow_inputs(defect_features, flow_taps), shapes)
-        defect_patch = nearest_distances(nearest_patch, tap_maps(defect_features, tap_shapes)) if nearest_patch is not None else None
+        defect_patch = patch_distances_of(nearest_patch, defect_features, tap_shapes) if nearest_patch is not None else None
         _, defect_scores = anomaly_maps(defect_ll, constants, settings.input_size, defect_distances, defect_patch)
         report.defect_images = len(defect_scores)
         report.defect_miss_rate = float(np.mean(defect_scores <= thresholds.image))
