@@ -9,6 +9,7 @@ import torch
 
 from engines.cflow import CflowDecoders, FeatureShape, FlowsGraph, FoldedDecoders, PreprocessedEncoder
 from engines.nearest_patch import NearestPatch
+from engines.onnx_pads import fold_pads_into_convs
 from engines.part_appearance import PartAppearance
 
 OPSET = 17
@@ -81,3 +82,4 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_axes) -
             do_constant_folding=True,
             dynamo=False,
         )
+    fold_pads_into_convs(path)
