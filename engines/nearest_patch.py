@@ -48,8 +48,8 @@ class NearestPatch(nn.Module):
         self.register_buffer("bank", bank.float().clone())
         # Columns -2 b and |b|^2: a query extended by a 1 gets |b|^2 - 2 q.b from the matmul
         # alone, so the (positions x bank) matrix is written once and read once, by the min.
-        # Adding the norms and the query's own |q|^2 over that matrix cost ONNX Runtime 0.9 ms
-        # per frame beside a 3.8 ms matmul (bench/README.md).
+        # Two more sweeps over it (adding the norms, subtracting from |q|^2) cost ONNX Runtime
+        # 0.5-0.7 ms per frame beside a 4 ms matmul (bench/README.md).
         extended = torch.cat([-2.0 * self.bank, (self.bank * self.bank).sum(dim=1, keepdim=True)], dim=1)
         self.register_buffer("extended_bank_t", extended.t().contiguous(), persistent=False)
 
