@@ -68,3 +68,10 @@ def test_the_map_is_the_float64_map_however_unlikely_a_region_is(drop):
     got = anomaly_maps(lls, constants, (128, 128))[0][0]
     assert expected.max() > 0.3 * drop  # the region stands out about as far as it was dropped
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_frame_infinitely_unlikely_everywhere_scores_the_floor_of_700_nats():
+    lls = [np.full((1, 8, 8), -np.inf, np.float32), np.full((1, 4, 4), -np.inf, np.float32)]
+    maps, scores = anomaly_maps(lls, ScoringConstants((-1.0, -1.2), 4.0), (32, 32))
+    np.testing.assert_allclose(maps, 700.0, rtol=1e-6)
+    assert scores[0] == pytest.approx(700.0)
