@@ -91,3 +91,25 @@ def test_only_a_zero_pad_read_by_one_conv_is_folded(tmp_path, mode, fill, second
     assert fold_pads_into_convs(path) == int(folds)
     assert ("Pad" in _op_types(path)) is not folds
     np.testing.assert_allclose(_run(path, x), before, rtol=1e-6, atol=1e-6)
+
+
+def test_pads_that_cannot_be_worked_out_when_the_graph_is_built_are_left_alone(tmp_path):
+    """Pads computed from a graph input, or by an op only some runtime knows: the export goes on
+    with that Pad in place instead of failing."""
+    weight = numpy_helper.from_array(np.ones((1, 1, 3, 3), dtype=np.float32), "w")
+    seed = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 0, 1, 1], dtype=np.int64), "seed")
+    nodes = [
+        helper.make_node("Vendor", ["seed"], ["custom_pads"], domain="com.example"),
+        helper.make_node("Pad", ["x", "custom_pads"], ["a"]),
+        helper.make_node("Conv", ["a", "w"], ["y"], kernel_shape=[3, 3]),
+        helper.make_node("Pad", ["x", "runtime_pads"], ["b"]),
+        helper.make_node("Conv", ["b", "w"], ["z"], kernel_shape=[3, 3]),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 5, 6]), helper.make_tensor_value_info("runtime_pads", TensorProto.INT64, [8])]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("y", "z")]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [weight, seed])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]), str(path))
+
+    assert fold_pads_into_convs(path) == 0
+    assert _op_types(path).count("Pad") == 2
