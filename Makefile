@@ -13,8 +13,8 @@ demo: setup
 test: setup lint
 	.venv/bin/python -m pytest -q
 
-# Lint, format check and type check of the daemon and the engines (pyproject.toml has the rules).
+# Lint, format check and type check of the daemon, the engines and calibration (pyproject.toml has the rules).
 lint: setup
-	.venv/bin/ruff check edge engines
-	.venv/bin/ruff format --check edge engines
+	.venv/bin/ruff check edge engines calibration
+	.venv/bin/ruff format --check edge engines calibration
 	.venv/bin/mypy

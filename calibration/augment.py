@@ -1,4 +1,5 @@
 """Small shifts and rotations of good parts, for stations where parts are not fixtured."""
+
 from __future__ import annotations
 
 import cv2
@@ -26,7 +27,6 @@ def augmented_copies(images: np.ndarray, copies: int, max_shift: float, max_degr
             moved[i] = shift_rotate(image, dx, dy, rng.uniform(-max_degrees, max_degrees))
         out.append(moved)
     return np.concatenate(out)
-
 
 
 def move_parts(images: np.ndarray, masks: np.ndarray, max_shift: float, max_degrees: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -109,7 +109,15 @@ def main(argv: list[str] | None = None) -> int:
                 if folder is not None and not folder.is_dir():
                     raise BundleError(f"{what} {folder}: not a folder")
             bundle, report = refit(
-                open_bundle(args.bundle), args.good, args.output, args.why, args.who, args.defects, args.target_frr, args.threads, args.force,
+                open_bundle(args.bundle),
+                args.good,
+                args.output,
+                args.why,
+                args.who,
+                args.defects,
+                args.target_frr,
+                args.threads,
+                args.force,
                 log=lambda message: print(message, file=sys.stderr),
             )
             print(describe(bundle))

@@ -1,4 +1,5 @@
 """edge-calibrate's work: good images in, a verified bundle out."""
+
 from __future__ import annotations
 
 import os
@@ -289,7 +290,7 @@ def calibrate(
             flow_strides, flow_taps, shapes = flow_strides[:-1], flow_taps[:-1], shapes[:-1]
             held_ll, synthetic_ll = held_ll[:-1], synthetic_ll[:-1]
             constants = replace(constants.subset(tuple(range(len(shapes)))), scale_weights=None)
-    if nearest_patch is not None:
+    if held_patch is not None:  # set with the bank, so: where there is one
         constants = with_nearest_patch(constants, held_patch)
         if synthetic_patch is not None:
             patch_choice = choose_nearest_patch(constants, held_ll, synthetic_ll, held_patch, synthetic_patch, synthetic.masks, settings.input_size)
@@ -298,12 +299,10 @@ def calibrate(
             if not patch_choice.keep:
                 nearest_patch, held_patch, constants = None, None, replace(constants, nearest_patch=None)
     held_maps, held_map_maxima = anomaly_maps(held_ll, constants, settings.input_size, patch_distances=held_patch)
-    if part_appearance is not None:
+    if held_distances is not None:  # set with the part model, so: where there is one
         constants = with_part_score(constants, held_map_maxima, held_distances)
     held_scores = image_scores(held_map_maxima, constants, held_distances)
-    thresholds = choose_thresholds(
-        held_scores, held_maps, settings.target_false_reject_rate, settings.target_pixel_false_positive_rate
-    )
+    thresholds = choose_thresholds(held_scores, held_maps, settings.target_false_reject_rate, settings.target_pixel_false_positive_rate)
     seconds["thresholds"] = time.monotonic() - mark
     report = CalibrationReport(
         fit_images=len(fit_paths),
@@ -335,7 +334,7 @@ def calibrate(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         project_version=engines.__version__,
         encoder=EncoderRecord(info.name, info.weights_sha256, info.tap_channels, info.tap_strides, info.mean, info.std, settings.feature_pooling),
-        input_size=tuple(settings.input_size),
+        input_size=(settings.input_size[0], settings.input_size[1]),
         colour=colour,
         flow=flow_record,
         scoring=constants,
@@ -363,8 +362,15 @@ def calibrate(
         export_encoder(encoder, settings.input_size, directory / ENCODER_ONNX, len(tap_shapes))
         export_flows(decoders, directory / FLOWS_ONNX, part_appearance=part_appearance, tap_shapes=tap_shapes, flow_taps=flow_taps, nearest_patch=nearest_patch)
         export_half_graphs(
-            encoder, decoders, settings.input_size, directory / ENCODER_FP16_ONNX, directory / FLOWS_FP16_ONNX, part_appearance,
-            tap_shapes, flow_taps, nearest_patch,
+            encoder,
+            decoders,
+            settings.input_size,
+            directory / ENCODER_FP16_ONNX,
+            directory / FLOWS_FP16_ONNX,
+            part_appearance,
+            tap_shapes,
+            flow_taps,
+            nearest_patch,
         )
 
     mark = time.monotonic()

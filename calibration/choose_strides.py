@@ -12,6 +12,7 @@ Ties go to the earlier candidate, the paper's 8,16,32 first.
 Measured without peeking (bench/station_choice.py): with 10 marked samples the choice picked
 4,8,16,32 for metal_plate in every draw and met all its targets on the unseen test parts.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -67,9 +68,7 @@ def find_defect_samples(defect_dir: Path, mask_dir: Path | None) -> DefectSample
     (the MVTec naming) or `<stem>.<ext>`. Every missing or blank mask is named at once."""
     paths = list_images(defect_dir)
     if len(paths) < MIN_DEFECT_SAMPLES:
-        raise ImageFolderError(
-            f"{defect_dir}: {len(paths)} defective images; choosing scales needs at least {MIN_DEFECT_SAMPLES} (10 or more give a steadier choice)"
-        )
+        raise ImageFolderError(f"{defect_dir}: {len(paths)} defective images; choosing scales needs at least {MIN_DEFECT_SAMPLES} (10 or more give a steadier choice)")
     if mask_dir is None:
         return DefectSamples(paths, None)
     if not Path(mask_dir).is_dir():
@@ -109,9 +108,7 @@ def judge(bundle: Bundle, held: np.ndarray, defects: np.ndarray, masks: np.ndarr
     return separation(held_maps, held_scores, defect_maps, defect_scores, masks)
 
 
-def separation(
-    held_maps: np.ndarray, held_scores: np.ndarray, defect_maps: np.ndarray, defect_scores: np.ndarray, masks: np.ndarray | None
-) -> tuple[float, float | None, float | None]:
+def separation(held_maps: np.ndarray, held_scores: np.ndarray, defect_maps: np.ndarray, defect_scores: np.ndarray, masks: np.ndarray | None) -> tuple[float, float | None, float | None]:
     """How well the scores tell held-out good parts from defective ones (image AUROC) and, where
     the defects are marked, how well the maps outline them (pixel AUROC, PRO)."""
     labels = np.r_[np.zeros(len(held_scores), bool), np.ones(len(defect_scores), bool)]
@@ -158,11 +155,17 @@ def choose_strides(
             label = ",".join(map(str, strides))
             log(f"candidate {number}/{len(candidates)}: strides {label}")
             bundle, report = calibrate(
-                good_dir, work / f"strides-{'-'.join(map(str, strides))}", replace(settings, flow_strides=strides, may_drop_coarsest_flow=False),
-                holdout_dir, defect_dir, force=False, log=lambda message: log(f"  [{label}] {message}"),
+                good_dir,
+                work / f"strides-{'-'.join(map(str, strides))}",
+                replace(settings, flow_strides=strides, may_drop_coarsest_flow=False),
+                holdout_dir,
+                defect_dir,
+                force=False,
+                log=lambda message, label=label: log(f"  [{label}] {message}"),
             )
             if images is None:  # every candidate reads the parts at the same size and colour
-                size, colour = tuple(bundle.manifest.input_size), bundle.manifest.colour
+                (height, width), colour = bundle.manifest.input_size, bundle.manifest.colour
+                size = (height, width)
                 images = (
                     load_images(held_paths, size, colour).images,
                     load_images(samples.paths, size, colour).images,
@@ -183,4 +186,3 @@ def choose_strides(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return bundle, report, choice
-

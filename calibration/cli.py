@@ -1,4 +1,5 @@
 """edge-calibrate: learn a station's good parts and write a bundle for edge-inspect."""
+
 from __future__ import annotations
 
 import argparse
@@ -182,33 +183,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-size", type=parse_size, default=(256, 256), help="N or HEIGHTxWIDTH, multiples of 32 (default 256)")
     parser.add_argument("--colour", choices=("auto", "rgb", "gray"), default="auto", help="auto: gray when every good image is gray")
     parser.add_argument(
-        "--strides", type=parse_strides, default=None, metavar="S,S",
+        "--strides",
+        type=parse_strides,
+        default=None,
+        metavar="S,S",
         help="feature scales with a flow (default 8,16,32, and 32 left out where synthetic defects made from the "
         "held-out good parts score best without it; given here, every scale named is kept). Adding 4 sharpens the outlines of small defects; "
         "8,16 suits small, sharp defects (the whole-part score still sees stride 32); large, faint ones need 32 "
         "and lose with 4: compare bundles with edge-evaluate, or let --choose-strides compare them",
     )
     parser.add_argument(
-        "--choose-strides", type=parse_strides, nargs="*", metavar="S,S",
+        "--choose-strides",
+        type=parse_strides,
+        nargs="*",
+        metavar="S,S",
         help="calibrate each of these scale settings (default: 8,16,32 8,16 4,8,16,32) and keep the one that best "
         "separates the held-out good parts from the parts in --defects; with --masks, outlines count too",
     )
     parser.add_argument(
-        "--masks", type=Path,
+        "--masks",
+        type=Path,
         help="with --choose-strides: folder of the --defects images' masks (<stem>_mask.png or <stem>.png, defect pixels non-zero)",
     )
     parser.add_argument("--coupling-blocks", type=whole_number(1), default=8)
     parser.add_argument(
-        "--feature-pooling", type=int, choices=(1, 3, 5), default=1, metavar="K",
+        "--feature-pooling",
+        type=int,
+        choices=(1, 3, 5),
+        default=1,
+        metavar="K",
         help="average the features over K x K neighbours (1, 3 or 5; default 1: none). 3 helps large, faint "
         "defects and whole-part detection and costs the outline of small ones: compare bundles with edge-evaluate",
     )
     parser.add_argument(
-        "--no-part-appearance", dest="part_appearance", action="store_false",
+        "--no-part-appearance",
+        dest="part_appearance",
+        action="store_false",
         help="score parts by the anomaly map alone, without the whole-part appearance model (default: both)",
     )
     parser.add_argument(
-        "--no-nearest-patch", dest="nearest_patch", action="store_false",
+        "--no-nearest-patch",
+        dest="nearest_patch",
+        action="store_false",
         help="build the anomaly map from the flows alone, without each position's distance to its nearest good patch "
         "(default: both, unless synthetic defects veto the term; it sharpens outlines and costs about 2 ms per frame on 2 cores)",
     )
@@ -289,8 +305,15 @@ def main(argv: list[str] | None = None) -> int:
             from calibration.choose_strides import DEFAULT_CANDIDATES, choose_strides
 
             bundle, report, choice = choose_strides(
-                args.good, args.output, settings, args.defects, args.masks, tuple(args.choose_strides) or DEFAULT_CANDIDATES,
-                args.holdout, args.force, log=log,
+                args.good,
+                args.output,
+                settings,
+                args.defects,
+                args.masks,
+                tuple(args.choose_strides) or DEFAULT_CANDIDATES,
+                args.holdout,
+                args.force,
+                log=log,
             )
         else:
             bundle, report = calibrate(args.good, args.output, settings, args.holdout, args.defects, args.force, log=log)
@@ -310,8 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     t = bundle.manifest.thresholds
     if choice is not None:
-        log(f"chose strides {','.join(map(str, choice.chosen))} by {choice.criterion} "
-            f"on {choice.held_out_good} held-out good and {choice.defect_samples} defective parts")
+        log(f"chose strides {','.join(map(str, choice.chosen))} by {choice.criterion} on {choice.held_out_good} held-out good and {choice.defect_samples} defective parts")
     seconds = choice.seconds if choice is not None else report.seconds["total"]
     log(f"wrote {bundle.path} (bundle {bundle.bundle_id}) in {seconds:.0f}s")
     log(f"image threshold {t.image:.3f} ({t.method}); region threshold {t.pixel:.3f}")

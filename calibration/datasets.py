@@ -1,4 +1,5 @@
 """MVTec-AD layout categories: train/good, test/<type>, ground_truth/<type>/<stem>_mask.png."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,10 +1,12 @@
 """Evaluate a bundle on an MVTec-layout category through the same inspection path as the daemon."""
+
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -36,12 +38,11 @@ class ScoredCategory:
     seconds_per_image: float
 
 
-def score_category(
-    bundle: Bundle, category: Category, backend: str = "onnxruntime", batch_size: int = 8, threads: int = 0, move=None
-) -> ScoredCategory:
+def score_category(bundle: Bundle, category: Category, backend: str = "onnxruntime", batch_size: int = 8, threads: int = 0, move=None) -> ScoredCategory:
     """Inspect every test image. `move(images, masks) -> (images, masks)` perturbs the parts
     (robustness studies); the masks move with them."""
-    size = tuple(bundle.manifest.input_size)
+    height, width = bundle.manifest.input_size
+    size = (height, width)
     images = load_images([t.path for t in category.test], size, bundle.manifest.colour).images
     masks = np.stack([read_mask(t, size) for t in category.test])
     if move is not None:
@@ -93,7 +94,7 @@ def evaluate_scored(bundle: Bundle, scored: ScoredCategory) -> dict:
     """Metrics overall and per defect type (each type against all good test parts)."""
     threshold = bundle.manifest.thresholds.image
     good = ~scored.labels
-    result = {
+    result: dict[str, Any] = {
         "category": scored.category.name,
         "bundle": str(bundle.path),
         "bundle_id": bundle.bundle_id,

@@ -1,4 +1,5 @@
 """edge-evaluate: how well a bundle separates good from defective parts of an MVTec-layout category."""
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """Reading folders of part images, with errors that name the file."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

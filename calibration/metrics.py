@@ -141,7 +141,7 @@ def pro_auc(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> floa
     # Only the top fpr_limit fraction of background pixels can lie on the integrated part of the
     # curve, so the rest is never examined (+1: margin against rounding in fpr_limit * n_bg).
     n_keep = min(n_bg, int(np.ceil(fpr_limit * n_bg)) + 1)
-    top = bg[n_bg - n_keep:]
+    top = bg[n_bg - n_keep :]
     # Distinct kept background values v_j (ascending) and G_j = #background >= v_j.
     is_first = np.empty(n_keep, dtype=bool)
     is_first[0] = True
@@ -180,9 +180,7 @@ def pro_auc(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> floa
     return area / (2.0 * n_bg * fpr_limit)
 
 
-def rates_at_threshold(
-    scores: np.ndarray, labels: np.ndarray, threshold: float
-) -> tuple[float, float]:
+def rates_at_threshold(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float, float]:
     """(false_reject_rate, miss_rate) at ``threshold``.
 
     A part is rejected iff ``score > threshold`` (strictly greater: a score equal to the

@@ -5,6 +5,7 @@ test set), sums the upsampled scales and subtracts from the maximum. A part's sc
 on every other test image, so this can never run on a line; it is computed here only to show
 that the calibrated scoring is not worse.
 """
+
 from __future__ import annotations
 
 import cv2

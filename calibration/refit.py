@@ -46,8 +46,16 @@ def model_outputs(bundle: Bundle, images: np.ndarray, threads: int, progress: Ca
 
 
 def refit(
-    bundle: Bundle, good: Path, output: Path, why: str, who: str | None = None, defects: Path | None = None,
-    target_frr: float | None = None, threads: int = 0, force: bool = False, log: Callable[[str], None] = print,
+    bundle: Bundle,
+    good: Path,
+    output: Path,
+    why: str,
+    who: str | None = None,
+    defects: Path | None = None,
+    target_frr: float | None = None,
+    threads: int = 0,
+    force: bool = False,
+    log: Callable[[str], None] = print,
 ) -> tuple[Bundle, RefitReport]:
     m = bundle.manifest
     paths = list_images(good)
@@ -71,9 +79,7 @@ def refit(
     scores = image_scores(maxima, constants, out.part_distances)
     target = target_frr or old.target_false_reject_rate
     thresholds = choose_thresholds(scores, maps, target, old.target_pixel_false_positive_rate)
-    report = RefitReport(
-        len(paths), old.image, thresholds.image, float(np.mean(old_scores > old.image)), float(np.mean(scores > thresholds.image))
-    )
+    report = RefitReport(len(paths), old.image, thresholds.image, float(np.mean(old_scores > old.image)), float(np.mean(scores > thresholds.image)))
     if defects is not None:
         defect_images = load_images(list_images(defects), m.input_size, m.colour).images
         d = model_outputs(bundle, defect_images, threads, lambda done, total: None)

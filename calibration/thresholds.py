@@ -1,4 +1,5 @@
 """Scoring constants and decision thresholds from held-out good parts only."""
+
 from __future__ import annotations
 
 import dataclasses

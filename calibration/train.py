@@ -4,6 +4,7 @@ The encoder is frozen, so every image is encoded once and the flows then train o
 mini-batches of fibers (one feature vector and its position) drawn across all images and
 positions; that is what makes calibration fit a line PC's minutes.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,10 +40,7 @@ class TrainConfig:
         if self.steps_per_scale is not None:
             counts = dict(zip(OPTIONAL_STRIDES, self.steps_per_scale))
             return [max(1, min(self.max_steps_per_scale, counts[s])) for s in strides]
-        return [
-            max(self.min_steps_per_scale, min(self.max_steps_per_scale, math.ceil(self.epochs * n / self.fiber_batch)))
-            for n in fibers_per_scale
-        ]
+        return [max(self.min_steps_per_scale, min(self.max_steps_per_scale, math.ceil(self.epochs * n / self.fiber_batch))) for n in fibers_per_scale]
 
 
 @dataclass
@@ -53,9 +51,7 @@ class TrainReport:
 
 
 @torch.no_grad()
-def encode_features(
-    encoder: PreprocessedEncoder, images: np.ndarray, batch_size: int = 16, label: str = "encoding", device: torch.device | None = None
-) -> list[torch.Tensor]:
+def encode_features(encoder: PreprocessedEncoder, images: np.ndarray, batch_size: int = 16, label: str = "encoding", device: torch.device | None = None) -> list[torch.Tensor]:
     """uint8 RGB (N, H, W, 3) -> per scale float32 (N, positions, channels), on the CPU; `device`
     runs the encoder there (it is moved back afterwards)."""
     device = device or torch.device("cpu")
@@ -72,7 +68,7 @@ def encode_features(
 
 
 def fit_input_statistics(decoders: CflowDecoders, features: list[torch.Tensor]) -> None:
-    for flow, fibers in zip(decoders.flows, features):
+    for flow, fibers in zip(decoders.conditional_flows, features):
         flat = fibers.reshape(-1, fibers.shape[-1])
         flow.set_input_statistics(flat.mean(0), flat.std(0))
 
@@ -97,15 +93,13 @@ def train_decoders(
     report = TrainReport()
     steps = config.steps_for([f.shape[0] * f.shape[1] for f in features], strides)
     report.steps = steps
-    optimisers = [
-        torch.optim.Adam(flow.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay) for flow in decoders.flows
-    ]
+    optimisers = [torch.optim.Adam(flow.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay) for flow in decoders.conditional_flows]
     total = max(steps)
     progress = Progress("training flows", total)
     recent: list[list[float]] = [[] for _ in features]
     start = time.monotonic()
     for step in range(total):
-        for scale, (flow, fibers, optimiser) in enumerate(zip(decoders.flows, features, optimisers)):
+        for scale, (flow, fibers, optimiser) in enumerate(zip(decoders.conditional_flows, features, optimisers)):
             if step >= steps[scale]:
                 continue
             # Cosine decay to zero over this scale's own step count.
