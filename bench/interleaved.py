@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
@@ -36,23 +35,14 @@ from calibration.images import load_images  # noqa: E402
 from engines.backends import open_backend  # noqa: E402
 from engines.bundle import ENCODER_ONNX, open_bundle  # noqa: E402
 from engines.onnx_pads import fold_pads_into_convs  # noqa: E402
-from engines.scoring import _LOWEST_LOG_RATIO, anomaly_maps, relative_likelihoods  # noqa: E402
+from engines.scoring import anomaly_maps, float64_map, relative_likelihoods  # noqa: E402
 
 
 def float64_anomaly_maps(log_likelihoods, constants, output_size, part_distances=None, patch_distances=None) -> np.ndarray:
-    """The maps as engines/scoring.py made them before the float32 path (commit e4c59a5)."""
-    height, width = output_size
+    """Every frame's map in float64, as engines/scoring.py made them all before the float32 path."""
     terms = relative_likelihoods(log_likelihoods, constants, patch_distances)
     weights = constants.normalised_weights()
-    maps = np.empty((terms[0].shape[0], height, width), dtype=np.float32)
-    for b in range(len(maps)):
-        likelihood = np.zeros((height, width), dtype=np.float64)
-        for weight, term in zip(weights, terms):
-            likelihood += weight * cv2.resize(term[b], (width, height), interpolation=cv2.INTER_LINEAR)
-        if constants.blur_sigma > 0:
-            likelihood = cv2.GaussianBlur(likelihood, (0, 0), constants.blur_sigma, borderType=cv2.BORDER_REFLECT)
-        maps[b] = -np.log(np.maximum(likelihood, np.exp(_LOWEST_LOG_RATIO)))
-    return maps
+    return np.stack([float64_map([term[b] for term in terms], weights, output_size, constants.blur_sigma) for b in range(len(terms[0]))]).astype(np.float32)
 
 
 def one_thread_session(path: Path) -> ort.InferenceSession:
