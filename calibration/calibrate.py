@@ -358,7 +358,7 @@ def calibrate(
         if part_appearance is not None:
             torch.save(part_appearance.state_dict(), directory / PART_APPEARANCE_WEIGHTS)
         if nearest_patch is not None:
-            torch.save({"bank": nearest_patch.bank}, directory / NEAREST_PATCH_WEIGHTS)
+            torch.save(nearest_patch.saved_state(), directory / NEAREST_PATCH_WEIGHTS)
         export_encoder(encoder, settings.input_size, directory / ENCODER_ONNX, len(tap_shapes))
         export_flows(decoders, directory / FLOWS_ONNX, part_appearance=part_appearance, tap_shapes=tap_shapes, flow_taps=flow_taps, nearest_patch=nearest_patch)
         export_half_graphs(

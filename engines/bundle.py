@@ -33,8 +33,11 @@ from engines.scoring import ScoringConstants, ScoringJson
 # position's distance to its nearest good patch (scoring.nearest_patch, nearest_patch.pt and a
 # patch_distance output of the flows graph). A version-4 reader would refuse the new keys as
 # unknown; the version says why. Version 4 bundles are read as they are.
-FORMAT_VERSION = 5
-READABLE_FORMAT_VERSIONS = (4, 5)
+# 6: nearest_patch.pt may carry a projection onto the training patches' principal directions,
+# and its bank is then in those directions. A version-5 torch backend would compare unprojected
+# patches with a projected bank, so it must refuse. Version 5 bundles are read as they are.
+FORMAT_VERSION = 6
+READABLE_FORMAT_VERSIONS = (4, 5, 6)
 UNSEALED_FORMAT_VERSIONS = (1, 2, 3)  # what `edge-bundle reseal` reads
 MANIFEST = "manifest.json"
 # Ed25519 signature of manifest.json's bytes, for plants that sign their bundles (engines/signing.py).

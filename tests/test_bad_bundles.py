@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from calibration.bundle_cli import main as edge_bundle
-from engines.bundle import INTEGRITY, BundleError, open_bundle, seal
+from engines.bundle import FORMAT_VERSION, INTEGRITY, BundleError, open_bundle, seal
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ def test_reseal_carries_an_older_bundle_over_and_records_it(bundle_copy, tmp_pat
         open_bundle(bundle_copy)
     assert edge_bundle(["reseal", str(bundle_copy), "-o", str(tmp_path / "new"), "--why", "upgrade to 0.2"]) == 0
     resealed = open_bundle(tmp_path / "new")
-    assert resealed.manifest.format_version == 5 and resealed.manifest.history[0]["action"] == "reseal"
+    assert resealed.manifest.format_version == FORMAT_VERSION and resealed.manifest.history[0]["action"] == "reseal"
     # Without held-out scores, only a threshold given as a number can be set.
     assert edge_bundle(["retune", str(tmp_path / "new"), "-o", str(tmp_path / "t"), "--target-frr", "0.05", "--why", "x"]) == 2
 

@@ -129,7 +129,7 @@ def test_strides_drop_flows_but_the_part_model_keeps_every_stage(good_folder, tm
     import onnx
     import pytest
 
-    from engines.bundle import FLOWS_ONNX, MANIFEST, BundleError, open_bundle, seal
+    from engines.bundle import FLOWS_ONNX, FORMAT_VERSION, MANIFEST, BundleError, open_bundle, seal
 
     refused = run("calibration.cli", str(good_folder), "-o", str(tmp_path / "bad"), "--strides", "16,8")
     assert refused.returncode == 2 and "8,16,32" in refused.stderr and "Traceback" not in refused.stderr
@@ -140,7 +140,7 @@ def test_strides_drop_flows_but_the_part_model_keeps_every_stage(good_folder, tm
     assert '"part_appearance_statistics": 880' in result.stdout  # mean and deviation of 40 + 80 + 320 channels
     bundle = open_bundle(out)
     assert bundle.manifest.encoder.tap_strides == (8, 16, 32) and bundle.manifest.flow_strides == (8, 16)
-    assert bundle.manifest.format_version == 5 and len(bundle.manifest.scoring.log_likelihood_reference) == 2
+    assert bundle.manifest.format_version == FORMAT_VERSION and len(bundle.manifest.scoring.log_likelihood_reference) == 2
     flows = onnx.load(str(bundle.file(FLOWS_ONNX))).graph
     assert [i.name for i in flows.input] == ["features_0", "features_1", "features_2"]
     patch = ["patch_distance"] if bundle.manifest.scoring.nearest_patch is not None else []
@@ -167,7 +167,7 @@ def test_strides_without_the_part_model_shorten_the_encoder(good_folder, tmp_pat
     import onnxruntime
     import torch
 
-    from engines.bundle import ENCODER_ONNX, open_bundle
+    from engines.bundle import ENCODER_ONNX, FORMAT_VERSION, open_bundle
     from engines.cflow import PreprocessedEncoder
     from engines.encoders import load_encoder
 
@@ -178,7 +178,7 @@ def test_strides_without_the_part_model_shorten_the_encoder(good_folder, tmp_pat
     assert result.returncode == 0, result.stderr
     bundle = open_bundle(out)
     assert bundle.manifest.encoder.tap_strides == (8, 16) and bundle.manifest.encoder.tap_channels == (40, 80)
-    assert bundle.manifest.format_version == 5 and bundle.manifest.flow.strides is None
+    assert bundle.manifest.format_version == FORMAT_VERSION and bundle.manifest.flow.strides is None
 
     short, _ = load_encoder("efficientnet-lite0", tap_strides=(8, 16))
     full, info = load_encoder("efficientnet-lite0")

@@ -13,11 +13,11 @@ import torch
 
 from calibration.images import list_images, load_images
 from engines.backends import ModelOutput, open_backend
-from engines.bundle import NEAREST_PATCH_WEIGHTS, PATCH_DISTANCE, BundleError, open_bundle, seal
+from engines.bundle import FORMAT_VERSION, NEAREST_PATCH_WEIGHTS, PATCH_DISTANCE, BundleError, open_bundle, seal
 from engines.cflow import PreprocessedEncoder
 from engines.encoders import load_encoder
 from engines.inspector import Inspector
-from engines.nearest_patch import NearestPatch, fit_nearest_patch, greedy_coreset, patch_features, patch_taps
+from engines.nearest_patch import PRINCIPAL_COMPONENTS, NearestPatch, fit_nearest_patch, greedy_coreset, load_nearest_patch, patch_features, patch_taps, principal_directions
 from engines.scoring import NearestPatchScoring, ScoringConstants, anomaly_maps
 from tests.conftest import METAL_PLATE, SMALL_SIZE, require
 
@@ -98,7 +98,9 @@ def test_every_backend_returns_the_same_patch_distances_and_scores(patch_bundle)
     bundle, report = patch_bundle
     scoring = bundle.manifest.scoring
     assert report.nearest_patch_bank > 0 and scoring.nearest_patch is not None and scoring.nearest_patch.spread > 0
-    assert bundle.manifest.format_version == 5 and bundle.has(NEAREST_PATCH_WEIGHTS)
+    assert bundle.manifest.format_version == FORMAT_VERSION and bundle.has(NEAREST_PATCH_WEIGHTS)
+    # The torch backend must project the queries as the graph does, or the distances below differ.
+    assert set(torch.load(bundle.file(NEAREST_PATCH_WEIGHTS), weights_only=True)) == {"bank", "projection"}
     paths = list_images(require(METAL_PLATE) / "test" / "good")[:3] + list_images(require(METAL_PLATE) / "test" / "defective")[:3]
     images = load_images(paths, SMALL_SIZE, "rgb").images
     outputs = {}
@@ -152,16 +154,78 @@ def test_a_format_4_manifest_cannot_carry_the_patch_term(patch_bundle, tmp_path)
         open_bundle(copy)
 
 
+def test_format_5_bundles_are_still_read(patch_bundle, tmp_path):
+    """Format 5 differs only in nearest_patch.pt having no projection, which the loader takes."""
+    bundle, _ = patch_bundle
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    data.pop("integrity")
+    data["format_version"] = 5
+    (copy / "manifest.json").write_text(json.dumps(seal(data)))
+    assert open_bundle(copy).manifest.format_version == 5
+
+
 def test_patch_taps_need_strides_8_and_16():
     assert patch_taps((8, 16, 32)) == (0, 1) and patch_taps((4, 8, 16, 32)) == (1, 2)
     assert patch_taps((16, 32)) is None
 
 
 def test_fit_keeps_at_most_the_bank_size(plate_taps):
+    channels = plate_taps[0].shape[1] + plate_taps[1].shape[1]
     model = fit_nearest_patch(plate_taps, (0, 1), seed=0, size=100)
-    assert model.bank.shape == (100, plate_taps[0].shape[1] + plate_taps[1].shape[1])
+    assert model.bank.shape == (100, PRINCIPAL_COMPONENTS) and model.channels == channels
     small = fit_nearest_patch([t[:1] for t in plate_taps], (0, 1), seed=0, size=100)
-    assert small.bank.shape[0] == 64  # one 8x8 part has fewer patches than the bank holds: all kept
+    # One 8x8 part has fewer patches than the bank holds: all kept, and too few to find 64
+    # principal directions in, so they are compared in all channels.
+    assert small.bank.shape == (64, channels) and small.projection is None
+
+
+def test_distances_in_the_principal_directions_are_those_of_the_projected_patches(plate_taps):
+    patches = patch_features(*plate_taps)
+    flat = patches.flatten(2).transpose(1, 2).reshape(-1, patches.shape[1]).double()
+    model = fit_nearest_patch(plate_taps, (0, 1), seed=0, size=200)
+    projection = model.projection
+    assert projection is not None and projection.shape == (flat.shape[1], PRINCIPAL_COMPONENTS)
+    # Orthonormal directions, the first the one of most variance.
+    np.testing.assert_allclose((projection.t() @ projection).numpy(), np.eye(PRINCIPAL_COMPONENTS), atol=1e-5)
+    variance = ((flat - flat.mean(dim=0)) @ projection.double()).var(dim=0)
+    assert variance[0] == variance.max() and variance[0] > variance[-1]
+    with torch.inference_mode():
+        got = model(plate_taps).numpy().reshape(-1)
+    projected, bank = flat @ projection.double(), model.bank.double()
+    expected = torch.cdist(projected, bank).pow(2).min(dim=1).values.numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * float(expected.mean()))
+    # 64 of 120 directions keep nearly all of the distance (here 99 % of the variance): against
+    # the same coreset in all channels, never farther and at the median within 10 %.
+    full = torch.cdist(flat, greedy_coreset(flat.float(), 200, seed=0).double()).pow(2).min(dim=1).values.numpy()
+    away = full > 1e-3 * full.mean()  # not the bank's own patches
+    assert np.all(got <= full * (1 + 1e-3) + 1e-3 * full.mean()) and np.median(got[away] / full[away]) > 0.9
+
+
+def test_principal_directions_need_more_channels_and_patches_than_they_keep():
+    rng = torch.Generator().manual_seed(0)
+    assert principal_directions(torch.randn(500, 64, generator=rng)) is None
+    assert principal_directions(torch.randn(50, 120, generator=rng)) is None
+    assert principal_directions(torch.randn(500, 120, generator=rng)).shape == (120, PRINCIPAL_COMPONENTS)
+
+
+def test_a_bad_patch_file_is_refused_with_its_name(plate_taps):
+    model = fit_nearest_patch(plate_taps, (0, 1), seed=0, size=100)
+    channels = model.channels
+    assert load_nearest_patch(model.saved_state(), (0, 1), channels, "nearest_patch.pt").projection is not None
+    unprojected = load_nearest_patch({"bank": torch.zeros(10, channels)}, (0, 1), channels, "nearest_patch.pt")
+    assert unprojected.projection is None and unprojected.channels == channels  # format 5
+    bad = (
+        ([1, 2], "expected a bank"),
+        ({"bank": model.bank, "extra": model.bank}, "expected a bank"),
+        ({"bank": torch.zeros(10)}, r"the bank has shape \(10,\), expected \(patches, channels\)"),
+        ({"bank": model.bank, "projection": torch.zeros(channels, 3)}, "does not map patches"),
+        ({"bank": torch.zeros(10, 7)}, f"patches of 7 channels.*give {channels}"),
+    )
+    for state, said in bad:
+        with pytest.raises(ValueError, match=f"nearest_patch.pt: .*{said}"):
+            load_nearest_patch(state, (0, 1), channels, "nearest_patch.pt")
 
 
 def test_synthetic_defects_veto_a_patch_term_that_hides_them_and_keep_one_that_marks_them():

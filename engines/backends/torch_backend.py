@@ -58,13 +58,16 @@ def build_torch_model(bundle: Bundle) -> TorchModel:
         part_appearance = PartAppearance(part_state["mean"], part_state["whitening"]).eval()
     nearest_patch = None
     if bundle.has(NEAREST_PATCH_WEIGHTS):
-        from engines.nearest_patch import NearestPatch, patch_taps
+        from engines.nearest_patch import load_nearest_patch, patch_taps
 
         taps = patch_taps(manifest.encoder.tap_strides)
         if taps is None:
             raise BackendError(f"{bundle.path}: {NEAREST_PATCH_WEIGHTS} needs encoder taps at strides 8 and 16; re-calibrate")
-        patch_state = torch.load(bundle.file(NEAREST_PATCH_WEIGHTS), map_location="cpu", weights_only=True)
-        nearest_patch = NearestPatch(patch_state["bank"], taps).eval()
+        patch_file = bundle.file(NEAREST_PATCH_WEIGHTS)
+        try:
+            nearest_patch = load_nearest_patch(torch.load(patch_file, map_location="cpu", weights_only=True), taps, sum(manifest.encoder.tap_channels[i] for i in taps), str(patch_file))
+        except ValueError as error:
+            raise BackendError(str(error)) from None
     return TorchModel(preprocessed.eval(), decoders.eval(), part_appearance, nearest_patch)
 
 
