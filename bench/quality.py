@@ -167,18 +167,19 @@ def fmt(value) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'dataset':<20} {'variant':<22} {'encoder':<18} {'size':<8} {'imAUC':>6} {'pxAUC':>6} {'PRO':>6} {'FRR':>6} {'miss':>6} {'calib_s':>8}")
+    width = max([22, *(len(r["variant"]) for r in rows)])  # the ablation's names are long; keep the numbers in columns
+    print(f"{'dataset':<20} {'variant':<{width}} {'encoder':<18} {'size':<8} {'imAUC':>6} {'pxAUC':>6} {'PRO':>6} {'FRR':>6} {'miss':>6} {'calib_s':>8}")
     for r in rows:
         print(
-            f"{r['dataset']:<20} {r['variant']:<22} {r.get('encoder', ''):<18} {r.get('input_size', ''):<8} "
+            f"{r['dataset']:<20} {r['variant']:<{width}} {r.get('encoder', ''):<18} {r.get('input_size', ''):<8} "
             f"{fmt(r.get('image_auroc'))} {fmt(r.get('pixel_auroc'))} {fmt(r.get('pro'))} "
             f"{fmt(r.get('false_reject_rate'))} {fmt(r.get('miss_rate'))} {r.get('calibration_s', ''):>8}"
         )
         if r.get("flow_strides"):
-            print(f"{'':<20} {'  flows at strides':<22} {','.join(map(str, r['flow_strides']))}")
+            print(f"{'':<20} {'  flows at strides':<{width}} {','.join(map(str, r['flow_strides']))}")
         ref = r.get("reference_test_set_max")
         if ref:
-            print(f"{'':<20} {'  test-set-max ref':<22} {'':<18} {'':<8} {fmt(ref['image_auroc'])} {fmt(ref['pixel_auroc'])} {fmt(ref['pro'])}")
+            print(f"{'':<20} {'  test-set-max ref':<{width}} {'':<18} {'':<8} {fmt(ref['image_auroc'])} {fmt(ref['pixel_auroc'])} {fmt(ref['pro'])}")
 
 
 def main() -> int:

@@ -196,7 +196,7 @@ def test_distances_in_the_principal_directions_are_those_of_the_projected_patche
     projected, bank = flat @ projection.double(), model.bank.double()
     expected = torch.cdist(projected, bank).pow(2).min(dim=1).values.numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * float(expected.mean()))
-    # 64 of 120 directions keep nearly all of the distance (here 99 % of the variance): against
+    # 96 of 120 directions keep nearly all of the distance: against
     # the same coreset in all channels, never farther and at the median within 10 %.
     full = torch.cdist(flat, greedy_coreset(flat.float(), 200, seed=0).double()).pow(2).min(dim=1).values.numpy()
     away = full > 1e-3 * full.mean()  # not the bank's own patches
