@@ -62,7 +62,10 @@ def _perlin(image: np.ndarray, others: np.ndarray, rng: np.random.Generator) -> 
     soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 1.0)[..., None]
     picture = image.astype(np.float32)
     if rng.random() < 0.5:
-        other = np.rot90(others[rng.integers(len(others))], int(rng.integers(1, 4))).astype(np.float32)
+        turns = int(rng.integers(1, 4))
+        if height != width:
+            turns = 2  # a quarter turn would swap a non-square part's height and width
+        other = np.rot90(others[rng.integers(len(others))], turns).astype(np.float32)
         fill = np.roll(other, (int(rng.integers(height)), int(rng.integers(width))), axis=(0, 1)) * rng.uniform(0.6, 1.4)
     else:
         gain = rng.uniform(0.5, 1.5) if rng.random() < 0.7 else rng.uniform(0.85, 1.15)

@@ -20,6 +20,18 @@ def test_synthetic_defects_change_the_part_where_their_mask_says():
     assert np.array_equal(again.images, made.images)  # seeded: a calibration is repeatable
 
 
+def test_synthetic_defects_of_non_square_parts_keep_their_shape():
+    """--input-size 64x96: another part's texture is turned half a turn, never a quarter (which
+    would swap its height and width), so every kind of defect can be made."""
+    rng = np.random.default_rng(0)
+    good = rng.integers(100, 140, size=(6, 64, 96, 3), dtype=np.uint8)
+    made = synthetic_defects(good, 60, seed=3)
+    assert made.images.shape == (60, 64, 96, 3) and made.masks.shape == (60, 64, 96)
+    assert {"perlin", "cutpaste", "scar"} <= set(made.kinds)
+    for image, mask in zip(made.images, made.masks):
+        assert mask.any()
+
+
 def _log_likelihoods(rng, count, coarse_noise):
     fine = rng.normal(0, 0.1, size=(count, 16, 16))
     coarse = rng.normal(0, coarse_noise, size=(count, 4, 4))
