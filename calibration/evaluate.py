@@ -79,14 +79,22 @@ def score_category(bundle: Bundle, category: Category, backend: str = "onnxrunti
     )
 
 
+def auroc_if_defined(scores, labels) -> float | None:
+    """Image AUROC, or None where the test set holds only good or only defective parts (a line
+    that collected only its rejects still learns its miss rate and outlines)."""
+    labels = np.asarray(labels, dtype=bool)
+    return auroc(scores, labels) if labels.any() and not labels.all() else None
+
+
 def category_metrics(maps, scores, masks, labels, threshold: float | None) -> dict:
-    out = {"images": int(len(labels)), "defective": int(labels.sum()), "image_auroc": auroc(scores, labels)}
+    out = {"images": int(len(labels)), "defective": int(labels.sum()), "image_auroc": auroc_if_defined(scores, labels)}
     if masks.any():
         out["pixel_auroc"] = pixel_auroc(maps, masks)
         out["pro"] = pro_auc(maps, masks, fpr_limit=0.3)
     if threshold is not None:
         frr, miss = rates_at_threshold(scores, labels, threshold)
-        out["false_reject_rate"], out["miss_rate"] = frr, miss
+        # A rate of a class the test set lacks is NaN; JSON has no NaN, so it is left empty.
+        out["false_reject_rate"], out["miss_rate"] = (None if np.isnan(frr) else frr), (None if np.isnan(miss) else miss)
     return out
 
 
@@ -109,8 +117,8 @@ def evaluate_scored(bundle: Bundle, scored: ScoredCategory) -> dict:
     if scored.part_distances is not None:
         # What each half of the image score separates on its own.
         result["image_auroc_of"] = {
-            "map_maximum": auroc(scored.maps.reshape(len(scored.maps), -1).max(axis=1), scored.labels),
-            "part_appearance": auroc(scored.part_distances, scored.labels),
+            "map_maximum": auroc_if_defined(scored.maps.reshape(len(scored.maps), -1).max(axis=1), scored.labels),
+            "part_appearance": auroc_if_defined(scored.part_distances, scored.labels),
         }
     types = np.array([t.defect_type for t in scored.category.test])
     for defect in scored.category.defect_types:

@@ -79,6 +79,28 @@ def test_evaluate_rejects_wrong_layout_and_writes_report(small_bundle, tmp_path)
     assert sheet is not None and sheet.shape[0] >= 2 * 192  # a row for good and one per defect type
 
 
+def test_evaluate_a_category_without_good_test_parts(small_bundle, tmp_path):
+    """A line that kept only its rejects: the miss rate and the outlines, and a line saying why
+    there is no image AUROC, not a traceback."""
+    import json
+
+    bundle, _ = small_bundle
+    plate = require(METAL_PLATE)
+    category = tmp_path / "rejects_only"
+    (category / "train").mkdir(parents=True)
+    (category / "test").mkdir()
+    (category / "train" / "good").symlink_to(plate / "train" / "good")
+    (category / "ground_truth").symlink_to(plate / "ground_truth")
+    for kind in (d for d in (plate / "test").iterdir() if d.is_dir() and d.name != "good"):
+        (category / "test" / kind.name).symlink_to(kind)
+    result = run("calibration.evaluate_cli", str(bundle.path), str(category), "-o", str(tmp_path / "eval"))
+    assert result.returncode == 0, result.stderr
+    assert "holds no good parts" in result.stdout and "Traceback" not in result.stderr
+    overall = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["overall"]
+    assert overall["image_auroc"] is None and overall["false_reject_rate"] is None
+    assert 0.0 <= overall["miss_rate"] <= 1.0 and 0.5 < overall["pixel_auroc"] <= 1.0
+
+
 def test_feature_pooling_is_in_the_bundle_and_its_encoder_graph(good_folder, tmp_path):
     """--feature-pooling 3: the bundle records it, the exported encoder averages each feature map
     over 3x3 neighbours (borders over what exists), and the torch backend agrees with the graph."""
