@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from calibration.cli_checks import BadInput, OneLineErrors, check_output, os_error_line
 from engines.version import version_line
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
@@ -41,7 +42,7 @@ def fraction(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-bundle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrors(prog="edge-bundle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=version_line("edge-bundle"))
     commands = parser.add_subparsers(dest="command", required=True)
     show = commands.add_parser("show", help="what the bundle is, its thresholds and history")
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     from engines.signing import sign_manifest
 
     try:
+        if args.command in ("retune", "refit", "reseal"):
+            check_new_bundle(args)
         if args.command == "show":
             bundle = open_bundle(args.bundle)
             print(json.dumps(bundle.manifest.to_json(), indent=2) if args.json else describe(bundle))
@@ -133,10 +136,27 @@ def main(argv: list[str] | None = None) -> int:
             open_bundle(args.bundle)  # sign only what verifies
             sign_manifest(args.bundle, args.key)
             print(f"{args.bundle}: signed with {args.key}")
-    except (BundleError, OSError, ImageFolderError) as error:
+    except (BadInput, BundleError, ImageFolderError) as error:
         print(f"edge-bundle: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as error:
+        print(f"edge-bundle: {os_error_line(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return EXIT_OK
+
+
+def check_new_bundle(args: argparse.Namespace) -> None:
+    """-o/--output and --why of the commands that write a new bundle, before any work: --force
+    replaces only a bundle (never a folder of other things, nor one holding the source bundle),
+    and the new bundle may not go inside the one it is made from."""
+    if not args.why.strip():
+        raise BadInput("--why: empty; say why the bundle changes (it is kept in the new bundle's history)")
+    output, source = args.output.resolve(), args.bundle.resolve()
+    if output == source:
+        raise BadInput(f"-o/--output {args.output}: the bundle it is made from; the new bundle must go to another path (the old one is kept)")
+    if output.is_relative_to(source):
+        raise BadInput(f"-o/--output {args.output}: inside the bundle {args.bundle} it is made from; a file added there fails that bundle's check, choose a folder outside it")
+    check_output(args.output, args.force)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from calibration.cli import BadInput, OneLineErrors, check_can_create_in, os_error_line, whole_number
+from calibration.cli import whole_number
+from calibration.cli_checks import BadInput, OneLineErrors, check_can_create_in, os_error_line
 from engines.version import version_line
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2

@@ -291,6 +291,9 @@ def write_bundle(destination: Path, manifest_without_files: Manifest, write_file
     destination = Path(destination)
     if destination.exists() and not force:
         raise BundleError(f"{destination} already exists; choose another output path or pass --force to replace it")
+    if destination.exists() and not (destination.is_dir() and ((destination / MANIFEST).is_file() or not any(destination.iterdir()))):
+        # force replaces an earlier bundle, never a folder of other things (or a file)
+        raise BundleError(f"{destination}: exists and is not a bundle (no {MANIFEST}); --force replaces only a bundle, choose another path")
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the service user must read it

@@ -150,11 +150,25 @@ def test_retune_writes_a_new_bundle_with_its_history_and_keeps_the_old(bundle_co
         (["retune", str(bundle_copy), "-o", str(tmp_path / "n"), "--target-frr", "1.5", "--why", "x"], "between 0 and 1"),
         (["retune", str(tmp_path / "none"), "-o", str(tmp_path / "n"), "--threshold", "3", "--why", "x"], "none: not found"),
     ]
+    # --force replaces a bundle, never a folder of other things: here the one that holds the source.
+    holder = bundle_copy.parent
+    (holder / "notes.txt").write_text("not a bundle")
+    refusals += [
+        (["retune", str(bundle_copy), "-o", str(holder), "--force", "--threshold", "3", "--why", "x"], "not a bundle"),
+        (["retune", str(bundle_copy), "-o", str(bundle_copy / "sub"), "--threshold", "3", "--why", "x"], "inside the bundle"),
+        (["retune", str(bundle_copy), "-o", str(tmp_path / "n"), "--threshold", "3", "--why", " "], "--why"),
+    ]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     capsys.readouterr()
     for argv, said in refusals:
         assert _exit_code(argv) == 2, argv
         err = capsys.readouterr().err
-        assert said in err and "Traceback" not in err, (argv, err)
+        assert said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written, nothing removed
+    assert open_bundle(bundle_copy).manifest == old.manifest
+    # Replacing an earlier bundle is what --force is for.
+    assert edge_bundle(["retune", str(bundle_copy), "-o", str(new_path), "--force", "--threshold", "4.5", "--why", "again"]) == 0
+    assert open_bundle(new_path).manifest.thresholds.image == 4.5
 
 
 def _exit_code(argv: list[str]) -> int:

@@ -28,8 +28,7 @@ def test_synthetic_defects_of_non_square_parts_keep_their_shape():
     made = synthetic_defects(good, 60, seed=3)
     assert made.images.shape == (60, 64, 96, 3) and made.masks.shape == (60, 64, 96)
     assert {"perlin", "cutpaste", "scar"} <= set(made.kinds)
-    for image, mask in zip(made.images, made.masks):
-        assert mask.any()
+    assert made.masks.reshape(len(made.masks), -1).any(axis=1).all()  # every defect has its region
 
 
 def _log_likelihoods(rng, count, coarse_noise):

@@ -1,0 +1,67 @@
+"""What the command-line tools check before any work starts (options, output paths) and how they
+say no: one line naming the option or file, exit code 2. Light imports: edge-bundle uses them
+without loading torch."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import NoReturn
+
+EXIT_BAD_INPUT = 2
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse's refusals as one line naming the option, not the whole usage text above it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+class BadInput(ValueError):
+    """An input refused before any work starts; the message names the file or option."""
+
+
+def os_error_line(error: OSError) -> str:
+    """One line naming the file, where str(OSError) would put the errno first."""
+    if error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
+
+
+def check_can_create_in(folder: Path, named: Path, option: str) -> None:
+    """Refuse when `folder` cannot be made or written: a file in its way, or a nearest existing
+    folder that cannot be written. Nothing is left behind; missing folders are made when writing."""
+    folder = folder.absolute()
+    # os.path.exists: False rather than an error below a file or an unreadable folder; / exists.
+    existing = next(p for p in (folder, *folder.parents) if os.path.exists(p))
+    if not existing.is_dir():
+        raise BadInput(f"{option} {named}: {existing} is a file, not a folder")
+    reason = None if os.access(existing, os.W_OK | os.X_OK) else "permission denied"
+    if reason is None:
+        # root passes os.access everywhere; making a folder is what finds a read-only filesystem.
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=f".{named.name}.check.", dir=existing))
+        except OSError as error:
+            reason = error.strerror or str(error)
+    if reason is not None:
+        raise BadInput(f"{option} {named}: cannot write in {existing} ({reason}); choose a writable location")
+
+
+def check_output(output: Path, force: bool) -> None:
+    """-o/--output, checked before training so that minutes of work are not thrown away at the end."""
+    from engines.bundle import MANIFEST
+
+    option = "-o/--output"
+    if output.is_file():
+        raise BadInput(f"{option} {output}: is a file, not a bundle folder; choose another path")
+    if output.exists():
+        if not force:
+            raise BadInput(f"{option} {output}: already exists; choose another output path or pass --force to replace it")
+        # --force removes what is there: only ever an earlier bundle (or an empty folder).
+        if not (output / MANIFEST).is_file() and any(output.iterdir()):
+            raise BadInput(f"{option} {output}: is a folder but not a bundle (no {MANIFEST}); --force replaces only a bundle, choose another path")
+    # The bundle is written into a temporary folder beside it, then renamed into place.
+    check_can_create_in(output.absolute().parent, output, option)
