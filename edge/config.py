@@ -32,7 +32,18 @@ from pydantic import (
     model_validator,
 )
 
-from edge.config_fields import ConfigError, PathSetting, ReadableFile, TopicPrefix, read_password, resolve_path, valid_topic_part
+from edge.config_fields import (
+    CaFile,
+    ConfigError,
+    PathSetting,
+    ReadableFile,
+    TopicPrefix,
+    check_client_certificate,
+    read_key_password,
+    read_password,
+    resolve_path,
+    valid_topic_part,
+)
 from engines.backends import BackendName
 
 __all__ = ["ConfigError", "Config", "load_config"]
@@ -136,7 +147,7 @@ class _Section(BaseModel):
 
 
 class TlsConfig(_Section):
-    ca_file: ReadableFile
+    ca_file: CaFile
     cert_file: ReadableFile | None = None
     key_file: ReadableFile | None = None
     key_password_file: ReadableFile | None = None
@@ -146,6 +157,8 @@ class TlsConfig(_Section):
     def _client_certificate_is_whole(self) -> TlsConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
+        if self.cert_file is not None and self.key_file is not None:
+            check_client_certificate(self.cert_file, self.key_file, read_key_password(self.key_password_file))
         return self
 
 

@@ -4,6 +4,7 @@ config file, readable files and MQTT topic prefixes, each as a pydantic field ty
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +25,28 @@ def resolve_path(value: str, info: ValidationInfo) -> str:
 def _readable(value: str) -> str:
     if not os.access(value, os.R_OK):
         raise ValueError(f"cannot read {value}")
+    if os.path.isdir(value):
+        raise ValueError(f"{value} is a folder; give the file")
     return value
+
+
+def check_ca_file(value: str) -> str:
+    """The CA certificates loaded as paho will load them, so a wrong file is a config error when
+    the config is read, not a traceback when the service starts."""
+    try:
+        ssl.create_default_context(cafile=value)
+    except (ssl.SSLError, OSError, ValueError) as error:
+        raise ValueError(f"{value} holds no CA certificate in PEM form ({error}); a DER certificate converts with `openssl x509 -inform der -in CA.der -out ca.pem`") from None
+    return value
+
+
+def check_client_certificate(cert_file: str, key_file: str, key_password: str | None = None) -> None:
+    """The client certificate and its key loaded as paho will load them."""
+    try:
+        ssl.create_default_context().load_cert_chain(cert_file, key_file, key_password)
+    except (ssl.SSLError, OSError, ValueError) as error:
+        key = "its key" if key_password is None else "its key (with the key password)"
+        raise ValueError(f"cert_file {cert_file} and key_file {key_file} are not a PEM certificate and {key} ({error})") from None
 
 
 def valid_topic_part(text: str, allow_slash: bool) -> bool:
@@ -44,6 +66,7 @@ def _topic_prefix(value: str) -> str:
 
 PathSetting = Annotated[str, StringConstraints(min_length=1), AfterValidator(resolve_path)]
 ReadableFile = Annotated[PathSetting, AfterValidator(_readable)]
+CaFile = Annotated[ReadableFile, AfterValidator(check_ca_file)]
 TopicPrefix = Annotated[str, AfterValidator(_topic_prefix)]
 
 
@@ -59,3 +82,13 @@ def read_password(password_file: str | None) -> str | None:
         return Path(password_file).read_text().rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"cannot read {password_file} ({getattr(error, 'strerror', None) or error})") from None
+
+
+def read_key_password(key_password_file: str | None) -> str | None:
+    """The client key's password from `key_password_file`; None where the key has none."""
+    if key_password_file is None:
+        return None
+    try:
+        return Path(key_password_file).read_text().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read {key_password_file} ({getattr(error, 'strerror', None) or error})") from None

@@ -51,6 +51,7 @@ def _set(config: dict, dotted: str, value) -> dict:
 
 
 _DELETE = object()
+SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"  # Debian's ca-certificates: PEM, every CA a broker may use
 
 BAD = [
     # (what, dotted key to change, value, key the message must name)
@@ -69,7 +70,11 @@ BAD = [
     ("file source without path", "cameras.0.source.path", _DELETE, "cameras[0].source"),
     ("video file not found", "cameras.0.source.path", "/nonexistent.avi", "cameras[0].source.path"),
     ("unreadable TLS CA", "mqtt.tls", {"ca_file": "/nonexistent/ca.pem"}, "mqtt.tls.ca_file"),
-    ("TLS cert without key", "mqtt.tls", {"ca_file": "/etc/hostname", "cert_file": "/etc/hostname"}, "mqtt.tls"),
+    ("TLS cert without key", "mqtt.tls", {"ca_file": SYSTEM_CA, "cert_file": SYSTEM_CA}, "cert_file and key_file go together"),
+    # Loaded as paho loads them: a wrong file is refused now, not a traceback when the service starts.
+    ("TLS CA not PEM", "mqtt.tls", {"ca_file": "/etc/hostname"}, "/etc/hostname holds no CA certificate in PEM form"),
+    ("TLS CA is a folder", "mqtt.tls", {"ca_file": "/etc"}, "/etc is a folder"),
+    ("TLS cert and key not a pair", "mqtt.tls", {"ca_file": SYSTEM_CA, "cert_file": SYSTEM_CA, "key_file": "/etc/hostname"}, "are not a PEM certificate and its key"),
     ("password file missing", "mqtt.password_file", "/nonexistent/pw", "mqtt.password_file"),
     ("unknown backend", "backend", "cuda", "backend"),
     ("queue of zero", "queue_size", 0, "queue_size"),

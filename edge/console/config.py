@@ -26,7 +26,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, StringConstraints, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
-from edge.config_fields import ConfigError, PathSetting, ReadableFile, TopicPrefix, read_password
+from edge.config_fields import CaFile, ConfigError, PathSetting, ReadableFile, TopicPrefix, check_client_certificate, read_password
 from edge.console.passwords import UsersFileError, read_users
 
 __all__ = ["ConfigError", "ConsoleConfig", "load_config"]
@@ -68,17 +68,8 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-def _ca_certificates(value: str) -> str:
-    # Loaded here, as paho will: a wrong file is a config error now, not a traceback at start.
-    try:
-        ssl.create_default_context(cafile=value)
-    except (ssl.SSLError, OSError, ValueError) as error:
-        raise ValueError(f"{value} holds no CA certificate in PEM form ({error})") from None
-    return value
-
-
 class TlsSettings(_Section):
-    ca_file: Annotated[ReadableFile, AfterValidator(_ca_certificates)]
+    ca_file: CaFile
     cert_file: ReadableFile | None = None
     key_file: ReadableFile | None = None
 
@@ -86,11 +77,8 @@ class TlsSettings(_Section):
     def _client_certificate_is_whole(self) -> TlsSettings:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
-        if self.cert_file is not None:
-            try:
-                ssl.create_default_context().load_cert_chain(self.cert_file, self.key_file)
-            except (ssl.SSLError, OSError, ValueError) as error:
-                raise ValueError(f"cert_file {self.cert_file} and key_file {self.key_file} are not a PEM certificate and its unencrypted key ({error})") from None
+        if self.cert_file is not None and self.key_file is not None:
+            check_client_certificate(self.cert_file, self.key_file)
         return self
 
 
