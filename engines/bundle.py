@@ -70,8 +70,9 @@ class BundleError(RuntimeError):
 # How pydantic reads the manifest's records, in JSON mode: a key this version does not know is
 # refused (the format version says what a reader must understand), and a number is a JSON
 # number, not text. The records stay plain frozen dataclasses (calibration and tests build and
-# replace() them); pydantic validates them as they are, with this config.
-_STRICT = ConfigDict(extra="forbid", strict=True)
+# replace() them); pydantic validates them as they are, with this config. No number in a manifest
+# may be NaN or infinite: `score > NaN` is never true, so a NaN threshold would pass every part.
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)

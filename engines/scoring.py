@@ -96,7 +96,8 @@ class ScoringConstants:
 
 
 class _Json(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a key this version does not know is refused, not dropped
+    # A key this version does not know is refused, not dropped; a NaN or infinite constant too.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PartScoreJson(_Json):

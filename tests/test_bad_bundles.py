@@ -106,6 +106,9 @@ BAD = [
     ("older format without a digest", lambda b: make_unsealed(b, 3), ["format 3", "edge-bundle reseal"]),
     ("resealed: unknown format version", _resealed(lambda d: d.update(format_version=99)), ["format version 99", "re-calibrate"]),
     ("resealed: threshold as text", _resealed(lambda d: d["thresholds"].update(image="high")), ["thresholds.image"]),
+    # `score > NaN` is never true: a NaN threshold would pass every part.
+    ("resealed: NaN threshold", _resealed(lambda d: d["thresholds"].update(image=float("nan"))), ["thresholds.image"]),
+    ("resealed: infinite scoring reference", _resealed(lambda d: d["scoring"].update(log_likelihood_reference=[float("-inf")] * len(d["scoring"]["log_likelihood_reference"]))), ["scoring.log_likelihood_reference"]),
     ("resealed: unknown key", _resealed(lambda d: d.update(colour_space="lab")), ["colour_space", "unknown key"]),
     ("resealed: file outside the bundle", _resealed(lambda d: d["files"].update({"../evil.so": "0" * 64})), ["../evil.so", "missing"]),
     ("resealed: a flow stride the encoder lacks", _resealed(lambda d: d["flow"].update(strides=[8, 64])), ["flow.strides"]),
