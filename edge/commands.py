@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints,
 from edge.triggers import printable, valid_part_id
 
 MAX_COMMAND_BYTES = 4096  # a label or a teach command is a few dozen bytes; more is not one
+MAX_TEACH_COUNT = 10_000  # parts one teach-in saves (PNG each: a few GB at most); the console and CLI say the same
 
+FOLDER_RULE = "1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
 FolderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 DefectType = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")]
 
@@ -28,7 +30,7 @@ class TeachCommand(_Command):
 
     action: Literal["start", "stop"]
     name: FolderName | None = None  # the teach-in folder; default: the start time
-    count: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = None  # stop after this many parts
+    count: Annotated[StrictInt, Field(ge=1, le=MAX_TEACH_COUNT)] | None = None  # stop after this many parts
 
 
 class FeedbackCommand(_Command):

@@ -11,6 +11,9 @@ import sys
 import threading
 import time
 
+from pydantic import ValidationError
+
+from edge.commands import FOLDER_RULE, MAX_TEACH_COUNT, TeachCommand
 from edge.config import Config, ConfigError, load_config
 from edge.publisher import make_client
 
@@ -23,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
     start = actions.add_parser("start", help="collect good parts from the running camera")
     start.add_argument("--name", help="the folder under state_dir/teach/<station> (default: the start time); an existing one is added to")
-    start.add_argument("--count", type=int, help="stop after this many parts (default 1000)")
+    start.add_argument("--count", type=int, help=f"stop after this many parts, 1 to {MAX_TEACH_COUNT} (default 1000)")
     start.add_argument("--wait", action="store_true", help="show progress until the teach-in ends")
     actions.add_parser("stop", help="stop collecting")
     actions.add_parser("status", help="the station's teach-in now")
@@ -70,9 +73,17 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"edge-inspect teach: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.action == "start" and args.count is not None and not 1 <= args.count <= 100_000:
-        print("edge-inspect teach: --count must be 1 to 100000", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    if args.action == "start":
+        # The station's own rules, checked here: a bad name or count is said now, not as a
+        # confirmation that never comes.
+        try:
+            TeachCommand(action="start", name=args.name, count=args.count)
+        except ValidationError:
+            if args.count is not None and not 1 <= args.count <= MAX_TEACH_COUNT:
+                print(f"edge-inspect teach: --count {args.count}: must be 1 to {MAX_TEACH_COUNT}", file=sys.stderr)
+            else:
+                print(f"edge-inspect teach: --name {args.name!r}: {FOLDER_RULE}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     base = f"{config.mqtt.topic_prefix}/{station}"
     watch = _StatsWatch()
     client = make_client(config.mqtt, f"edge-inspect-teach-{os.getpid()}")

@@ -124,6 +124,13 @@ def test_teach_in_keeps_each_new_part_once_as_the_model_sees_it(small_bundle, br
     config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera)
     process = start_daemon(config)
     assert subscriber.reached("stats", 1, timeout=30)
+    # The station's rules for a name and a count are said at once, not as a confirmation that never comes.
+    for flag, value, said in (("--name", "../x", "--name '../x': 1-64 letters"), ("--count", "10001", "--count 10001: must be 1 to 10000")):
+        refused = subprocess.run(
+            [sys.executable, "-m", "edge.cli", "teach", "--config", str(config), "start", flag, value],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert refused.returncode == 2 and said in refused.stderr and len(refused.stderr.splitlines()) == 1, refused.stderr
     teach = subprocess.run(
         [sys.executable, "-m", "edge.cli", "teach", "--config", str(config), "start", "--name", "product-c", "--count", "6", "--wait"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,

@@ -16,14 +16,12 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints, ValidationError, model_validator
 
+from edge.commands import MAX_TEACH_COUNT, DefectType, FolderName
 from edge.console.payloads import MAX_ID, describe
 
 MAX_BODY_BYTES = 4096
 RECIPE_RULE = "1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
 RecipeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-FolderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-DefectType = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")]
-MAX_TEACH_COUNT = 10_000
 UNSPECIFIED = "unspecified"  # the defect type sent when the operator gives none
 
 
