@@ -21,7 +21,9 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageFolderError(f"{folder}: not a folder")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    # Hidden files are never parts: "._000.png" is the metadata macOS writes beside each file it
+    # copies to a FAT or exFAT stick, and would stop a calibration as an unreadable image.
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -52,24 +54,33 @@ class LoadedImages:
 def load_images(paths: list[Path], input_size: tuple[int, int], colour: str | None = None) -> LoadedImages:
     """Read and resize every image. colour None means: 'gray' if all images are grayscale, else 'rgb'.
 
+    One full-size image is held at a time: a teach-in folder of a thousand 5-megapixel parts
+    would need gigabytes as decoded frames, and only the model-size copies are kept. Where the
+    colour must be found first, the files are read twice (decoding costs far less than training).
     All files are checked and every bad one is reported at once, so a user fixes a folder in one go.
     """
-    raw, problems = [], []
-    for path in paths:
+    problems: list[str] = []
+    flags: list[bool] = []
+    if colour is None:
+        for path in paths:
+            try:
+                flags.append(is_grayscale(read_image(path)))
+            except (ImageFolderError, OSError) as error:
+                problems.append(str(error))
+        if problems:
+            raise ImageFolderError(f"{len(problems)} unreadable image(s):\n  " + "\n  ".join(problems))
+    mode = colour or ("gray" if all(flags) else "rgb")
+    out = np.empty((len(paths), input_size[0], input_size[1], 3), dtype=np.uint8)
+    grayscale = True
+    for i, path in enumerate(paths):
         try:
-            raw.append(read_image(path))
+            image = read_image(path)
+            grayscale = grayscale and is_grayscale(image)
+            out[i] = to_model_input(image, input_size, mode)
         except (ImageFolderError, OSError) as error:
             problems.append(str(error))
-    if problems:
-        raise ImageFolderError(f"{len(problems)} unreadable image(s):\n  " + "\n  ".join(problems))
-    grayscale = all(is_grayscale(image) for image in raw)
-    mode = colour or ("gray" if grayscale else "rgb")
-    out = np.empty((len(raw), input_size[0], input_size[1], 3), dtype=np.uint8)
-    for i, (path, image) in enumerate(zip(paths, raw)):
-        try:
-            out[i] = to_model_input(image, input_size, mode)
         except FrameError as error:
             problems.append(f"{path}: {error}")
     if problems:
-        raise ImageFolderError(f"{len(problems)} unusable image(s):\n  " + "\n  ".join(problems))
+        raise ImageFolderError(f"{len(problems)} unreadable or unusable image(s):\n  " + "\n  ".join(problems))
     return LoadedImages(list(paths), out, grayscale)

@@ -111,7 +111,7 @@ def test_calibrate_refuses_bad_input_before_training(argv, named, good_folder, t
     for text in named:
         assert text in err, err
     assert "Traceback" not in out + err
-    assert len(err.splitlines()) == 1 or "unreadable image(s)" in err  # that one lists every bad file, one a line
+    assert len(err.splitlines()) == 1 or "image(s):" in err  # that one lists every bad file, one a line
     # Refused before training: no bundle, no temporary folder beside it, no parent made.
     assert tree(tmp_path) == before
 
