@@ -39,10 +39,12 @@ from edge.config_fields import (
     ReadableFile,
     TopicPrefix,
     check_client_certificate,
+    missing_path,
     read_key_password,
     read_password,
     resolve_path,
     valid_topic_part,
+    yaml_error_line,
 )
 from engines.backends import BackendName
 
@@ -51,13 +53,13 @@ __all__ = ["ConfigError", "Config", "load_config"]
 
 def _video_file(value: str) -> str:
     if not Path(value).is_file():
-        raise ValueError(f"video file {value} not found")
+        raise ValueError(f"video file {missing_path(value, 'file')}")
     return value
 
 
 def _folder(value: str) -> str:
     if not Path(value).is_dir():
-        raise ValueError(f"folder {value} not found")
+        raise ValueError(f"folder {missing_path(value, 'folder')}")
     return value
 
 
@@ -379,7 +381,7 @@ def _parse_yaml(path: Path, text: str) -> tuple[object, yaml.Node]:
         _refuse_repeated_keys(path, root, [], set())
         return loader.construct_document(root), root
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raise ConfigError(yaml_error_line(path, error)) from None
     finally:
         loader.dispose()
 
@@ -412,13 +414,13 @@ def _check_cameras(config: Config) -> tuple[list, str] | None:
         if camera.recipes is not None:
             for name, path in camera.recipes.items():
                 if not Path(path).is_dir():
-                    return ["cameras", i, "recipes", name], f"bundle directory {path} of recipe {name!r} not found (run edge-calibrate first)"
+                    return ["cameras", i, "recipes", name], f"bundle directory {missing_path(path, 'folder')}, for recipe {name!r} (give the folder edge-calibrate wrote)"
             continue
         bundle = camera.bundle or config.bundle
         if bundle is None:
             return ["cameras", i, "bundle"], "no bundle: set 'bundle' at the top level or per camera"
         if not Path(bundle).is_dir():
-            return (["cameras", i, "bundle"] if camera.bundle else ["bundle"]), f"bundle directory {bundle} not found (run edge-calibrate first)"
+            return (["cameras", i, "bundle"] if camera.bundle else ["bundle"]), f"bundle directory {missing_path(bundle, 'folder')} (give the folder edge-calibrate wrote)"
     return None
 
 

@@ -8,6 +8,7 @@ import ssl
 from pathlib import Path
 from typing import Annotated
 
+import yaml
 from pydantic import AfterValidator, StringConstraints, ValidationInfo
 
 
@@ -92,3 +93,22 @@ def read_key_password(key_password_file: str | None) -> str | None:
         return Path(key_password_file).read_text().rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"cannot read {key_password_file} ({getattr(error, 'strerror', None) or error})") from None
+
+
+def yaml_error_line(path: Path, error: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: where, and what the parser expected (PyYAML's own text
+    spans several lines and quotes the file back)."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        problem = " ".join(str(part) for part in (error.context, error.problem) if part)
+        return f"{path}: not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return f"{path}: not valid YAML: {' '.join(str(error).split())}"
+
+
+def missing_path(value: str, wanted: str) -> str:
+    """Why a path that should be a `wanted` ("folder" or "file") is not one."""
+    if Path(value).is_dir():
+        return f"{value} is a folder, not a {wanted}"
+    if Path(value).exists():
+        return f"{value} is a file, not a {wanted}" if wanted == "folder" else f"{value} is not a regular file"
+    return f"{value} not found"

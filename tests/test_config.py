@@ -61,6 +61,8 @@ BAD = [
     ("port out of range", "mqtt.port", 70000, "mqtt.port"),
     ("port zero", "mqtt.port", 0, "mqtt.port"),
     ("bundle missing", "bundle", "/nonexistent/bundle", "bundle"),
+    ("bundle is a file", "bundle", "/etc/hostname", "/etc/hostname is a file, not a folder"),
+    ("video file is a folder", "cameras.0.source.path", "/etc", "/etc is a folder, not a file"),
     ("no cameras key", "cameras", _DELETE, "cameras"),
     ("empty cameras", "cameras", [], "cameras"),
     ("wildcard in topic prefix", "mqtt.topic_prefix", "edge/#", "mqtt.topic_prefix"),
@@ -146,7 +148,7 @@ def test_duplicate_key_and_broken_yaml(setup, capsys):
     code, message = _run(tmp_path, text + "backend: onnxruntime\nbackend: torch\n", capsys)
     assert code == 2 and "backend" in message and "given twice" in message
     code, message = _run(tmp_path, text + "cameras: [\n", capsys)
-    assert code == 2 and "not valid YAML" in message
+    assert code == 2 and "not valid YAML at line" in message and len(message.strip().splitlines()) == 1, message
     code, message = _run(tmp_path, "", capsys)
     assert code == 2 and "empty config" in message
 

@@ -26,7 +26,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, StringConstraints, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
-from edge.config_fields import CaFile, ConfigError, PathSetting, ReadableFile, TopicPrefix, check_client_certificate, read_password
+from edge.config_fields import CaFile, ConfigError, PathSetting, ReadableFile, TopicPrefix, check_client_certificate, read_password, yaml_error_line
 from edge.console.passwords import UsersFileError, read_users
 
 __all__ = ["ConfigError", "ConsoleConfig", "load_config"]
@@ -222,7 +222,7 @@ def _parse_yaml(path: Path, text: str) -> tuple[object, yaml.Node | None]:
         _refuse_repeated_keys(path, root, [])
         return loader.construct_document(root), root
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raise ConfigError(yaml_error_line(path, error)) from None
     finally:
         loader.dispose()
 
