@@ -40,8 +40,8 @@ from edge.config_fields import (
     TopicPrefix,
     check_client_certificate,
     missing_path,
-    read_key_password,
     read_password,
+    read_secret,
     resolve_path,
     valid_topic_part,
     yaml_error_line,
@@ -160,7 +160,7 @@ class TlsConfig(_Section):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
         if self.cert_file is not None and self.key_file is not None:
-            check_client_certificate(self.cert_file, self.key_file, read_key_password(self.key_password_file))
+            check_client_certificate(self.cert_file, self.key_file, read_secret(self.key_password_file))
         return self
 
 

@@ -71,28 +71,23 @@ CaFile = Annotated[ReadableFile, AfterValidator(check_ca_file)]
 TopicPrefix = Annotated[str, AfterValidator(_topic_prefix)]
 
 
+def read_secret(path: str | None) -> str | None:
+    """A password file's content without its line end; None where no file is given."""
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read {path} ({getattr(error, 'strerror', None) or error})") from None
+
+
 def read_password(password_file: str | None) -> str | None:
     """The MQTT password from `password_file`, else from the systemd credential mqtt_password
     ($CREDENTIALS_DIRECTORY) when there is one; None when neither is given."""
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     if password_file is None and credentials and Path(credentials, "mqtt_password").is_file():
         password_file = str(Path(credentials, "mqtt_password"))
-    if password_file is None:
-        return None
-    try:
-        return Path(password_file).read_text().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot read {password_file} ({getattr(error, 'strerror', None) or error})") from None
-
-
-def read_key_password(key_password_file: str | None) -> str | None:
-    """The client key's password from `key_password_file`; None where the key has none."""
-    if key_password_file is None:
-        return None
-    try:
-        return Path(key_password_file).read_text().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot read {key_password_file} ({getattr(error, 'strerror', None) or error})") from None
+    return read_secret(password_file)
 
 
 def yaml_error_line(path: Path, error: yaml.YAMLError) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 
 from edge.config import MqttConfig
-from edge.config_fields import read_key_password
+from edge.config_fields import read_secret
 from edge.counters import Counter, ThrottledLog
 from edge.outbox import NotSaved, Outbox, PendingMessage
 
@@ -34,7 +34,7 @@ def make_client(config: MqttConfig, client_id: str) -> mqtt.Client:
         client.username_pw_set(config.username, config.password)
     if config.tls is not None:
         tls = config.tls
-        key_password = read_key_password(tls.key_password_file)
+        key_password = read_secret(tls.key_password_file)
         client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file, keyfile_password=key_password, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         client.tls_insecure_set(tls.insecure_skip_hostname_check)
     return client

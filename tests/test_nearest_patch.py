@@ -142,28 +142,25 @@ def test_a_bad_patch_section_is_refused_by_key(patch_bundle, tmp_path):
             open_bundle(copy)
 
 
-def test_a_format_4_manifest_cannot_carry_the_patch_term(patch_bundle, tmp_path):
-    bundle, _ = patch_bundle
-    copy = tmp_path / "bundle"
+def _copy_as_format(bundle, directory, version: int):
+    """The bundle copied with its manifest's format version changed and the digest made again."""
+    copy = directory / "bundle"
     shutil.copytree(bundle.path, copy)
     data = json.loads((copy / "manifest.json").read_text())
     data.pop("integrity")
-    data["format_version"] = 4
+    data["format_version"] = version
     (copy / "manifest.json").write_text(json.dumps(seal(data)))
+    return copy
+
+
+def test_a_format_4_manifest_cannot_carry_the_patch_term(patch_bundle, tmp_path):
     with pytest.raises(BundleError, match="format 5"):
-        open_bundle(copy)
+        open_bundle(_copy_as_format(patch_bundle[0], tmp_path, 4))
 
 
 def test_format_5_bundles_are_still_read(patch_bundle, tmp_path):
     """Format 5 differs only in nearest_patch.pt having no projection, which the loader takes."""
-    bundle, _ = patch_bundle
-    copy = tmp_path / "bundle"
-    shutil.copytree(bundle.path, copy)
-    data = json.loads((copy / "manifest.json").read_text())
-    data.pop("integrity")
-    data["format_version"] = 5
-    (copy / "manifest.json").write_text(json.dumps(seal(data)))
-    assert open_bundle(copy).manifest.format_version == 5
+    assert open_bundle(_copy_as_format(patch_bundle[0], tmp_path, 5)).manifest.format_version == 5
 
 
 def test_patch_taps_need_strides_8_and_16():
