@@ -39,6 +39,11 @@ def _read_key(path: Path, private: bool):
     try:
         key = serialization.load_pem_private_key(data, password=None) if private else serialization.load_pem_public_key(data)
     except (ValueError, TypeError):
+        # The two keys of a pair are easy to swap in a config: say which one this is.
+        if not private and b"PRIVATE KEY-----" in data:
+            raise SigningError(f"{path}: a private key; give the public key (openssl pkey -in {path.name} -pubout -out signing.pub) and keep the private one off the line") from None
+        if private and b"PUBLIC KEY-----" in data:
+            raise SigningError(f"{path}: a public key; signing needs the private key of the pair") from None
         raise SigningError(f"{path}: not a PEM {kind} key without a passphrase") from None
     wanted = ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey
     if not isinstance(key, wanted):

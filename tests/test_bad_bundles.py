@@ -221,6 +221,6 @@ def test_signed_bundles_open_only_with_the_right_public_key(bundle_copy, tmp_pat
     (bundle_copy / "manifest.sig").write_bytes(b"\0" * 64)
     with pytest.raises(BundleError, match="does not match"):
         open_bundle(bundle_copy, public_key=public)
-    with pytest.raises(BundleError, match="not an Ed25519 public key|not a PEM public key"):
+    with pytest.raises(BundleError, match="a private key; give the public key"):  # the pair's keys swapped
         open_bundle(bundle_copy, public_key=private)
     assert edge_bundle(["sign", str(bundle_copy), "--key", str(public)]) == 2  # a public key cannot sign
