@@ -74,6 +74,8 @@ class Station:
         self.bad_frames = ThrottledLog(log, logging.WARNING, first=20, every=100, count=stats.bad_frames)
         self.inference_errors = ThrottledLog(log, logging.ERROR, first=5, every=100, count=stats.inference_errors)
         self.repeated_ids = ThrottledLog(log, logging.WARNING, first=1000, every=100, count=stats.repeated_part_ids)
+        # Counted where it is answered (not_inspected); the log says why, throttled for a flood.
+        self.triggers_pushed_out = ThrottledLog(log, logging.ERROR, first=5, every=100)
         self.threads = [
             threading.Thread(target=self._capture_loop, name=f"capture-{self.name}", daemon=True),
             *(threading.Thread(target=self._inference_loop, args=(i,), name=f"inference-{self.name}-{i}", daemon=True) for i in range(workers)),
@@ -198,6 +200,10 @@ class Station:
         if self.camera.mode != "triggered":
             return
         timeout = self.camera.trigger_timeout_s
+        for trigger in self.triggers.overflowed():
+            self.triggers_pushed_out("%s: more than %d triggers waited for a frame; part %s is answered without one", self.name, self.triggers.capacity, trigger.part_id)
+            why = f"more than {self.triggers.capacity} triggers waited for a frame; the oldest is answered without one"
+            self.pipeline.answer(Answer.not_inspected(self.name, trigger.part_id, Outcome.NOT_INSPECTED, why, self.recipes.bundle_id(trigger.recipe), recipe=trigger.recipe))
         for trigger in self.triggers.expired(everything):
             log.error("%s: trigger for part %s got no frame within %.1f s", self.name, trigger.part_id, timeout)
             self.stats.trigger_timeouts.add()

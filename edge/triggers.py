@@ -13,7 +13,9 @@ from edge.config import valid_recipe_name
 
 MAX_TRIGGER_BYTES = 256
 MAX_PART_ID = 128  # characters: a serial number, a barcode, a file name's stem
-WAITING_TRIGGERS = 1000  # beyond this the oldest is forgotten: a PLC this far ahead is misconfigured
+# Beyond this the oldest waiting trigger is answered without a frame (not_inspected): a PLC this
+# far ahead of the camera is misconfigured, and every part it asked about still gets its answer.
+WAITING_TRIGGERS = 1000
 REMEMBERED_IDS = 10_000  # how far back a repeated part id is noticed
 
 
@@ -40,6 +42,10 @@ class Trigger:
     recipe: str | None = None  # the product this part is, when the PLC says so with the trigger
 
 
+class _Number(str):
+    """A JSON number as the text it was written in."""
+
+
 def parse_trigger(payload: bytes) -> Trigger | None:
     """A trigger is a JSON object with part_id (and optionally recipe), a JSON string, or the
     plain part id. Anything else is refused (None), never raised: a malformed message must not
@@ -51,19 +57,19 @@ def parse_trigger(payload: bytes) -> Trigger | None:
     if not text or len(text) > MAX_TRIGGER_BYTES:
         return None
     try:
-        value = json.loads(text)
-    except ValueError:
+        # Numbers keep the characters the PLC sent: a serial 1.50 or 1E5 must come back as itself,
+        # not as 1.5 or 100000.0 (nor NaN as nan), or the PLC cannot match the answer to its part.
+        value = json.loads(text, parse_int=_Number, parse_float=_Number, parse_constant=_Number)
+    except (ValueError, RecursionError):
         if text[0] in '{["':
             return None  # broken JSON, not a part id that happens to start with a brace
         value = text
     recipe = None
     if isinstance(value, dict):
         recipe = value.get("recipe")
-        if recipe is not None and not (isinstance(recipe, str) and valid_recipe_name(recipe)):
+        if recipe is not None and not (isinstance(recipe, str) and not isinstance(recipe, _Number) and valid_recipe_name(recipe)):
             return None
         value = value.get("part_id")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)
     if not isinstance(value, str):
         return None
     part_id = valid_part_id(value)
@@ -74,14 +80,24 @@ class PendingTriggers:
     """Parts the PLC asked about, oldest first, each with the recipe it was asked under, waiting
     for the next frame (MQTT's thread adds, the capture thread takes and expires)."""
 
-    def __init__(self, timeout_s: float):
+    def __init__(self, timeout_s: float, capacity: int = WAITING_TRIGGERS):
         self.timeout_s = timeout_s
+        self.capacity = capacity
         self.lock = threading.Lock()
-        self.waiting: collections.deque[tuple[Trigger, float]] = collections.deque(maxlen=WAITING_TRIGGERS)
+        self.waiting: collections.deque[tuple[Trigger, float]] = collections.deque()
+        self.pushed_out: list[Trigger] = []  # the oldest, over capacity: answered by the capture thread
 
     def add(self, trigger: Trigger) -> None:
         with self.lock:
+            if len(self.waiting) >= self.capacity:
+                self.pushed_out.append(self.waiting.popleft()[0])
             self.waiting.append((trigger, time.monotonic()))
+
+    def overflowed(self) -> list[Trigger]:
+        """Take the triggers that more than `capacity` newer ones pushed out of the queue."""
+        with self.lock:
+            out, self.pushed_out = self.pushed_out, []
+        return out
 
     def next_part(self) -> Trigger | None:
         """The part the frame just captured belongs to, if any trigger waits."""

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.triggers import MAX_PART_ID, Trigger, parse_trigger
+from edge.triggers import MAX_PART_ID, PendingTriggers, Trigger, parse_trigger
 from tests.conftest import METAL_PLATE, require
 from tests.mqtt_helpers import Subscriber
 from tests.test_daemon_e2e import finish, start_daemon, write_config
@@ -36,6 +36,7 @@ BAD_TRIGGERS = [
     ("JSON boolean", b"true"),
     ("JSON object id", b'{"part_id": {"a": 1}}'),
     ("JSON without part_id", b'{"recipe": "A"}'),
+    ("nested past the recursion limit", b"[" * 2000 + b"]" * 2000),
 ]
 
 
@@ -44,9 +45,23 @@ def test_a_bad_trigger_is_refused(what, payload):
     assert parse_trigger(payload) is None, what
 
 
-@pytest.mark.parametrize("payload, part_id", [(b"P-1", "P-1"), (b' {"part_id": " A 7 "} ', "A 7"), (b"42", "42"), ("Teil-\u00e4".encode(), "Teil-\u00e4"), (b"P" * MAX_PART_ID, "P" * MAX_PART_ID)])
+# A serial that reads as a JSON number comes back as the PLC wrote it, or it cannot match the answer.
+NUMBERS = [(b"1.50", "1.50"), (b"1E5", "1E5"), (b"NaN", "NaN"), (b"-Infinity", "-Infinity"), (b"1e400", "1e400"), (b'{"part_id": 1e308}', "1e308"), (b'{"part_id": 007.0}', None)]
+
+
+@pytest.mark.parametrize("payload, part_id", [(b"P-1", "P-1"), (b' {"part_id": " A 7 "} ', "A 7"), (b"42", "42"), ("Teil-\u00e4".encode(), "Teil-\u00e4"), (b"P" * MAX_PART_ID, "P" * MAX_PART_ID)] + NUMBERS)
 def test_a_good_trigger_gives_its_part_id(payload, part_id):
-    assert parse_trigger(payload) == Trigger(part_id)
+    assert parse_trigger(payload) == (Trigger(part_id) if part_id is not None else None)
+
+
+def test_a_plc_far_ahead_of_the_camera_gets_every_part_answered():
+    """Over capacity the oldest waiting trigger is handed back to be answered (not_inspected),
+    never forgotten; the rest keep their order."""
+    pending = PendingTriggers(timeout_s=60, capacity=3)
+    for n in range(5):
+        pending.add(Trigger(f"P-{n}"))
+    assert pending.overflowed() == [Trigger("P-0"), Trigger("P-1")] and pending.overflowed() == []
+    assert [pending.next_part() for _ in range(4)] == [Trigger("P-2"), Trigger("P-3"), Trigger("P-4"), None]
 
 
 def test_a_trigger_may_name_its_recipe_and_a_bad_recipe_name_refuses_it():

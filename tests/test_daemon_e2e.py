@@ -184,6 +184,34 @@ def test_a_trigger_that_gets_no_frame_is_rejected(small_bundle, broker, tmp_path
     subscriber.close()
 
 
+def test_a_flood_of_triggers_gets_every_part_answered(small_bundle, broker, tmp_path):
+    """A PLC 1005 parts ahead of a camera that delivers nothing: the 5 oldest are answered at once
+    as not inspected (the station holds 1000 waiting triggers), the rest when the daemon stops;
+    none is forgotten."""
+    from edge.triggers import WAITING_TRIGGERS
+
+    bundle, _ = small_bundle
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    subscriber = Subscriber(broker.port)
+    camera = f"  - station: trig\n    mode: triggered\n    trigger_timeout_s: 600\n    source: {{type: folder, path: {inbox}}}\n"
+    process = start_daemon(write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera))
+    assert subscriber.reached("status", 1, timeout=30)
+    sent = [f"F-{n}" for n in range(WAITING_TRIGGERS + 5)]
+    for part_id in sent:
+        subscriber.publish("edge/trig/trigger", part_id)
+    rejects = subscriber.wait_for("reject", 5, timeout=30)
+    assert [json.loads(m.payload)["part_id"] for m in rejects[:5]] == sent[:5]
+    assert all(json.loads(m.payload)["verdict"] == "not_inspected" for m in rejects[:5])
+    process.send_signal(signal.SIGTERM)
+    output = finish(process, timeout=120)
+    assert "more than 1000 triggers waited for a frame; part F-0 is answered without one" in output
+    audit = [json.loads(line) for line in (tmp_path / "state" / "audit" / "trig.jsonl").read_text().splitlines()]
+    assert sorted(r["part_id"] for r in audit) == sorted(sent)  # every part asked about, once
+    assert [r["verdict"] for r in audit].count("not_inspected") == 5
+    subscriber.close()
+
+
 def test_status_online_then_offline_when_killed(small_bundle, broker, tmp_path):
     bundle, _ = small_bundle
     inbox = tmp_path / "inbox"
