@@ -54,7 +54,7 @@ def parse_command(payload: bytes, model: type[CommandModel]) -> CommandModel:
         raise BadCommand(f"{len(payload)} bytes, more than the {MAX_COMMAND_BYTES} a command may have")
     try:
         value = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: thousands of nested brackets
         raise BadCommand(f"not JSON: {printable(payload[:80].decode('utf-8', 'replace'))!r}") from None
     try:
         command = model.model_validate(value)

@@ -43,7 +43,7 @@ class _StatsWatch:
     def on_message(self, client, userdata, message) -> None:
         try:
             stats = json.loads(message.payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         with self.condition:
             self.latest, self.count = stats, self.count + 1

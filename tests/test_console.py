@@ -412,6 +412,8 @@ def test_reject_history_heatmap_and_search(console, station):
     assert console.json("/api/rejects?part_id=G-0042&until=2000-01-01T00:00:00Z")["rejects"] == []
     status, _, body = console.get("/api/rejects?since=yesterday")
     assert status == 400 and b"since" in body
+    for beyond in ("9223372036854775808", "99999999999999999999999", "0"):  # no 64-bit row id
+        assert console.get(f"/api/heatmap/{beyond}.jpg")[0] == 404, beyond
 
 
 def test_security_headers_and_read_only(console):

@@ -353,6 +353,7 @@ def test_teach_and_feedback_arrive_as_the_exact_json(console, station, listener,
 BAD_BODIES = [
     ("recipe", b"plate-b", "application/json", 422, "not JSON"),
     ("recipe", b'"plate-b"', "application/json", 422, "not a JSON object"),
+    ("recipe", b"[" * 2000 + b"]" * 2000, "application/json", 422, "not JSON"),  # past the JSON recursion limit
     ("recipe", {}, None, 422, "recipe: Field required"),
     ("recipe", {"recipe": ""}, None, 422, "a recipe name is 1-64 letters"),
     ("recipe", {"recipe": "../etc"}, None, 422, "a recipe name is"),

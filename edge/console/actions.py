@@ -170,7 +170,7 @@ def _login_fields(kind: str, body: bytes) -> dict[str, str]:
     if kind == "application/json":
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: thousands of nested brackets
             raise ValueError("the body is not JSON") from None
         if not isinstance(value, dict) or not all(isinstance(value.get(key, ""), str) for key in ("username", "password", "next")):
             raise ValueError('expected {"username": "...", "password": "..."}')

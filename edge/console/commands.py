@@ -83,7 +83,7 @@ def _object(body: bytes) -> dict:
         raise BadBody(f"the body has {len(body)} bytes; a command has at most {MAX_BODY_BYTES}")
     try:
         value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: thousands of nested brackets
         raise BadBody("the body is not JSON") from None
     if not isinstance(value, dict):
         raise BadBody("the body is not a JSON object")

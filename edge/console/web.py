@@ -110,7 +110,8 @@ def _add_history(app: FastAPI, console: Console) -> None:
 
     @app.get("/api/heatmap/{heatmap_id}.jpg")
     def heatmap(heatmap_id: int) -> Response:
-        jpeg = _history(lambda: console.history.heatmap(heatmap_id))
+        # SQLite's rowids are 64-bit; a larger number names no heatmap (and would raise there).
+        jpeg = _history(lambda: console.history.heatmap(heatmap_id)) if 0 < heatmap_id < 2**63 else None
         if jpeg is None:
             raise HTTPException(404, f"no heatmap {heatmap_id} (retention may have deleted it)")
         # A heatmap's id never names another image, so the browser may keep it.
