@@ -160,15 +160,20 @@ def test_triggered_run_answers_every_trigger(small_bundle, broker, tmp_path):
     subscriber.close()
 
 
+def _station_on_an_empty_folder(bundle, broker, tmp_path, mode_lines: str = ""):
+    """A daemon whose one station watches a folder nobody drops a file into: a camera that
+    delivers nothing."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    subscriber = Subscriber(broker.port)
+    camera = f"  - station: {'trig' if mode_lines else 'st'}\n{mode_lines}    source: {{type: folder, path: {inbox}}}\n"
+    return subscriber, start_daemon(write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera))
+
+
 def test_a_trigger_that_gets_no_frame_is_rejected(small_bundle, broker, tmp_path):
     """A triggered part whose camera delivers nothing within the timeout was never inspected:
     it is rejected (verdict no_frame), not left for the PLC to guess."""
-    bundle, _ = small_bundle
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()  # the camera drops no file
-    subscriber = Subscriber(broker.port)
-    camera = f"  - station: trig\n    mode: triggered\n    trigger_timeout_s: 0.5\n    source: {{type: folder, path: {inbox}}}\n"
-    process = start_daemon(write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera))
+    subscriber, process = _station_on_an_empty_folder(small_bundle[0], broker, tmp_path, "    mode: triggered\n    trigger_timeout_s: 0.5\n")
     assert subscriber.reached("status", 1, timeout=30)
     subscriber.publish("edge/trig/trigger", "B-1")
     rejects = subscriber.wait_for("reject", 1, timeout=20)
@@ -190,12 +195,7 @@ def test_a_flood_of_triggers_gets_every_part_answered(small_bundle, broker, tmp_
     none is forgotten."""
     from edge.triggers import WAITING_TRIGGERS
 
-    bundle, _ = small_bundle
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    subscriber = Subscriber(broker.port)
-    camera = f"  - station: trig\n    mode: triggered\n    trigger_timeout_s: 600\n    source: {{type: folder, path: {inbox}}}\n"
-    process = start_daemon(write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera))
+    subscriber, process = _station_on_an_empty_folder(small_bundle[0], broker, tmp_path, "    mode: triggered\n    trigger_timeout_s: 600\n")
     assert subscriber.reached("status", 1, timeout=30)
     sent = [f"F-{n}" for n in range(WAITING_TRIGGERS + 5)]
     for part_id in sent:
@@ -213,12 +213,7 @@ def test_a_flood_of_triggers_gets_every_part_answered(small_bundle, broker, tmp_
 
 
 def test_status_online_then_offline_when_killed(small_bundle, broker, tmp_path):
-    bundle, _ = small_bundle
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    subscriber = Subscriber(broker.port)
-    camera = f"  - station: st\n    source: {{type: folder, path: {inbox}}}\n"
-    process = start_daemon(write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera))
+    subscriber, process = _station_on_an_empty_folder(small_bundle[0], broker, tmp_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(m.payload == b"online" for m in subscriber.on("status")):
         time.sleep(0.05)
