@@ -85,6 +85,13 @@ def test_the_console_shows_a_real_station(line, browser, screenshots):  # noqa: 
     last = browser.find_elements(By.CSS_SELECTOR, '[data-testid="strip-item"]')[-1]
     assert verdict.get_attribute("data-part-id") == last.get_attribute("data-part-id")
     assert verdict.get_attribute("data-verdict") == last.get_attribute("data-verdict") and verdict.text.startswith(last.get_attribute("data-verdict").upper())
+    # The live view is throttled, the verdict follows every part: a picture of an earlier part
+    # says so in its caption (read in one go, the page moves on twice a second).
+    verdict_part, caption, earlier = browser.execute_script(
+        "const c = document.getElementById('preview-caption');"
+        "return [document.getElementById('verdict').dataset.partId, c.textContent, c.dataset.earlier];"
+    )
+    assert (earlier == "yes") == (f"part {verdict_part} ·" not in caption) and caption.startswith("picture of an earlier part: ") == (earlier == "yes"), caption
     browser.save_screenshot(str(screenshots / "real-station.png"))
 
     rejected = {json.loads(m.payload)["part_id"] for m in subscriber.on("reject")}

@@ -13,6 +13,7 @@
   let parts = []; // oldest first, each with the server's seq
   let lastSeq = 0;
   let previewSeq = 0;
+  let shownPreview = null;
   let latest = null; // the last detail received
   let current = { write_enabled: false, user: null, csrf: null }; // the operator's session
   let labels = {}; // part id -> the label an operator sent (from the console, every event)
@@ -149,10 +150,24 @@
     $("preview").src = "/api/preview/" + encoded + ".jpg?seq=" + preview.seq;
     $("preview").hidden = false;
     $("preview").dataset.seq = String(preview.seq);
+    shownPreview = preview;
+    captionPreview();
+  }
+
+  // The live view is throttled (a few pictures a second) while the verdict above follows every
+  // part, so the picture is often of a part a few before: the caption says so, lest a red
+  // heatmap beside a green PASS be read as the same part.
+  function captionPreview() {
+    const preview = shownPreview;
+    if (!preview) return;
     const said = preview.part_id
       ? "part " + preview.part_id + " · " + (preview.verdict || "?") + " · score " + number(preview.score, 3)
       : "unattributed frame";
-    $("preview-caption").textContent = said + " · " + localTime(preview.received);
+    const last = parts[parts.length - 1];
+    const earlier = last && preview.part_id && last.part_id !== preview.part_id;
+    const caption = $("preview-caption");
+    caption.textContent = (earlier ? "picture of an earlier part: " : "") + said + " · " + localTime(preview.received);
+    caption.dataset.earlier = earlier ? "yes" : "no";
   }
 
   const STAT_ROWS = [
@@ -199,6 +214,7 @@
     verdict.className = "verdict " + (last.verdict === "pass" ? "pass" : "reject");
     verdict.dataset.verdict = last.verdict || "";
     verdict.dataset.partId = last.part_id;
+    captionPreview();
   }
 
   // The strip: one button per part (arrow keys move along it); picking one shows it below with
