@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from calibration.cli_checks import BadInput, OneLineErrors, check_output, os_error_line
+from calibration.cli_checks import BadInput, OneLineErrors, check_output, os_error_line, refuse_inside_bundle
 from engines.version import version_line
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
@@ -151,11 +151,9 @@ def check_new_bundle(args: argparse.Namespace) -> None:
     and the new bundle may not go inside the one it is made from."""
     if not args.why.strip():
         raise BadInput("--why: empty; say why the bundle changes (it is kept in the new bundle's history)")
-    output, source = args.output.resolve(), args.bundle.resolve()
-    if output == source:
+    if args.output.resolve() == args.bundle.resolve():
         raise BadInput(f"-o/--output {args.output}: the bundle it is made from; the new bundle must go to another path (the old one is kept)")
-    if output.is_relative_to(source):
-        raise BadInput(f"-o/--output {args.output}: inside the bundle {args.bundle} it is made from; a file added there fails that bundle's check, choose a folder outside it")
+    refuse_inside_bundle(args.output, args.bundle)
     check_output(args.output, args.force)
 
 

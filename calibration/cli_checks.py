@@ -50,9 +50,15 @@ def check_can_create_in(folder: Path, named: Path, option: str) -> None:
         raise BadInput(f"{option} {named}: cannot write in {existing} ({reason}); choose a writable location")
 
 
+def refuse_inside_bundle(output: Path, bundle: Path) -> None:
+    """-o/--output may not lie inside a bundle: a file added there fails that bundle's check."""
+    if output.resolve().is_relative_to(bundle.resolve()):
+        raise BadInput(f"-o/--output {output}: inside the bundle {bundle}; a file added there fails that bundle's check, choose a folder outside it")
+
+
 def check_output(output: Path, force: bool) -> None:
     """-o/--output, checked before training so that minutes of work are not thrown away at the end."""
-    from engines.bundle import MANIFEST
+    from engines.bundle import MANIFEST, replaceable_by_bundle
 
     option = "-o/--output"
     if output.is_file():
@@ -60,8 +66,7 @@ def check_output(output: Path, force: bool) -> None:
     if output.exists():
         if not force:
             raise BadInput(f"{option} {output}: already exists; choose another output path or pass --force to replace it")
-        # --force removes what is there: only ever an earlier bundle (or an empty folder).
-        if not (output / MANIFEST).is_file() and any(output.iterdir()):
+        if not replaceable_by_bundle(output):
             raise BadInput(f"{option} {output}: is a folder but not a bundle (no {MANIFEST}); --force replaces only a bundle, choose another path")
     # The bundle is written into a temporary folder beside it, then renamed into place.
     check_can_create_in(output.absolute().parent, output, option)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from calibration.cli import whole_number
-from calibration.cli_checks import BadInput, OneLineErrors, check_can_create_in, os_error_line
+from calibration.cli_checks import BadInput, OneLineErrors, check_can_create_in, os_error_line, refuse_inside_bundle
 from engines.version import version_line
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
@@ -22,8 +22,7 @@ def check_output(output: Path, bundle: Path) -> None:
     option = "-o/--output"
     if output.is_file():
         raise BadInput(f"{option} {output}: is a file, not a folder; choose another path")
-    if output.resolve().is_relative_to(bundle.resolve()):
-        raise BadInput(f"{option} {output}: inside the bundle {bundle}; a file added there fails the bundle's check, choose a folder outside it")
+    refuse_inside_bundle(output, bundle)
     check_can_create_in(output, output, option)
 
 

@@ -71,11 +71,11 @@ def load_images(paths: list[Path], input_size: tuple[int, int], colour: str | No
             raise ImageFolderError(f"{len(problems)} unreadable image(s):\n  " + "\n  ".join(problems))
     mode = colour or ("gray" if all(flags) else "rgb")
     out = np.empty((len(paths), input_size[0], input_size[1], 3), dtype=np.uint8)
-    grayscale = True
     for i, path in enumerate(paths):
         try:
             image = read_image(path)
-            grayscale = grayscale and is_grayscale(image)
+            if colour is not None:
+                flags.append(is_grayscale(image))
             out[i] = to_model_input(image, input_size, mode)
         except (ImageFolderError, OSError) as error:
             problems.append(str(error))
@@ -83,4 +83,4 @@ def load_images(paths: list[Path], input_size: tuple[int, int], colour: str | No
             problems.append(f"{path}: {error}")
     if problems:
         raise ImageFolderError(f"{len(problems)} unreadable or unusable image(s):\n  " + "\n  ".join(problems))
-    return LoadedImages(list(paths), out, grayscale)
+    return LoadedImages(list(paths), out, all(flags))

@@ -27,7 +27,7 @@ def _readable(value: str) -> str:
     if not os.access(value, os.R_OK):
         raise ValueError(f"cannot read {value}")
     if os.path.isdir(value):
-        raise ValueError(f"{value} is a folder; give the file")
+        raise ValueError(missing_path(value, "file"))
     return value
 
 

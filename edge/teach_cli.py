@@ -78,11 +78,9 @@ def run(args: argparse.Namespace) -> int:
         # confirmation that never comes.
         try:
             TeachCommand(action="start", name=args.name, count=args.count)
-        except ValidationError:
-            if args.count is not None and not 1 <= args.count <= MAX_TEACH_COUNT:
-                print(f"edge-inspect teach: --count {args.count}: must be 1 to {MAX_TEACH_COUNT}", file=sys.stderr)
-            else:
-                print(f"edge-inspect teach: --name {args.name!r}: {FOLDER_RULE}", file=sys.stderr)
+        except ValidationError as error:
+            said = {"count": f"--count {args.count}: must be 1 to {MAX_TEACH_COUNT}", "name": f"--name {args.name!r}: {FOLDER_RULE}"}
+            print(f"edge-inspect teach: {said[str(error.errors()[0]['loc'][0])]}", file=sys.stderr)
             return EXIT_BAD_INPUT
     base = f"{config.mqtt.topic_prefix}/{station}"
     watch = _StatsWatch()

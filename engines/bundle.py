@@ -282,6 +282,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def replaceable_by_bundle(path: Path) -> bool:
+    """What --force may replace: an earlier bundle or an empty folder, never a folder of other
+    things (nor a file)."""
+    return path.is_dir() and ((path / MANIFEST).is_file() or not any(path.iterdir()))
+
+
 def write_bundle(destination: Path, manifest_without_files: Manifest, write_files, force: bool = False) -> Bundle:
     """Create a bundle directory atomically.
 
@@ -292,8 +298,7 @@ def write_bundle(destination: Path, manifest_without_files: Manifest, write_file
     destination = Path(destination)
     if destination.exists() and not force:
         raise BundleError(f"{destination} already exists; choose another output path or pass --force to replace it")
-    if destination.exists() and not (destination.is_dir() and ((destination / MANIFEST).is_file() or not any(destination.iterdir()))):
-        # force replaces an earlier bundle, never a folder of other things (or a file)
+    if destination.exists() and not replaceable_by_bundle(destination):
         raise BundleError(f"{destination}: exists and is not a bundle (no {MANIFEST}); --force replaces only a bundle, choose another path")
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
