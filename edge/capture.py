@@ -151,6 +151,13 @@ def _has_gstreamer() -> bool:
     return False
 
 
+def _stat(entry: os.DirEntry) -> os.stat_result | None:
+    try:
+        return entry.stat()
+    except FileNotFoundError:
+        return None
+
+
 class FolderSource:
     """A line camera drops one image file per part into a folder; the file name (without the
     suffix) is the part id. Files are taken oldest first, once each; a file is only read once
@@ -185,7 +192,8 @@ class FolderSource:
         if self.done_dir:
             self.done_dir.mkdir(parents=True, exist_ok=True)
 
-    def _candidates(self) -> list[os.DirEntry]:
+    def _candidates(self) -> list[tuple[os.DirEntry, int]]:
+        """The image files not taken yet, oldest first, with their sizes."""
         try:
             everything = [e for e in os.scandir(self.folder) if e.is_file() and not e.name.startswith(".")]
         except OSError:
@@ -200,8 +208,11 @@ class FolderSource:
             self.seen.intersection_update(present | self.pending)
         for name in self.sizes.keys() - present:
             del self.sizes[name]
-        entries = [e for e in files if e.name not in self.seen]
-        return sorted(entries, key=lambda e: (e.stat().st_mtime_ns, e.name))
+        # A file can leave between the listing and its stat: answered and moved to done_dir by
+        # the publisher meanwhile, or taken by the line's cleanup. It is no candidate then.
+        stated = [(status, e) for e in files if e.name not in self.seen and (status := _stat(e)) is not None]
+        stated.sort(key=lambda pair: (pair[0].st_mtime_ns, pair[1].name))
+        return [(e, status.st_size) for status, e in stated]
 
     def _say_ignored(self, others: set[str]) -> None:
         for name in sorted(others - self.ignored):
@@ -212,8 +223,7 @@ class FolderSource:
         """The next settled file; NoFrameYet after WAIT_SLICE_S without one."""
         deadline = time.monotonic() + WAIT_SLICE_S
         while stop is None or not stop.is_set():
-            for entry in self._candidates():
-                size = entry.stat().st_size
+            for entry, size in self._candidates():
                 if self.sizes.get(entry.name) != size:
                     # First sighting or still growing: look again next poll.
                     self.sizes[entry.name] = size

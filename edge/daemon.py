@@ -210,7 +210,14 @@ class Daemon:
                 log.info("every source has ended")
                 break
             self.stop_requested.wait(0.2)
-        return self.shutdown()
+        status = self.shutdown()
+        crashed = [f"{s.name}/{stage}" for s in self.stations for stage in s.heartbeats.crashed]
+        if crashed:
+            # A crashed loop can end a station as quietly as its source ending; exit 0 would
+            # tell systemd (Restart=on-failure) all is well and leave the line uninspected.
+            log.error("exiting with failure: %s crashed (see the traceback above)", ", ".join(crashed))
+            return 1
+        return status
 
     def _connect(self) -> None:
         """Results are not queued while the broker is away (rejects are); give the sessions a

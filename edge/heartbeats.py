@@ -13,6 +13,7 @@ class Heartbeats:
         self.owner = owner
         # Per stage, when its loop last came round; None once the loop has ended.
         self.beats: dict[str, float | None] = {stage: time.monotonic() for stage in stages}
+        self.crashed: list[str] = []  # stages whose loop died of an error, for the exit status
 
     def beat(self, stage: str) -> None:
         self.beats[stage] = time.monotonic()
@@ -24,6 +25,7 @@ class Heartbeats:
         if ended:
             self.beats[stage] = None
         else:
+            self.crashed.append(stage)
             log.error("%s: the %s loop crashed; withholding the watchdog so systemd restarts the daemon", self.owner, stage)
 
     def stale(self, max_age_s: float) -> list[str]:

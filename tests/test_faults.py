@@ -165,6 +165,44 @@ def test_a_part_in_flight_is_not_read_again_when_its_folder_blinks(tmp_path):
     assert [p.name for p in done.iterdir()] == ["A-1.png"] and list(folder.iterdir()) == []
 
 
+def test_a_file_that_leaves_while_the_folder_is_listed_is_skipped(tmp_path):
+    """The publisher moves an answered part's file to done_dir while the capture thread lists the
+    folder (a line's cleanup job deleting files does the same): the file is gone by the time its
+    age is read. It is no candidate then; the capture loop must not die of it (it did: the daemon
+    then exited 0, as if the source had ended, and systemd left the line uninspected)."""
+    from edge.capture import FolderSource, NoFrameYet
+    from edge.config import source_config
+
+    class AnsweredWhileListed(FolderSource):
+        """Answers the part in flight exactly between the folder's listing and the stat of its
+        entries, the interleaving the publisher thread hits by chance."""
+
+        in_flight = None
+
+        def _say_ignored(self, others):
+            super()._say_ignored(others)
+            if self.in_flight is not None:
+                self.finish(self.in_flight)
+                self.in_flight = None
+
+    folder, done = tmp_path / "drop", tmp_path / "done"
+    folder.mkdir()
+    image = cv2.imread(str(sorted((require(METAL_PLATE) / "train" / "good").glob("*.png"))[0]))
+    cv2.imwrite(str(folder / "A-1.png"), image)
+    source = AnsweredWhileListed(source_config(type="folder", path=str(folder), done_dir=str(done), poll_interval_s=0.01))
+    source.open()
+    first = source.read(0)
+    assert first.part_id == "A-1"
+    cv2.imwrite(str(folder / "A-2.png"), image)
+    source.in_flight = first
+    second = source.read(1)  # A-1 leaves during this listing; A-2 is the next part
+    assert second.part_id == "A-2"
+    source.in_flight = second
+    with pytest.raises(NoFrameYet):
+        source.read(2)
+    assert sorted(p.name for p in done.iterdir()) == ["A-1.png", "A-2.png"] and list(folder.iterdir()) == []
+
+
 def test_new_rejects_do_not_overtake_older_ones_while_the_outbox_is_flushed(small_bundle, tmp_path):
     """The broker comes back to thousands of stored rejects. While the daemon sends them, the line
     keeps rejecting parts: those new rejects must reach the PLC after every older one. Results

@@ -102,7 +102,9 @@ def test_workers_publish_in_capture_order_and_failed_parts_are_rejected(small_bu
     results = subscriber.wait_for("result", len(names), timeout=60)
     time.sleep(7)  # past the 5 s heartbeat limit of the dead worker
     process.send_signal(signal.SIGTERM)
-    output = finish(process, timeout=60)
+    output, _ = process.communicate(timeout=60)
+    # A stage crashed, so the exit says failure (systemd marks the unit failed), even on a stop.
+    assert process.returncode == 1 and "exiting with failure: par/inference-" in output, output[-3000:]
 
     payloads = [json.loads(m.payload) for m in results]
     finished = completed.read_text().split()
@@ -281,6 +283,40 @@ def _pass_verdict():
     from edge.decision import Verdict
 
     return Verdict(False, 0.5, 1.0, ())
+
+
+CRASHING_CAMERA_LAUNCHER = """
+import sys
+from edge import capture
+real = capture.FolderSource.read
+calls = []
+def crashing(self, frame_id, stop=None):
+    calls.append(frame_id)
+    if len(calls) == 3:
+        raise RuntimeError("injected capture fault")
+    return real(self, frame_id, stop)
+capture.FolderSource.read = crashing
+from edge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_crashed_capture_loop_ends_the_daemon_with_failure(small_bundle, broker, tmp_path):
+    """A capture loop that dies of an error ends its station as a source that ran out would. The
+    daemon then stops by itself, and it must say failure: with exit 0, systemd's
+    Restart=on-failure leaves the line uninspected and the unit reads as finished well."""
+    bundle, _ = small_bundle
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    image = cv2.imread(str(sorted((require(METAL_PLATE) / "train" / "good").glob("*.png"))[0]))
+    for i in range(5):
+        cv2.imwrite(str(inbox / f"p{i}.png"), image)
+    camera = f"  - station: cam\n    source: {{type: folder, path: {inbox}, poll_interval_s: 0.05}}\n"
+    config = write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera)
+    process = start_daemon(config, launcher=CRASHING_CAMERA_LAUNCHER)
+    output, _ = process.communicate(timeout=90)  # a folder never ends: only the crash stops it
+    assert "injected capture fault" in output and "the capture loop crashed" in output, output[-3000:]
+    assert process.returncode == 1 and "exiting with failure: cam/capture" in output, output[-3000:]
 
 
 def test_a_part_file_leaves_the_folder_only_once_answered(small_bundle, broker, tmp_path):
