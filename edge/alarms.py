@@ -30,12 +30,15 @@ class Alarms:
         self.lock = threading.Lock()
         self.active: dict[str, dict] = {}
 
-    def raise_alarm(self, key: str, message: str) -> None:
-        """Raise (once; a repeat while active changes nothing) and publish the set."""
+    def raise_alarm(self, key: str, message: str, restate: bool = False) -> None:
+        """Raise (once; a repeat while active changes nothing) and publish the set. `restate`: a
+        repeat with another message replaces it (it names what is wrong now), since unchanged."""
         with self.lock:
-            if key in self.active:
+            active = self.active.get(key)
+            if active is not None and (not restate or active["message"] == message):
                 return
-            self.active[key] = {"alarm": key, "message": message, "since": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+            since = active["since"] if active is not None else datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+            self.active[key] = {"alarm": key, "message": message, "since": since}
         log.error("%s: alarm %s: %s", self.station, key, message)
         self.publish(self.message())
 

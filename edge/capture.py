@@ -35,6 +35,7 @@ class Frame:
     source_name: str | None = None  # file name for folder sources
     unreadable: str | None = None  # why a delivered part has no image (a corrupt file): answered as an error
     recipe: str | None = None  # the product it was asked under, stamped as it enters the station
+    refused: str | None = None  # why its trigger cannot be inspected as asked: answered not_inspected
 
 
 class SourceUnavailable(RuntimeError):

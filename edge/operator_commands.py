@@ -9,7 +9,7 @@ import logging
 from edge.alarms import UNKNOWN_RECIPE, Alarms
 from edge.commands import BadCommand, CommandModel, FeedbackCommand, TeachCommand, parse_command
 from edge.counters import ThrottledLog
-from edge.recipes import StationRecipes, parse_recipe
+from edge.recipes import StationRecipes, parse_recipe, refused_recipe_name
 from edge.review import ReviewRing
 from edge.stats import StationStats
 from edge.teach import TeachIn
@@ -40,24 +40,35 @@ class StationCommands:
         if trigger is None:
             self.bad["trigger"]("%s: ignored malformed trigger %r", self.station, payload[:80])
             return
+        if trigger.problem is not None:
+            # Still queued: it takes its part's frame and is answered not_inspected with the reason.
+            self.bad["trigger"]("%s: part %s is not inspected: %s", self.station, trigger.part_id, trigger.problem)
+            self.triggers.add(Trigger(trigger.part_id, self.recipes.current(), trigger.problem))
+            return
         if trigger.recipe is not None:
-            self._check_recipe(trigger.recipe, f"trigger for part {trigger.part_id}")
+            self._check_recipe(trigger.recipe, "a trigger")
         self.triggers.add(Trigger(trigger.part_id, trigger.recipe or self.recipes.current()))
 
     def on_recipe(self, payload: bytes) -> None:
         name = parse_recipe(payload)
         if name is None:
-            self.bad["recipe"]("%s: ignored recipe %r: not a recipe name (1-64 letters, digits, '_', '.', '-')", self.station, payload[:80])
-            return
+            # Not a name, so no recipe this station has: the next parts are rejected as not
+            # inspected, as under an unknown name. Keeping the previous product would inspect
+            # the new one with the wrong bundle, without a word.
+            self.bad["recipe"]("%s: recipe %r is not a recipe name (1-64 letters, digits, '_', '.', '-')", self.station, payload[:80])
+            name = refused_recipe_name(payload)
         active = self.recipes.select(name or None)
         self._check_recipe(active, "the recipe topic")
 
     def _check_recipe(self, name: str, asked_by: str) -> None:
-        if self.recipes.known(name):
+        if not self.recipes.known(name):
+            known = ", ".join(self.recipes.names)
+            message = f"{asked_by} asked for recipe {name!r}, which this station does not have ({known}); parts asked under it are rejected as not inspected"
+            self.alarms.raise_alarm(UNKNOWN_RECIPE, message, restate=True)
+        elif self.recipes.known(self.recipes.current()):
+            # A trigger naming a known recipe clears the alarm only while the recipe topic's does
+            # not itself reject every part asked without one.
             self.alarms.clear(UNKNOWN_RECIPE)
-            return
-        known = ", ".join(self.recipes.names)
-        self.alarms.raise_alarm(UNKNOWN_RECIPE, f"{asked_by} asked for recipe {name!r}, which this station does not have ({known}); parts asked under it are rejected as not inspected")
 
     def _parsed(self, kind: str, model: type[CommandModel], payload: bytes) -> CommandModel | None:
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge.config import valid_recipe_name
 from edge.station_engine import StationEngine
+from edge.triggers import printable
 
 log = logging.getLogger("edge.recipes")
 
@@ -89,3 +90,13 @@ def parse_recipe(payload: bytes) -> str | None:
     if not text:
         return ""
     return text if valid_recipe_name(text) else None
+
+
+def refused_recipe_name(payload: bytes) -> str:
+    """What the log, the alarm and each answer call a `recipe` payload that is no name: its text,
+    control characters escaped, cut at 80 characters. It can never be a configured name (those
+    pass valid_recipe_name; a cut one ends in an ellipsis), so parts asked under it are refused."""
+    text = printable(payload[:400].decode("utf-8", "replace").strip())
+    if len(text) > 80 or len(payload) > 400 or valid_recipe_name(text):
+        text = text[:80] + "\u2026"
+    return text

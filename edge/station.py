@@ -187,7 +187,7 @@ class Station:
             if trigger is None:
                 self.source.finish(frame)  # nobody asked for this frame
                 return
-            frame.part_id, frame.recipe = trigger.part_id, trigger.recipe
+            frame.part_id, frame.recipe, frame.refused = trigger.part_id, trigger.recipe, trigger.problem
         part_id = frame.part_id
         if self.recent_ids.seen_again(part_id):
             self.repeated_ids("%s: part id %s was inspected before (a repeated trigger or file name); inspected again", self.name, part_id)
@@ -212,6 +212,8 @@ class Station:
 
     def _inspect(self, frame: Frame, worker: int) -> Answer:
         """An engine failure is this part's answer: one part must not stop the line."""
+        if frame.refused is not None:
+            return cannot_inspect(frame, frame.refused, self.camera, "", Outcome.NOT_INSPECTED)
         engine = self.recipes.engine(frame.recipe)
         if engine is None:  # never another bundle than the one asked for
             why = f"recipe {frame.recipe!r} is not one of this station's ({', '.join(self.recipes.names)})"

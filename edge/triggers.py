@@ -40,6 +40,13 @@ def printable(text: str) -> str:
 class Trigger:
     part_id: str
     recipe: str | None = None  # the product this part is, when the PLC says so with the trigger
+    # Why this part cannot be inspected as asked (a recipe field that is no recipe name, a key a
+    # trigger does not have). The part still takes its frame, so the next part does not get it,
+    # and is answered not_inspected with this reason: the PLC waits for every part it named.
+    problem: str | None = None
+
+
+TRIGGER_KEYS = ("part_id", "recipe")
 
 
 class _Number(str):
@@ -48,8 +55,8 @@ class _Number(str):
 
 def parse_trigger(payload: bytes) -> Trigger | None:
     """A trigger is a JSON object with part_id (and optionally recipe), a JSON string, or the
-    plain part id. Anything else is refused (None), never raised: a malformed message must not
-    stop a line."""
+    plain part id. Without a usable part id it is refused (None), never raised: a malformed
+    message must not stop a line. With one, anything else wrong is the trigger's `problem`."""
     try:
         text = payload.decode("utf-8").strip()
     except UnicodeDecodeError:
@@ -64,16 +71,34 @@ def parse_trigger(payload: bytes) -> Trigger | None:
         if text[0] in '{["':
             return None  # broken JSON, not a part id that happens to start with a brace
         value = text
-    recipe = None
+    recipe, problem = None, None
     if isinstance(value, dict):
-        recipe = value.get("recipe")
-        if recipe is not None and not (isinstance(recipe, str) and not isinstance(recipe, _Number) and valid_recipe_name(recipe)):
-            return None
+        recipe, problem = _trigger_recipe(value)
         value = value.get("part_id")
     if not isinstance(value, str):
         return None
     part_id = valid_part_id(value)
-    return Trigger(part_id, recipe) if part_id is not None else None
+    if part_id is None:
+        return None
+    return Trigger(part_id, None, problem) if problem else Trigger(part_id, recipe)
+
+
+def _trigger_recipe(fields: dict) -> tuple[str | None, str | None]:
+    """(recipe, problem) of a JSON trigger: a misspelt key ("Recipe") or a recipe that is no
+    name must not mean "inspect with the current product"."""
+    unknown = sorted(k for k in fields if k not in TRIGGER_KEYS)
+    if unknown:
+        keys = ", ".join(repr(printable(k)[:40]) for k in unknown[:3])
+        return None, f"the trigger has key(s) {keys}; a trigger has only part_id and recipe"
+    recipe = fields.get("recipe")
+    if recipe is None:
+        return None, None
+    if not isinstance(recipe, str) or isinstance(recipe, _Number):
+        written = recipe if isinstance(recipe, _Number) else json.dumps(recipe)
+        return None, f"the trigger's recipe must be a JSON string, not {printable(written)[:40]}"
+    if not valid_recipe_name(recipe):
+        return None, f"the trigger's recipe {printable(recipe)[:80]!r} is not a recipe name (1-64 letters, digits, '_', '.', '-')"
+    return recipe, None
 
 
 class PendingTriggers:

@@ -64,11 +64,18 @@ def test_a_plc_far_ahead_of_the_camera_gets_every_part_answered():
     assert [pending.next_part() for _ in range(4)] == [Trigger("P-2"), Trigger("P-3"), Trigger("P-4"), None]
 
 
-def test_a_trigger_may_name_its_recipe_and_a_bad_recipe_name_refuses_it():
+def test_a_trigger_may_name_its_recipe_and_a_bad_recipe_or_key_is_its_problem():
+    """A trigger with a usable part id is always that part's: a bad recipe field or a misspelt key
+    makes it a part answered not_inspected (with the reason), never one inspected as the current
+    product, and never one left unanswered."""
     assert parse_trigger(b'{"part_id": "P-9", "recipe": "B-2"}') == Trigger("P-9", "B-2")
-    for recipe in ('""', '"a b"', '"../x"', "7", '"' + "R" * 65 + '"', "null"):
-        payload = f'{{"part_id": "P-9", "recipe": {recipe}}}'.encode()
-        assert parse_trigger(payload) == (Trigger("P-9") if recipe == "null" else None), recipe
+    assert parse_trigger(b'{"part_id": "P-9", "recipe": null}') == Trigger("P-9")
+    for recipe, said in (('""', "not a recipe name"), ('"a b"', "not a recipe name"), ('"../x"', "not a recipe name"), ("7", "not 7"), ('"' + "R" * 65 + '"', "not a recipe name"), ("[1]", "JSON string")):
+        trigger = parse_trigger(f'{{"part_id": "P-9", "recipe": {recipe}}}'.encode())
+        assert trigger is not None and trigger.part_id == "P-9" and trigger.recipe is None and said in (trigger.problem or ""), (recipe, trigger)
+    for payload, key in ((b'{"part_id": "P-9", "Recipe": "B-2"}', "'Recipe'"), (b'{"part_id": "P-9", "recipe_name": "B-2", "recipe": "B-2"}', "'recipe_name'")):
+        trigger = parse_trigger(payload)
+        assert trigger is not None and trigger.recipe is None and f"key(s) {key}" in (trigger.problem or ""), trigger
 
 
 def _part(path, image) -> None:

@@ -82,6 +82,14 @@ def test_a_recipe_switch_applies_to_exactly_the_parts_after_it(small_bundle, bro
     select("Z")  # not configured: refused loudly, its parts rejected
     trigger("Z-1", "Z")
     trigger("Z-2", "Z")
+    trigger("X-2", "A", json.dumps({"part_id": "X-2", "recipe": "A"}))  # known, but the topic's Z still stands
+    trigger("Z-3", "Z")
+    select("B 200")  # no recipe name at all: as refused as an unknown one, never "keep the last product"
+    trigger("I-1", "B 200")
+    # A trigger's own recipe that is no name, or a misspelt key: that part is answered
+    # not_inspected and takes its frame, so the parts after it keep theirs.
+    trigger("K-1", "B 200", json.dumps({"part_id": "K-1", "Recipe": "A"}))
+    trigger("K-2", "B 200", json.dumps({"part_id": "K-2", "recipe": "B 200"}))
     select("")  # the retained recipe cleared: back to the configured default
     trigger("D-1", "A")
     results = subscriber.wait_for("result", len(asked), timeout=60)
@@ -91,12 +99,15 @@ def test_a_recipe_switch_applies_to_exactly_the_parts_after_it(small_bundle, bro
 
     by_part = {p["part_id"]: p for p in (json.loads(m.payload) for m in results)}
     assert sorted(by_part) == sorted(part for part, _ in asked)
-    bundle_ids = {"A": bundle_a.bundle_id, "B": bundle_b.bundle_id, "Z": ""}
+    bundle_ids = {"A": bundle_a.bundle_id, "B": bundle_b.bundle_id, "Z": "", "B 200": ""}
+    refused = {"K-1": "key(s) 'Recipe'", "K-2": "recipe 'B 200' is not a recipe name"}
     for part, recipe in asked:
         payload = by_part[part]
         assert payload["recipe"] == recipe and payload["bundle_id"] == bundle_ids[recipe], (part, payload)
-        if recipe == "Z":
-            assert payload["verdict"] == "not_inspected" and "recipe 'Z'" in payload["error"], payload
+        if part in refused:
+            assert payload["verdict"] == "not_inspected" and refused[part] in payload["error"], payload
+        elif recipe in ("Z", "B 200"):
+            assert payload["verdict"] == "not_inspected" and f"recipe {recipe!r}" in payload["error"], payload
         else:
             assert payload["verdict"] in ("pass", "reject") and payload["threshold"] == round(open_bundle(bundle_a.path if recipe == "A" else path_b).manifest.thresholds.image, 5)
     assert all(by_part[f"B-{i}"]["verdict"] == "reject" for i in range(5))  # B's threshold rejects every part
@@ -104,7 +115,11 @@ def test_a_recipe_switch_applies_to_exactly_the_parts_after_it(small_bundle, bro
     assert {"Z-1", "Z-2"} <= rejects
     alarms = [json.loads(m.payload) for m in subscriber.on("alarm")]
     assert any(a["alarm"] == "unknown_recipe" and "'Z'" in a["message"] for message in alarms for a in message["active"])
-    assert alarms[-1]["active"] == []  # cleared once a known recipe is asked for
+    raised = [i for i, message in enumerate(alarms) if any(a["alarm"] == "unknown_recipe" for a in message["active"])]
+    assert any("'B 200'" in a["message"] for a in alarms[raised[-1]]["active"])  # restated for the new name
+    # Not cleared by X-2's known recipe while the topic's Z rejected every other part; cleared
+    # once the topic is back to a known recipe.
+    assert all(alarms[i]["active"] for i in range(raised[0], raised[-1] + 1)) and alarms[-1]["active"] == []
     assert stats["recipes"] == ["A", "B"] and stats["bundle_id"] == bundle_a.bundle_id
     assert "recipe 'Z'" in output
     assert (tmp_path / "state" / "recipe" / "rec").read_text().strip() == "A"  # a restart resumes the PLC's choice
