@@ -116,10 +116,13 @@ class VideoCaptureSource:
         assert capture is not None, "open() sets it or raises"
         c = self.config
         if isinstance(c, FileSourceConfig) and c.fps:
-            # Pace a file like the camera it stands in for.
+            # Pace a file like the camera it stands in for; a slow pace (fps: 0.1) waits in slices,
+            # so the capture loop still comes round for the watchdog and for triggers' timeouts.
             now = time.monotonic()
             if now < self.next_due:
-                time.sleep(self.next_due - now)
+                time.sleep(min(self.next_due - now, WAIT_SLICE_S))
+                if time.monotonic() < self.next_due:
+                    raise NoFrameYet()
             self.next_due = max(now, self.next_due) + 1.0 / c.fps
         ok, image = capture.read()
         if (not ok or image is None) and isinstance(c, FileSourceConfig):
@@ -234,9 +237,11 @@ class FolderSource:
                     self.seen.add(entry.name)
                     self.pending.add(entry.name)
                 return self._load(Path(entry.path), frame_id)
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise NoFrameYet()
-            time.sleep(self.config.poll_interval_s)
+            # Never past the slice: a long poll interval must not starve the watchdog's heartbeat.
+            time.sleep(min(self.config.poll_interval_s, left))
         raise EndOfStream()
 
     def _load(self, path: Path, frame_id: int) -> Frame:

@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from edge.config_fields import (
+    MAX_STATION_NAME,
     CaFile,
     ConfigError,
     PathSetting,
@@ -43,7 +44,7 @@ from edge.config_fields import (
     read_password,
     read_secret,
     resolve_path,
-    valid_topic_part,
+    valid_station_name,
     yaml_error_line,
 )
 from engines.backends import BackendName
@@ -70,8 +71,8 @@ def _stream_url(value: str) -> str:
 
 
 def _station(value: str) -> str:
-    if not valid_topic_part(value, allow_slash=False):
-        raise ValueError("must be non-empty, without /, + or #")
+    if not valid_station_name(value):
+        raise ValueError(f"must be 1-{MAX_STATION_NAME} printable characters, without /, + or #, and not '.' or '..' (it names the station's topics and files)")
     return value
 
 
@@ -140,7 +141,10 @@ def _public_key(value: str) -> str:
 
 
 PublicKeyFile = Annotated[ReadableFile, AfterValidator(_public_key)]
-Positive = Annotated[StrictFloat, Field(gt=0)]
+Positive = Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)]
+# Frames a second: at least one in 1000 s (a pace slower than that is a typo, and 1/fps overflows
+# near 1e-308), at most what any camera delivers.
+FramesPerSecond = Annotated[StrictFloat, Field(ge=0.001, le=10_000, allow_inf_nan=False)]
 
 
 class _Section(BaseModel):
@@ -194,14 +198,14 @@ class V4l2SourceConfig(_Section):
     device: str  # /dev/videoN or an index
     width: StrictInt | None = None
     height: StrictInt | None = None
-    fps: Positive | None = None  # asked of the device
+    fps: FramesPerSecond | None = None  # asked of the device
 
 
 class FileSourceConfig(_Section):
     type: Literal["file"]
-    path: Annotated[str, AfterValidator(resolve_path), AfterValidator(_video_file)]
+    path: Annotated[str, StringConstraints(min_length=1), AfterValidator(resolve_path), AfterValidator(_video_file)]
     loop: StrictBool = False
-    fps: Positive | None = None  # pace playback like a camera; None: as fast as inspected
+    fps: FramesPerSecond | None = None  # pace playback like a camera; None: as fast as inspected
 
 
 class StreamSourceConfig(_Section):
@@ -216,8 +220,8 @@ class GstreamerSourceConfig(_Section):
 
 class FolderSourceConfig(_Section):
     type: Literal["folder"]
-    path: Annotated[str, AfterValidator(resolve_path), AfterValidator(_folder)]
-    poll_interval_s: Positive = 0.2
+    path: Annotated[str, StringConstraints(min_length=1), AfterValidator(resolve_path), AfterValidator(_folder)]
+    poll_interval_s: Annotated[StrictFloat, Field(gt=0, le=60, allow_inf_nan=False)] = 0.2
     done_dir: PathSetting | None = None  # move each file here once its part is answered (default: leave it, remember)
 
 
@@ -277,7 +281,7 @@ class PublishConfig(_Section):
     results: StrictBool = True
     heatmaps: Literal["rejects", "all", "none"] = "rejects"
     heatmap_quality: Annotated[StrictInt, Field(ge=1, le=100)] = 85
-    stats_interval_s: Annotated[StrictFloat, Field(ge=0.5)] = 5.0
+    stats_interval_s: Annotated[StrictFloat, Field(ge=0.5, le=3600, allow_inf_nan=False)] = 5.0
     # The console's live view: the latest inspected part with its map, at most this often (0: off).
     preview_hz: Annotated[StrictFloat, Field(ge=0, le=30)] = 0.0
 

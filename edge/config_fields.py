@@ -59,6 +59,17 @@ def valid_topic_part(text: str, allow_slash: bool) -> bool:
     return all(level for level in text.split("/"))
 
 
+MAX_STATION_NAME = 128
+
+
+def valid_station_name(name: str) -> bool:
+    """A station name: one MQTT topic level, the name of its audit, outbox and review files, and
+    what the console shows. So no wildcard or '/', only printable characters (no control or
+    invisible ones such as a non-breaking space), not '.' or '..', at most 128 characters. The
+    daemon refuses at config load what the console would not show."""
+    return 0 < len(name) <= MAX_STATION_NAME and name not in (".", "..") and not any(c in name for c in "+#/") and all(c.isprintable() for c in name)
+
+
 def _topic_prefix(value: str) -> str:
     if not valid_topic_part(value, allow_slash=True):
         raise ValueError("must be non-empty, without +, # or empty levels")

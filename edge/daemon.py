@@ -28,6 +28,7 @@ from engines.backends import resolve_backend_name
 
 log = logging.getLogger("edge.daemon")
 HEARTBEAT_MAX_AGE_S = 5.0
+ALARM_CHECK_S = 1.0  # how often the stats' alarm conditions are checked, published or not
 # A replaced engine may still be running the batch it was handed just before a reload; it is
 # closed (GPU memory freed) only once that batch has surely finished.
 RETIRE_AFTER_S = 10.0
@@ -195,7 +196,7 @@ class Daemon:
         self.notifier.ready(f"inspecting {len(self.stations)} station(s)")
         log.info("inspecting: %s", ", ".join(s.name for s in self.stations))
         watchdog_every = self.notifier.watchdog_interval_s() or 1.0
-        next_stats = next_watchdog = time.monotonic()
+        next_stats = next_watchdog = next_alarms = time.monotonic()
         while not self.stop_requested.is_set():
             self._step_reload()
             now = time.monotonic()
@@ -206,6 +207,12 @@ class Daemon:
             if now >= next_stats:
                 next_stats = now + self.config.publish.stats_interval_s
                 self.publish_stats()
+            elif now >= next_alarms:
+                self.check_alarms()
+            if now >= next_alarms:
+                # Every second, whatever the stats interval: an hourly stats topic must not
+                # hold a full disk or an outbox backlog back from the line for an hour.
+                next_alarms = now + ALARM_CHECK_S
             if self.stations and all(s.finished for s in self.stations):
                 log.info("every source has ended")
                 break
@@ -243,6 +250,10 @@ class Daemon:
             log.error("stages not alive: %s; withholding the watchdog ping", ", ".join(stale))
         else:
             self.notifier.watchdog()
+
+    def check_alarms(self) -> None:
+        for station in self.stations:
+            check_alarms(station, self.config.alarms, stats_message(station))
 
     def publish_stats(self) -> None:
         for station in self.stations:

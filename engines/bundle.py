@@ -346,7 +346,15 @@ def open_bundle(path: str | os.PathLike, public_key: str | os.PathLike | None = 
     manifest's digest, the format version, then every listed file's checksum, and that the
     folder holds nothing else. `unsealed` reads a bundle from before manifests had a digest
     (format 1 to 3): only `edge-bundle reseal` does that, on purpose, and records it."""
-    path = Path(path)
+    try:
+        return _open_bundle(Path(path), public_key, unsealed)
+    except OSError as error:
+        # A file the service user may not read (chmod 600 by another user), or a disk error.
+        where = error.filename or path
+        raise BundleError(f"{where}: cannot read ({error.strerror or error}); the user the daemon runs as needs read access to every file of the bundle") from None
+
+
+def _open_bundle(path: Path, public_key: str | os.PathLike | None, unsealed: bool) -> Bundle:
     manifest_path = path / MANIFEST
     if not path.exists():
         raise BundleError(f"{path}: not found; give the bundle directory edge-calibrate wrote")

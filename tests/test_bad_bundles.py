@@ -224,3 +224,46 @@ def test_signed_bundles_open_only_with_the_right_public_key(bundle_copy, tmp_pat
     with pytest.raises(BundleError, match="a private key; give the public key"):  # the pair's keys swapped
         open_bundle(bundle_copy, public_key=private)
     assert edge_bundle(["sign", str(bundle_copy), "--key", str(public)]) == 2  # a public key cannot sign
+
+
+def test_a_bundle_file_the_service_user_cannot_read_is_named_not_a_traceback(small_bundle, tmp_path_factory):
+    """A file copied in by another user with mode 600: the service user's open says which file
+    and what access it needs (it was a PermissionError traceback, at start under systemd)."""
+    import os
+    import stat
+    import tempfile
+
+    bundle, _ = small_bundle
+    # A folder every user can reach (pytest's own is root's alone), with one file locked.
+    root = Path(tempfile.mkdtemp(prefix="bundle-perm-"))
+    try:
+        root.chmod(0o755)
+        copy = root / "bundle"
+        shutil.copytree(bundle.path, copy)
+        for item in [copy, *copy.iterdir()]:
+            item.chmod(0o755 if item.is_dir() else 0o644)
+        (copy / "flows.onnx").chmod(stat.S_IRUSR | stat.S_IWUSR)
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # the service user: not root, so the file's mode applies
+            os.close(read)
+            said = b""
+            try:
+                if os.geteuid() == 0:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                open_bundle(copy)
+                said = b"opened"
+            except BundleError as error:
+                said = str(error).encode()
+            except BaseException as error:  # noqa: BLE001 - reported to the parent, whatever it is
+                said = f"{type(error).__name__}: {error}".encode()
+            os.write(write, said[:2000])
+            os._exit(0)
+        os.close(write)
+        os.waitpid(child, 0)
+        said = os.read(read, 4000).decode()
+        os.close(read)
+    finally:
+        shutil.rmtree(root)
+    assert said.startswith(f"{copy / 'flows.onnx'}: cannot read (Permission denied)") and "read access" in said, said

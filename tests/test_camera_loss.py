@@ -40,3 +40,29 @@ def test_looping_video_file_removed_and_put_back(small_bundle, tmp_path):
     assert loss["recovered"], f"no frame inspected after the file came back: {loss}\n{report.log[-3000:]}"
     _assert_watchdog_fed(report)
     assert "disappeared" in report.log and "is back" in report.log
+
+
+def test_slow_cameras_keep_the_watchdog_fed(small_bundle, broker, tmp_path):
+    """A folder polled every 8 s and a video paced at one frame in 10 s are valid settings: the
+    capture loop must still come round often enough for its heartbeat (5 s). It slept the whole
+    interval, the watchdog ping was withheld, and systemd would restart the daemon in a loop."""
+    import signal
+    import time
+
+    from tests.scenarios import parts_video
+    from tests.test_daemon_e2e import finish, start_daemon, write_config
+
+    bundle, _ = small_bundle
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    video = parts_video(tmp_path / "slow.avi", 3, bundle.manifest.input_size)
+    camera = (
+        f"  - station: polled\n    source: {{type: folder, path: {inbox}, poll_interval_s: 8}}\n"
+        f"  - station: paced\n    source: {{type: file, path: {video}, loop: true, fps: 0.1}}\n"
+    )
+    process = start_daemon(write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera))
+    time.sleep(9)  # past the heartbeat's 5 s and the folder's first 8 s poll
+    process.send_signal(signal.SIGTERM)
+    output = finish(process, timeout=60)
+    assert "inspecting: polled, paced" in output, output[-3000:]
+    assert "stages not alive" not in output and "withholding the watchdog" not in output, output[-3000:]

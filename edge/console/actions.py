@@ -20,12 +20,12 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from edge.config_fields import valid_station_name
 from edge.console import pages
 from edge.console.auth import CSRF_HEADER, READ_ONLY, SESSION_COOKIE, Session, csrf_matches
 from edge.console.commands import BadBody, Command, FeedbackBody, feedback_command, recipe_command, teach_command
 from edge.console.history import HistoryUnavailable, LabelRecord
 from edge.console.ingest import PublishError
-from edge.console.live import valid_station_name
 from edge.console.payloads import iso
 
 if TYPE_CHECKING:

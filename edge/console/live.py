@@ -18,13 +18,7 @@ RECENT_PARTS = 50  # the station page's strip
 SERIES_PARTS = 1000  # the score chart and the pass-score histogram
 DEDUPE_WINDOW = 4096  # part keys remembered per station; far more than a reject's two topics need
 MAX_STATIONS = 256  # a publisher inventing station names must not grow memory without end
-MAX_STATION_NAME = 128
 LABELS_KEPT = 4096  # operators' labels remembered per station for the live strip (history keeps them all)
-
-
-def valid_station_name(name: str) -> bool:
-    """A topic level the console shows: no wildcards, no control characters, bounded."""
-    return 0 < len(name) <= MAX_STATION_NAME and not any(c in name for c in "+#/") and all(c.isprintable() for c in name)
 
 
 @dataclass

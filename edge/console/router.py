@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import time
 
+from edge.config_fields import valid_station_name
 from edge.console.counters import ConsoleCounters
 from edge.console.history import HeatmapRecord, History
-from edge.console.live import LiveModel, valid_station_name
+from edge.console.live import LiveModel
 from edge.console.payloads import PartRecord, PayloadError, parse_alarms, parse_image, parse_part, parse_stats, parse_status
 from edge.counters import ThrottledLog
 
