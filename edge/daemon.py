@@ -110,9 +110,10 @@ def check_alarms(station: Station, limits: AlarmsConfig, stats: dict) -> None:
     station.alarms.set(
         REJECT_RATE,
         recent["parts"] >= limits.reject_rate_parts and recent["rejects"] > limits.reject_rate * recent["parts"],
-        f"{recent['rejects']} of the last {recent['parts']} parts rejected (limit {limits.reject_rate:.0%}): if they are good parts, "
-        "the picture has changed since calibration (camera compression, lighting, focus, product); fix that, or re-calibrate "
-        "from this camera (edge-inspect teach)",
+        f"{recent['rejects']} of the last {recent['parts']} parts rejected (limit {limits.reject_rate:.0%})"
+        + (f", {recent['uninspected']} of them not inspected (see the results' error)" if recent.get("uninspected") else "")
+        + ": if they are good parts, the picture has changed since calibration (camera compression, lighting, focus, product); "
+        "fix that, or re-calibrate from this camera (edge-inspect teach)",
     )
     station.alarms.set(DISK_FULL, bool(stats["disk_full"]), "the state directory is full: the oldest audit records are being deleted to keep the outbox")
     backlog = stats["outbox_pending"]

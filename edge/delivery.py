@@ -63,8 +63,11 @@ class AnswerDelivery:
             latency_ms = answer.latency_ms(time.time()) or 0.0
             record = {**payload, "latency_ms": round(latency_ms, 2)}
             self.stats.record(latency_ms, verdict.score, verdict.reject, answer.bundle_id)
-        elif answer.outcome is Outcome.NOT_INSPECTED:
-            self.stats.not_inspected.add()
+        else:
+            if answer.outcome is Outcome.NOT_INSPECTED:
+                self.stats.not_inspected.add()
+            if answer.is_reject:  # not SKIPPED: a live view nobody waits for is no part
+                self.stats.record_uninspected()
         return self.audit.append(record) and saved
 
     def _preview(self, answer: Answer) -> None:

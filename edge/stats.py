@@ -15,6 +15,7 @@ class StationStats:
     def __init__(self, calibrations: dict[str, dict[str, float]], window: int = 1000, recent_parts: int = 50):
         self.lock = threading.Lock()
         self.recent_rejects: collections.deque[bool] = collections.deque(maxlen=recent_parts)  # the reject-rate alarm's window
+        self.recent_uninspected: collections.deque[bool] = collections.deque(maxlen=recent_parts)  # which of those were not inspected
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=window)
         self.pass_scores: collections.deque[float] = collections.deque(maxlen=window)
         self.finished: collections.deque[float] = collections.deque(maxlen=window)
@@ -25,6 +26,9 @@ class StationStats:
         self.drift_bundle: str | None = None
         self.parts = 0  # inspected: written under the lock with the windows
         self.rejects = 0
+        # Answered as a reject without an inspection (unreadable, no frame, no engine, no
+        # recipe): the PLC kicks these parts too, so the reject rate and its alarm count them.
+        self.uninspected = 0
         # Counted from capture, inference, the publisher and MQTT's thread.
         self.dropped = Counter()
         self.bad_frames = Counter()
@@ -46,10 +50,17 @@ class StationStats:
             self.latencies_ms.append(latency_ms)
             self.finished.append(time.monotonic())
             self.recent_rejects.append(reject)
+            self.recent_uninspected.append(False)
             if reject:
                 self.rejects += 1
             else:
                 self.pass_scores.append(score)
+
+    def record_uninspected(self) -> None:
+        with self.lock:
+            self.uninspected += 1
+            self.recent_rejects.append(True)
+            self.recent_uninspected.append(True)
 
     def _drift(self) -> dict | None:
         """Where passing parts sit now against the calibration's good parts, in units of the
@@ -71,11 +82,15 @@ class StationStats:
             latencies = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
             span = self.finished[-1] - self.finished[0] if len(self.finished) > 1 else 0.0
             fps = (len(self.finished) - 1) / span if span > 0 else 0.0
+            # The reject rate is over every part answered, and counts those the line kicked
+            # without an inspection: a station that cannot read a single part must not read 0 %.
+            answered = self.parts + self.uninspected
             return {
                 "parts": self.parts,
                 "rejects": self.rejects,
-                "reject_rate": self.rejects / self.parts if self.parts else 0.0,
-                "recent": {"parts": len(self.recent_rejects), "rejects": sum(self.recent_rejects)},
+                "uninspected": self.uninspected,
+                "reject_rate": (self.rejects + self.uninspected) / answered if answered else 0.0,
+                "recent": {"parts": len(self.recent_rejects), "rejects": sum(self.recent_rejects), "uninspected": sum(self.recent_uninspected)},
                 "fps": round(fps, 2),
                 "latency_ms": {f"p{p}": round(float(np.percentile(latencies, p)), 2) for p in (50, 95, 99)},
                 "dropped_frames": self.dropped.value,

@@ -234,7 +234,10 @@ def test_labels_file_the_right_image_and_bad_commands_are_counted_not_acted_on(s
     )
     assert stats["labels"] == {"false_rejects": 1, "misses": 1, "confirmed_rejects": 0, "confirmed_good": 0}
     assert stats["bad_commands"] == {"recipe": 1, "feedback": len(bad_feedback), "teach": 3}
-    assert stats["recipe"] == "default"  # the bad name changed nothing
+    # No recipe name, so no product this station has: the next parts would be refused, not
+    # inspected as the previous product; the alarm says so.
+    assert stats["recipe"] == "no such/recipe"
+    assert "alarm unknown_recipe: the recipe topic asked for recipe 'no such/recipe'" in output
     assert f"ignored feedback for part {passes[0]}" in output and "ignored teach command" in output
     assert "Traceback" not in output
     subscriber.close()

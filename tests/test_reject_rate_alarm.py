@@ -25,8 +25,23 @@ def test_the_recent_window_counts_the_last_parts_only():
     for i in range(25):
         stats.record(5.0, 1.0, reject=i < 15, bundle_id="b")  # 15 rejects, then 10 passes
     snapshot = stats.snapshot()
-    assert snapshot["recent"] == {"parts": 10, "rejects": 0}
+    assert snapshot["recent"] == {"parts": 10, "rejects": 0, "uninspected": 0}
     assert snapshot["rejects"] == 15 and snapshot["parts"] == 25
+
+
+def test_parts_answered_without_an_inspection_count_as_the_rejects_they_are():
+    """Unreadable files, triggers without a frame, parts of an unknown recipe: the PLC kicks them,
+    so the reject rate and the alarm's window count them (the console read 0 % while a station
+    rejected every part as an error)."""
+    stats = StationStats({}, recent_parts=10)
+    for _ in range(6):
+        stats.record(5.0, 1.0, reject=False, bundle_id="b")
+    for _ in range(4):
+        stats.record_uninspected()
+    snapshot = stats.snapshot()
+    assert snapshot["parts"] == 6 and snapshot["rejects"] == 0 and snapshot["uninspected"] == 4
+    assert snapshot["reject_rate"] == 0.4
+    assert snapshot["recent"] == {"parts": 10, "rejects": 4, "uninspected": 4}
 
 
 def test_a_station_rejecting_nearly_everything_raises_the_reject_rate_alarm(small_bundle, broker, tmp_path):
@@ -62,7 +77,7 @@ def test_a_station_rejecting_nearly_everything_raises_the_reject_rate_alarm(smal
     assert reject_rate and "of the last 10 parts rejected (limit 50%)" in reject_rate[-1]["message"]
     assert not [a for a in raised["good"] if a["alarm"] == "reject_rate"]
     stats = [json.loads(m.payload) for m in subscriber.on("stats")]
-    assert [s["recent"] for s in stats if s["station"] == "noise"][-1] == {"parts": 10, "rejects": 10}
+    assert [s["recent"] for s in stats if s["station"] == "noise"][-1] == {"parts": 10, "rejects": 10, "uninspected": 0}
     assert output.count("alarm reject_rate") == 1  # raised once, however many ticks see it
     subscriber.close()
 

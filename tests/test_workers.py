@@ -127,6 +127,11 @@ def test_workers_publish_in_capture_order_and_failed_parts_are_rejected(small_bu
     assert [record["part_id"] for record in audit] == names
     stats = json.loads(subscriber.on("stats")[-1].payload)
     assert stats["inference_errors"] == 1 and stats["parts"] == len(names) - 2
+    # The two parts nobody inspected are rejects the line kicked: in the reject rate and its window.
+    inspected_rejects = sum(verdicts[name] == "reject" for name in names)
+    assert stats["uninspected"] == 2 and stats["rejects"] == inspected_rejects
+    assert stats["reject_rate"] == (inspected_rejects + 2) / len(names)
+    assert stats["recent"] == {"parts": len(names), "rejects": inspected_rejects + 2, "uninspected": 2}
     subscriber.close()
 
 
