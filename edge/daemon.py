@@ -53,7 +53,7 @@ def build_station(config: Config, camera: CameraConfig, engines: dict[str, Stati
     state = Path(config.state_dir)
     name = camera.station
     audit = AuditLog(state / "audit" / f"{camera.station}.jsonl", config.audit_max_bytes, config.audit_backups)
-    review = ReviewRing(name, state / "review" / name, camera, config.review)
+    review = ReviewRing(name, state / "review" / name, camera, config.review, per_recipe=len(config.recipes_of(camera)) > 1)
     # On a full disk review images, then the oldest audit records, make room for undelivered rejects.
     outbox = Outbox(state / "outbox" / camera.station, make_room=lambda: review.free_space() or audit.free_space())
     by_recipe = recipe_engines(config, camera, engines)

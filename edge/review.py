@@ -6,6 +6,12 @@ parts filed where refit and calibration take them.
     state_dir/review/<station>/defect/<type>/   labelled defective (misses among them)
     state_dir/review/<station>/labels.jsonl     one line per label: part, verdict, score, bundle
 
+A station with several recipes files labelled parts per product, under
+review/<station>/<recipe>/good and .../defect/<type>: refit takes one product's good parts, and
+another product's would teach it the wrong part. An operator may correct a label: the part's
+image moves to the new folder and the counts follow (for the last LABELS_CORRECTABLE labels,
+until a restart).
+
 Two tiers, both bounded in parts and megabytes. Rejects go to disk, so a label sent after a
 restart still finds them; they stay until labelled or keep_rejects_hours old. Passes stay in
 memory and are written only when labelled (a miss): a lossless picture of every part would cost
@@ -41,6 +47,7 @@ from edge.inspection import roi_view
 log = logging.getLogger("edge.review")
 
 QUEUED_WRITES = 64  # rejects' images and labelled passes waiting for the writer
+LABELS_CORRECTABLE = 4096  # labelled parts whose label an operator can still change
 PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 
 
@@ -76,12 +83,20 @@ class LabelCounts:
     def snapshot(self) -> dict:
         return {name: getattr(self, name).value for name in ("false_rejects", "misses", "confirmed_rejects", "confirmed_good")}
 
-    def count(self, label: str, rejected: bool) -> None:
+    def counter(self, label: str, rejected: bool) -> Counter:
         good = label == "good"
         if rejected:
-            (self.false_rejects if good else self.confirmed_rejects).add()
-        else:
-            (self.confirmed_good if good else self.misses).add()
+            return self.false_rejects if good else self.confirmed_rejects
+        return self.confirmed_good if good else self.misses
+
+
+@dataclass
+class _Filed:
+    """A labelled part's image where its label put it, so a corrected label can move it."""
+
+    label: FeedbackCommand
+    kept: _Kept
+    path: Path | None = None  # None until the writer has filed a labelled pass
 
 
 def _file_name(sequence: int, reject: bool, part_id: str) -> str:
@@ -129,9 +144,11 @@ class _Tier:
 
 
 class ReviewRing:
-    def __init__(self, station: str, root: Path, camera: CameraConfig, limits: ReviewConfig):
+    def __init__(self, station: str, root: Path, camera: CameraConfig, limits: ReviewConfig, per_recipe: bool = False):
         self.station = station
         self.root = root
+        self.per_recipe = per_recipe  # several products: each one's labelled parts apart
+        self.filed: collections.OrderedDict[str, _Filed] = collections.OrderedDict()  # the labels an operator can still correct
         self.recent = root / "recent"
         self.camera = camera
         self.limits = limits
@@ -224,7 +241,7 @@ class ReviewRing:
 
     def _file_labelled(self, job: _Write) -> None:
         assert job.label is not None
-        folder = self._folder(job.label)
+        folder = self._folder(job.label, job.kept)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / _file_name(int(time.time() * 1000), job.kept.reject, job.part_id)
@@ -233,6 +250,11 @@ class ReviewRing:
             self._append_label(job.label, job.kept, target)
         except OSError as error:
             log.error("%s: part %s's label is counted, but its image could not be filed in %s (%s)", self.station, job.part_id, folder, error)
+            return
+        with self.condition:
+            filed = self.filed.get(job.part_id)
+            if filed is not None and filed.kept is job.kept:
+                filed.path = target
 
     def _room_for(self, size: int) -> bool:
         """Whether an image of about `size` bytes leaves min_free_mb free on the state directory's
@@ -273,26 +295,33 @@ class ReviewRing:
 
     # -- MQTT's thread ------------------------------------------------------------------------
     def label(self, command: FeedbackCommand) -> str | None:
-        """File the part's image as labelled; None when taken, else why not (for the log)."""
+        """File the part's image as labelled, or move it where a corrected label says; None when
+        taken, else why not (for the log)."""
         part_id = command.part_id
         with self.condition:
-            if part_id in self.in_memory.parts:
+            # A repeated part id: the label means the newest part of that id, pass or reject.
+            candidates = [(kept.time, tier) for tier in (self.in_memory, self.on_disk) if (kept := tier.parts.get(part_id)) is not None]
+            tier = max(candidates, key=lambda c: c[0])[1] if candidates else None
+            if tier is self.in_memory:
                 if len(self.writes) >= QUEUED_WRITES:
                     return "the review writer is behind; send the label again in a moment"
                 kept = self.in_memory.pop(part_id)
                 assert kept.view is not None  # passes are kept in memory, with their image
+                self._remember_label(part_id, _Filed(command, kept))
                 self.writes.append(_Write(part_id, kept.view, kept, command))
                 self.condition.notify()
-            elif part_id in self.on_disk.parts:
+            elif tier is self.on_disk:
                 kept = self.on_disk.pop(part_id)
             elif any(w.part_id == part_id and w.label is None for w in self.writes):
                 self.pending_labels[part_id] = command
                 return None
+            elif part_id in self.filed:
+                return self._correct(self.filed[part_id], command)
             else:
-                return f"no recent image of part {part_id} (not inspected here, labelled already, or expired from the ring)"
-        self.labels.count(command.label, kept.reject)
+                return f"no recent image of part {part_id} (not inspected here, or expired from the ring)"
+        self.labels.counter(command.label, kept.reject).add()
         if kept.path is not None:  # on disk: a rename, done here
-            folder = self._folder(command)
+            folder = self._folder(command, kept)
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 target = folder / kept.path.name
@@ -300,13 +329,49 @@ class ReviewRing:
                 self._append_label(command, kept, target)
             except OSError as error:
                 return f"cannot file part {part_id}'s image in {folder} ({error.strerror})"
+            with self.condition:
+                self._remember_label(part_id, _Filed(command, kept, target))
         log.info("%s: part %s labelled %s%s by an operator", self.station, part_id, command.label, f" ({command.defect_type})" if command.defect_type else "")
         return None
 
-    def _folder(self, command: FeedbackCommand) -> Path:
-        return self.root / "good" if command.label == "good" else self.root / "defect" / (command.defect_type or "unspecified")
+    def _remember_label(self, part_id: str, filed: _Filed) -> None:
+        """Under the lock."""
+        self.filed.pop(part_id, None)
+        self.filed[part_id] = filed
+        while len(self.filed) > LABELS_CORRECTABLE:
+            self.filed.popitem(last=False)
 
-    def _append_label(self, command: FeedbackCommand, kept: _Kept, target: Path) -> None:
+    def _correct(self, filed: _Filed, command: FeedbackCommand) -> str | None:
+        """A second label for a part already filed (under the lock): the operator corrects it.
+        Its image moves to the new label's folder, the counts follow, labels.jsonl says so."""
+        before = filed.label
+        if (before.label, before.defect_type) == (command.label, command.defect_type):
+            return None  # sent twice: already filed so
+        if filed.path is None:
+            return "its first label's image is still being written; send the correction again in a moment"
+        folder = self._folder(command, filed.kept)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / filed.path.name
+            os.replace(filed.path, target)
+        except OSError as error:
+            return f"cannot move part {command.part_id}'s image to {folder} ({error.strerror})"
+        self.labels.counter(before.label, filed.kept.reject).add(-1)
+        self.labels.counter(command.label, filed.kept.reject).add()
+        filed.label, filed.path = command, target
+        self._append_label(command, filed.kept, target, corrects=before)
+        was = before.label + (f" ({before.defect_type})" if before.defect_type else "")
+        log.info("%s: part %s relabelled %s%s (was %s) by an operator", self.station, command.part_id, command.label, f" ({command.defect_type})" if command.defect_type else "", was)
+        return None
+
+    def _folder(self, command: FeedbackCommand, kept: _Kept) -> Path:
+        base = self.root
+        recipe = kept.payload.get("recipe")
+        if self.per_recipe and isinstance(recipe, str) and recipe:
+            base = self.root / recipe  # a configured recipe name: a safe folder name
+        return base / "good" if command.label == "good" else base / "defect" / (command.defect_type or "unspecified")
+
+    def _append_label(self, command: FeedbackCommand, kept: _Kept, target: Path, corrects: FeedbackCommand | None = None) -> None:
         record = {
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "part_id": command.part_id,
@@ -316,6 +381,8 @@ class ReviewRing:
             "file": str(target.relative_to(self.root)),
             **{key: kept.payload.get(key) for key in ("verdict", "score", "threshold", "bundle_id", "recipe", "capture_time")},
         }
+        if corrects is not None:
+            record["corrects"] = {"label": corrects.label, "defect_type": corrects.defect_type}
         with self.condition:  # the writer thread and MQTT's both append
             with open(self.root / "labels.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")

@@ -203,7 +203,6 @@ def test_labels_file_the_right_image_and_bad_commands_are_counted_not_acted_on(s
     bad_feedback = [
         json.dumps({"part_id": passes[0], "label": "good"}),  # pushed out of the 10-part ring
         json.dumps({"part_id": "P-99", "label": "good"}),  # never inspected
-        json.dumps({"part_id": false_reject, "label": "good"}),  # labelled already
         '{"part_id": "P-11", "label":',  # broken JSON
         json.dumps({"part_id": "P-11", "label": "meh"}),
         json.dumps({"part_id": "P-11", "label": "defect", "defect_type": "../../etc"}),
