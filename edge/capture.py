@@ -247,7 +247,7 @@ class FolderSource:
     def _load(self, path: Path, frame_id: int) -> Frame:
         part_id = valid_part_id(path.stem)
         if part_id is None:
-            part_id = printable(path.stem)[:MAX_PART_ID] or f"frame-{frame_id}"
+            part_id = printable(path.stem).strip()[:MAX_PART_ID] or f"frame-{frame_id}"  # " .png" is no part id
             log.warning("folder %s: %s is no usable part id (empty, over %d characters, or control characters); the part is %s", self.folder, printable(path.name), MAX_PART_ID, part_id)
         frame = Frame(image=None, frame_id=frame_id, t_capture=time.time(), part_id=part_id, source_name=path.name)
         try:

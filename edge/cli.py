@@ -37,13 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-inspect: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     if args.validate_config:
-        try:
-            for camera in config.cameras:
-                for bundle in config.recipes_of(camera).values():
+        for camera in config.cameras:
+            for recipe, bundle in config.recipes_of(camera).items():
+                try:
                     open_bundle(bundle, public_key=config.bundle_public_key)
-        except BundleError as error:
-            print(f"edge-inspect: {error}", file=sys.stderr)
-            return EXIT_BAD_CONFIG
+                except BundleError as error:
+                    print(f"edge-inspect: station {camera.station}, recipe {recipe}: {error}", file=sys.stderr)
+                    return EXIT_BAD_CONFIG
         print(f"{args.config}: OK ({len(config.cameras)} camera(s))")
         return EXIT_OK
 

@@ -16,6 +16,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
+import cv2
 import yaml
 from pydantic import (
     AfterValidator,
@@ -53,8 +54,19 @@ __all__ = ["ConfigError", "Config", "load_config"]
 
 
 def _video_file(value: str) -> str:
-    if not Path(value).is_file():
+    path = Path(value)
+    if not path.is_file():
         raise ValueError(f"video file {missing_path(value, 'file')}")
+    # Opened once here, as the daemon will: an empty or foreign file would otherwise pass and
+    # then be retried for ever as a lost camera.
+    if path.stat().st_size == 0:
+        raise ValueError(f"video file {value} is empty (0 bytes)")
+    capture = cv2.VideoCapture(value, cv2.CAP_FFMPEG)
+    try:
+        if not capture.isOpened():
+            raise ValueError(f"{value} is not a video OpenCV (FFmpeg) can read")
+    finally:
+        capture.release()
     return value
 
 

@@ -99,9 +99,13 @@ def load_engines(config: Config, plan: InferencePlan, notifier: SystemdNotifier 
     rest): a recipe switch then costs nothing."""
     engines: dict[str, StationEngine] = {}
     for camera in config.cameras:
-        for path in recipe_paths(config, camera).values():
+        for recipe, path in recipe_paths(config, camera).items():
             if path not in engines:
-                engines[path] = _open_engine(path, config, plan, notifier)
+                try:
+                    engines[path] = _open_engine(path, config, plan, notifier)
+                except BundleError as error:
+                    # Which station and product: one bad recipe stops the whole daemon.
+                    raise BundleError(f"station {camera.station}, recipe {recipe}: {error}") from None
     return engines
 
 

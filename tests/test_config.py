@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from edge.cli import main as edge_inspect
+from tests.scenarios import parts_video
 
 SECRET = "s3cret-Pa55"
 
@@ -15,8 +16,9 @@ SECRET = "s3cret-Pa55"
 @pytest.fixture
 def setup(small_bundle, tmp_path):
     bundle, _ = small_bundle
-    video = tmp_path / "line.avi"
-    video.write_bytes(b"not checked at validation")
+    video = parts_video(tmp_path / "line.avi", 2, bundle.manifest.input_size)
+    (tmp_path / "empty.avi").write_bytes(b"")
+    (tmp_path / "garbage.avi").write_bytes(b"RIFF, but no video in it at all" * 10)
     password = tmp_path / "mqtt.pw"
     password.write_text(SECRET + "\n")
     base = {
@@ -71,6 +73,8 @@ BAD = [
     ("unknown source type", "cameras.0.source.type", "usb", "cameras[0].source.type"),
     ("file source without path", "cameras.0.source.path", _DELETE, "cameras[0].source"),
     ("video file not found", "cameras.0.source.path", "/nonexistent.avi", "cameras[0].source.path"),
+    ("video file empty", "cameras.0.source.path", "empty.avi", "is empty (0 bytes)"),
+    ("video file not a video", "cameras.0.source.path", "garbage.avi", "not a video OpenCV (FFmpeg) can read"),
     ("unreadable TLS CA", "mqtt.tls", {"ca_file": "/nonexistent/ca.pem"}, "mqtt.tls.ca_file"),
     ("TLS cert without key", "mqtt.tls", {"ca_file": SYSTEM_CA, "cert_file": SYSTEM_CA}, "cert_file and key_file go together"),
     # Loaded as paho loads them: a wrong file is refused now, not a traceback when the service starts.
@@ -187,6 +191,7 @@ def test_corrupt_bundle_is_refused_at_validation(setup, capsys, tmp_path_factory
     weights.write_bytes(weights.read_bytes()[:100])
     code, message = _run(tmp_path, yaml.safe_dump(_set(base, "bundle", str(copy_dir))), capsys)
     assert code == 2 and "flows.pt" in message and "checksum" in message
+    assert "station s1, recipe default: " in message  # which one, where a line has dozens
 
 
 def test_an_roi_outside_the_frames_of_a_known_source_is_refused_at_validation(setup, capsys):
