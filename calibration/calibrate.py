@@ -114,6 +114,11 @@ class CalibrationReport:
     nearest_patch_scores: dict[str, float] = field(default_factory=dict)
 
 
+def part_aspect(aspects: list[float]) -> dict[str, float]:
+    """The range of the good parts' width / height."""
+    return {"min": round(min(aspects), 4), "max": round(max(aspects), 4)}
+
+
 def split_good(paths: list[Path], holdout: list[Path] | None, fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
     """Fit and held-out lists; every 1/fraction-th image (in a seeded shuffle) is held out."""
     if holdout is not None:
@@ -342,6 +347,9 @@ def calibrate(
         training={
             "good_folder": str(good_dir),
             "holdout_folder": str(holdout_dir) if holdout_dir else None,
+            # The good parts' shapes as read, before resizing: the daemon refuses a part far
+            # outside them (a camera reset to another resolution squashes every part).
+            "part_aspect": part_aspect(fit.aspects + held.aspects),
             "train": asdict(settings.train),
             "augment": asdict(settings.augment),
             "report": asdict(report),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -49,6 +49,7 @@ class LoadedImages:
     paths: list[Path]
     images: np.ndarray  # uint8 (N, H, W, 3) RGB at the model input size
     grayscale: bool  # every source image was grayscale
+    aspects: list[float] = field(default_factory=list)  # each source image's width / height, before resizing
 
 
 def load_images(paths: list[Path], input_size: tuple[int, int], colour: str | None = None) -> LoadedImages:
@@ -71,9 +72,11 @@ def load_images(paths: list[Path], input_size: tuple[int, int], colour: str | No
             raise ImageFolderError(f"{len(problems)} unreadable image(s):\n  " + "\n  ".join(problems))
     mode = colour or ("gray" if all(flags) else "rgb")
     out = np.empty((len(paths), input_size[0], input_size[1], 3), dtype=np.uint8)
+    aspects: list[float] = []
     for i, path in enumerate(paths):
         try:
             image = read_image(path)
+            aspects.append(image.shape[1] / max(1, image.shape[0]))
             if colour is not None:
                 flags.append(is_grayscale(image))
             out[i] = to_model_input(image, input_size, mode)
@@ -83,4 +86,4 @@ def load_images(paths: list[Path], input_size: tuple[int, int], colour: str | No
             problems.append(f"{path}: {error}")
     if problems:
         raise ImageFolderError(f"{len(problems)} unreadable or unusable image(s):\n  " + "\n  ".join(problems))
-    return LoadedImages(list(paths), out, all(flags))
+    return LoadedImages(list(paths), out, all(flags), aspects)

@@ -15,6 +15,7 @@ log = logging.getLogger("edge.alarms")
 
 # What can be raised; the key is what a PLC or console matches on.
 ROI_OUTSIDE_FRAME = "roi_outside_frame"
+PART_SHAPE = "part_shape"  # parts far wider or taller than the good parts the bundle learned
 CAMERA_LOST = "camera_lost"
 SCORE_DRIFT = "score_drift"
 DISK_FULL = "disk_full"

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from edge.alarms import ROI_OUTSIDE_FRAME
+from edge.alarms import PART_SHAPE, ROI_OUTSIDE_FRAME
 from edge.answer import Answer, Inspected, Outcome
 from edge.capture import LIVE_SOURCES, Frame, known_frame_size, roi_outside
 from edge.config import CameraConfig
@@ -52,6 +52,30 @@ def roi_view(frame: Frame, camera: CameraConfig) -> np.ndarray | None:
     return image[y : y + h, x : x + w]
 
 
+# A part this much wider or taller than the widest or tallest good part is another camera
+# setting, not another part: resized to the model's square it would be squashed out of shape.
+ASPECT_TOLERANCE = 1.25
+
+
+def shape_mismatch(image: np.ndarray, known: object) -> str | None:
+    """Why the part's width / height is far outside the calibration's good parts' (the manifest's
+    training.part_aspect), or None; bundles calibrated before it was recorded are not checked."""
+    if not isinstance(known, dict):
+        return None
+    low, high = known.get("min"), known.get("max")
+    if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and 0 < low <= high < float("inf")):
+        return None
+    height, width = image.shape[:2]
+    aspect = width / max(1, height)
+    if low / ASPECT_TOLERANCE <= aspect <= high * ASPECT_TOLERANCE:
+        return None
+    learned = f"{low:.2f}" if high == low else f"{low:.2f} to {high:.2f}"
+    return (
+        f"the part is {width}x{height} pixels (width/height {aspect:.2f}), the bundle's good parts were {learned}: "
+        "has the camera's resolution or the ROI changed since calibration? Fix that or re-calibrate"
+    )
+
+
 def inspect_frame(frame: Frame, engine: StationEngine, camera: CameraConfig, worker: int = 0) -> Answer:
     """Inspect one frame with the engine's inspector for `worker`. A frame that cannot be
     inspected (unreadable, smaller than the ROI, an image the model cannot take) is answered as
@@ -68,6 +92,9 @@ def inspect_frame(frame: Frame, engine: StationEngine, camera: CameraConfig, wor
             return replace(cannot_inspect(frame, f"cannot be inspected: {outside}", camera, bundle.bundle_id), fault=ROI_OUTSIDE_FRAME)
         x, y, w, h = camera.roi
         image, box = image[y : y + h, x : x + w], (x, y, w, h)
+    squashed = shape_mismatch(image, bundle.manifest.training.get("part_aspect"))
+    if squashed:
+        return replace(cannot_inspect(frame, f"cannot be inspected: {squashed}", camera, bundle.bundle_id), fault=PART_SHAPE)
     inspector = engine.inspectors[worker]
     try:
         model_input = inspector.model_input(image)

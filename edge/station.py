@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from edge.alarms import ROI_OUTSIDE_FRAME, Alarms
+from edge.alarms import PART_SHAPE, ROI_OUTSIDE_FRAME, Alarms
 from edge.answer import Answer, Outcome
 from edge.audit import AuditLog
 from edge.camera_reader import CameraReader
@@ -228,6 +228,7 @@ class Station:
             self.alarms.raise_alarm(answer.fault, f"{answer.error}; every part is rejected until this is fixed")
         elif answer.verdict is not None:
             self.alarms.clear(ROI_OUTSIDE_FRAME)
+            self.alarms.clear(PART_SHAPE)
         if answer.verdict is None:
             self.bad_frames("%s: skipped %s: %s", self.name, frame.source_name or f"frame {frame.frame_id}", answer.error)
         return answer

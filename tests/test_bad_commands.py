@@ -174,3 +174,31 @@ def test_a_bundle_its_runtime_cannot_run_stops_the_start_with_its_name(small_bun
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 2, output
     assert "forged" in output and "cannot run this bundle" in output and "Traceback" not in output, output
+
+
+def test_a_part_far_out_of_the_calibrated_shape_is_refused_with_an_alarm(small_bundle, broker, tmp_path):
+    """A camera reset to another resolution (here a 4:1 picture of a square part): resized to the
+    model's square, the part would be squashed and scored as if nothing were wrong (it passed).
+    It is answered as an error with an alarm, until parts of the learned shape come again."""
+    bundle, _ = small_bundle
+    assert bundle.manifest.training["part_aspect"] == {"min": 1.0, "max": 1.0}  # MPDD's plates are square
+    good = cv2.imread(str(sorted((require(METAL_PLATE) / "train" / "good").glob("*.png"))[0]))
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    _part(inbox / "W-1.png", cv2.resize(good, (512, 128)))
+    _part(inbox / "N-1.png", cv2.resize(good, (300, 256)))  # 1.17: a crop a little off, still inspected
+    _part(inbox / "N-2.png", good)
+    subscriber = Subscriber(broker.port)
+    camera = f"  - station: cam\n    source: {{type: folder, path: {inbox}, poll_interval_s: 0.05}}\n"
+    process = start_daemon(write_config(tmp_path / "config.yaml", bundle.path, broker.port, camera))
+    try:
+        ok = subscriber.reached("result", 3, timeout=60)
+    finally:
+        process.send_signal(signal.SIGTERM)
+    finish(process, timeout=60)
+    assert ok
+    verdicts = {p["part_id"]: p for p in (json.loads(m.payload) for m in subscriber.on("result"))}
+    assert verdicts["W-1"]["verdict"] == "error" and "512x128 pixels (width/height 4.00)" in verdicts["W-1"]["error"]
+    assert verdicts["N-1"]["verdict"] in ("pass", "reject") and verdicts["N-2"]["verdict"] in ("pass", "reject")
+    alarms = [json.loads(m.payload)["active"] for m in subscriber.on("alarm")]
+    assert any(a["alarm"] == "part_shape" for active in alarms for a in active) and alarms[-1] == []
