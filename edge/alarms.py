@@ -28,7 +28,9 @@ class Alarms:
     def __init__(self, station: str, publish: Callable[[dict], None]):
         self.station = station
         self.publish = publish
-        self.lock = threading.Lock()
+        # Reentrant: a change and the publish of the set it makes happen under it together, so
+        # two workers raising and clearing at once cannot leave the older set retained last.
+        self.lock = threading.RLock()
         self.active: dict[str, dict] = {}
 
     def raise_alarm(self, key: str, message: str, restate: bool = False) -> None:
@@ -40,15 +42,15 @@ class Alarms:
                 return
             since = active["since"] if active is not None else datetime.now(timezone.utc).isoformat(timespec="milliseconds")
             self.active[key] = {"alarm": key, "message": message, "since": since}
-        log.error("%s: alarm %s: %s", self.station, key, message)
-        self.publish(self.message())
+            log.error("%s: alarm %s: %s", self.station, key, message)
+            self.publish(self.message())
 
     def clear(self, key: str) -> None:
         with self.lock:
             if self.active.pop(key, None) is None:
                 return
-        log.info("%s: alarm %s cleared", self.station, key)
-        self.publish(self.message())
+            log.info("%s: alarm %s cleared", self.station, key)
+            self.publish(self.message())
 
     def set(self, key: str, active: bool, message: str) -> None:
         """Raise or clear, as a condition checked again and again says."""

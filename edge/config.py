@@ -61,6 +61,8 @@ def _video_file(value: str) -> str:
     # then be retried for ever as a lost camera.
     if path.stat().st_size == 0:
         raise ValueError(f"video file {value} is empty (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"video file {value} is not readable by this user (check its permissions)")
     capture = cv2.VideoCapture(value, cv2.CAP_FFMPEG)
     try:
         if not capture.isOpened():
@@ -84,7 +86,7 @@ def _stream_url(value: str) -> str:
 
 def _station(value: str) -> str:
     if not valid_station_name(value):
-        raise ValueError(f"must be 1-{MAX_STATION_NAME} printable characters, without /, + or #, and not '.' or '..' (it names the station's topics and files)")
+        raise ValueError(f"must be 1-{MAX_STATION_NAME} printable characters (at most 200 bytes), without /, + or #, and not '.' or '..' (it names the station's topics and files)")
     return value
 
 

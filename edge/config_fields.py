@@ -60,6 +60,7 @@ def valid_topic_part(text: str, allow_slash: bool) -> bool:
 
 
 MAX_STATION_NAME = 128
+MAX_STATION_NAME_BYTES = 200  # in UTF-8: it names files (audit/<name>.jsonl.N), and a file name has 255 bytes
 
 
 def valid_station_name(name: str) -> bool:
@@ -67,7 +68,9 @@ def valid_station_name(name: str) -> bool:
     what the console shows. So no wildcard or '/', only printable characters (no control or
     invisible ones such as a non-breaking space), not '.' or '..', at most 128 characters. The
     daemon refuses at config load what the console would not show."""
-    return 0 < len(name) <= MAX_STATION_NAME and name not in (".", "..") and not any(c in name for c in "+#/") and all(c.isprintable() for c in name)
+    if not (0 < len(name) <= MAX_STATION_NAME and len(name.encode("utf-8", "replace")) <= MAX_STATION_NAME_BYTES):
+        return False
+    return name not in (".", "..") and not any(c in name for c in "+#/") and all(c.isprintable() for c in name)
 
 
 def _topic_prefix(value: str) -> str:

@@ -96,6 +96,15 @@ def stats_message(station: Station) -> dict:
     return snapshot
 
 
+def reject_rate_message(recent: dict, limit: float) -> str:
+    said = f"{recent['rejects']} of the last {recent['parts']} parts rejected (limit {limit:.0%})"
+    uninspected = recent.get("uninspected", 0)
+    if uninspected * 2 >= recent["rejects"] > 0:
+        # Mostly parts nobody inspected: a trigger, file, recipe or ROI problem, not the model's.
+        return f"{said}, {uninspected} of them without an inspection: fix what their results' error names (triggers, files, recipe, camera shape); the calibration is not the cause"
+    return f"{said}: if they are good parts, the picture has changed since calibration (camera compression, lighting, focus, product); fix that, or re-calibrate from this camera (edge-inspect teach)"
+
+
 def check_alarms(station: Station, limits: AlarmsConfig, stats: dict) -> None:
     """The conditions the stats show, raised and cleared at each stats tick."""
     drift = (stats.get("drift") or {}).get("median_shift_in_spreads")
@@ -110,10 +119,7 @@ def check_alarms(station: Station, limits: AlarmsConfig, stats: dict) -> None:
     station.alarms.set(
         REJECT_RATE,
         recent["parts"] >= limits.reject_rate_parts and recent["rejects"] > limits.reject_rate * recent["parts"],
-        f"{recent['rejects']} of the last {recent['parts']} parts rejected (limit {limits.reject_rate:.0%})"
-        + (f", {recent['uninspected']} of them not inspected (see the results' error)" if recent.get("uninspected") else "")
-        + ": if they are good parts, the picture has changed since calibration (camera compression, lighting, focus, product); "
-        "fix that, or re-calibrate from this camera (edge-inspect teach)",
+        reject_rate_message(recent, limits.reject_rate),
     )
     station.alarms.set(DISK_FULL, bool(stats["disk_full"]), "the state directory is full: the oldest audit records are being deleted to keep the outbox")
     backlog = stats["outbox_pending"]

@@ -16,6 +16,7 @@ from edge.teach import TeachIn
 from edge.triggers import PendingTriggers, Trigger, parse_trigger, printable
 
 log = logging.getLogger("edge.commands")
+RECIPE_TOPIC = "the recipe topic"
 
 
 class StationCommands:
@@ -58,13 +59,15 @@ class StationCommands:
             self.bad["recipe"]("%s: recipe %r is not a recipe name (1-64 letters, digits, '_', '.', '-')", self.station, payload[:80])
             name = refused_recipe_name(payload)
         active = self.recipes.select(name or None)
-        self._check_recipe(active, "the recipe topic")
+        self._check_recipe(active, RECIPE_TOPIC)
 
     def _check_recipe(self, name: str, asked_by: str) -> None:
         if not self.recipes.known(name):
             known = ", ".join(self.recipes.names)
             message = f"{asked_by} asked for recipe {name!r}, which this station does not have ({known}); parts asked under it are rejected as not inspected"
-            self.alarms.raise_alarm(UNKNOWN_RECIPE, message, restate=True)
+            # The topic's name is restated; triggers' are not (interleaved unknown names would
+            # publish the alarm on every part).
+            self.alarms.raise_alarm(UNKNOWN_RECIPE, message, restate=asked_by == RECIPE_TOPIC)
         elif self.recipes.known(self.recipes.current()):
             # A trigger naming a known recipe clears the alarm only while the recipe topic's does
             # not itself reject every part asked without one.

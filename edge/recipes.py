@@ -97,6 +97,6 @@ def refused_recipe_name(payload: bytes) -> str:
     control characters escaped, cut at 80 characters. It can never be a configured name (those
     pass valid_recipe_name; a cut one ends in an ellipsis), so parts asked under it are refused."""
     text = printable(payload[:400].decode("utf-8", "replace").strip())
-    if len(text) > 80 or len(payload) > 400 or valid_recipe_name(text):
-        text = text[:80] + "\u2026"
+    if len(text) > 80 or len(payload) > 400 or valid_recipe_name(text) or not text:
+        text = text[:80] + "\u2026"  # never empty: that would mean the configured default
     return text

@@ -250,6 +250,9 @@ class ReviewRing:
             self._append_label(job.label, job.kept, target)
         except OSError as error:
             log.error("%s: part %s's label is counted, but its image could not be filed in %s (%s)", self.station, job.part_id, folder, error)
+            with self.condition:  # nothing filed, so nothing a correction could move
+                if (filed := self.filed.get(job.part_id)) is not None and filed.kept is job.kept:
+                    del self.filed[job.part_id]
             return
         with self.condition:
             filed = self.filed.get(job.part_id)
@@ -300,7 +303,8 @@ class ReviewRing:
         part_id = command.part_id
         with self.condition:
             # A repeated part id: the label means the newest part of that id, pass or reject.
-            candidates = [(kept.time, tier) for tier in (self.in_memory, self.on_disk) if (kept := tier.parts.get(part_id)) is not None]
+            candidates: list[tuple[float, object]] = [(kept.time, tier) for tier in (self.in_memory, self.on_disk) if (kept := tier.parts.get(part_id)) is not None]
+            candidates += [(w.kept.time, self.writes) for w in self.writes if w.part_id == part_id and w.label is None]  # a reject not on disk yet
             tier = max(candidates, key=lambda c: c[0])[1] if candidates else None
             if tier is self.in_memory:
                 if len(self.writes) >= QUEUED_WRITES:
@@ -312,7 +316,7 @@ class ReviewRing:
                 self.condition.notify()
             elif tier is self.on_disk:
                 kept = self.on_disk.pop(part_id)
-            elif any(w.part_id == part_id and w.label is None for w in self.writes):
+            elif tier is self.writes:
                 self.pending_labels[part_id] = command
                 return None
             elif part_id in self.filed:
@@ -366,9 +370,12 @@ class ReviewRing:
 
     def _folder(self, command: FeedbackCommand, kept: _Kept) -> Path:
         base = self.root
-        recipe = kept.payload.get("recipe")
-        if self.per_recipe and isinstance(recipe, str) and recipe:
-            base = self.root / recipe  # a configured recipe name: a safe folder name
+        if self.per_recipe:
+            recipe = kept.payload.get("recipe")
+            # A configured recipe name is a safe folder name. A reject found again after a restart
+            # has no record of its recipe: apart, never among one product's parts (recipe names
+            # cannot start with '_').
+            base = self.root / (recipe if isinstance(recipe, str) and recipe else "_recipe-unknown")
         return base / "good" if command.label == "good" else base / "defect" / (command.defect_type or "unspecified")
 
     def _append_label(self, command: FeedbackCommand, kept: _Kept, target: Path, corrects: FeedbackCommand | None = None) -> None:

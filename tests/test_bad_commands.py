@@ -64,6 +64,18 @@ def test_a_plc_far_ahead_of_the_camera_gets_every_part_answered():
     assert [pending.next_part() for _ in range(4)] == [Trigger("P-2"), Trigger("P-3"), Trigger("P-4"), None]
 
 
+def test_a_recipe_payload_that_is_no_name_never_reads_as_the_default():
+    """An empty payload means the configured default; no other payload may (300 spaces did)."""
+    from edge.config import valid_recipe_name
+    from edge.recipes import parse_recipe, refused_recipe_name
+
+    for payload in (b" " * 300, b"B 200", b"A" * 500, b"\xff\xfe", "\u00e9t\u00e9".encode()):
+        if parse_recipe(payload) is None:
+            name = refused_recipe_name(payload)
+            assert name and not valid_recipe_name(name), (payload[:20], name)
+    assert parse_recipe(b"") == "" and parse_recipe(b"  ") == ""
+
+
 def test_a_trigger_may_name_its_recipe_and_a_bad_recipe_or_key_is_its_problem():
     """A trigger with a usable part id is always that part's: a bad recipe field or a misspelt key
     makes it a part answered not_inspected (with the reason), never one inspected as the current

@@ -126,6 +126,7 @@ BAD = [
     ("station '..' (its files would be the state folder's own)", "cameras.0.station", "..", "cameras[0].station"),
     ("station with a non-breaking space", "cameras.0.station", "Presse\u00a01", "cameras[0].station"),
     ("station name of 200 characters", "cameras.0.station", "S" * 200, "cameras[0].station"),
+    ("station name of 128 characters but 384 bytes", "cameras.0.station", "\u65e5" * 128, "cameras[0].station"),
     ("fps too small to pace", "cameras.0.source.fps", 1e-320, "cameras[0].source.fps"),
     ("fps infinite", "cameras.0.source.fps", float("inf"), "cameras[0].source.fps"),
     ("poll interval infinite", "cameras.0.source", {"type": "folder", "path": ".", "poll_interval_s": float("inf")}, "cameras[0].source.poll_interval_s"),

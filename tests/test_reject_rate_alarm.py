@@ -44,6 +44,15 @@ def test_parts_answered_without_an_inspection_count_as_the_rejects_they_are():
     assert snapshot["recent"] == {"parts": 10, "rejects": 4, "uninspected": 4}
 
 
+def test_the_reject_rate_alarm_does_not_blame_the_calibration_for_parts_nobody_inspected():
+    from edge.daemon import reject_rate_message
+
+    model = reject_rate_message({"parts": 50, "rejects": 40, "uninspected": 2}, 0.5)
+    uninspected = reject_rate_message({"parts": 50, "rejects": 40, "uninspected": 38}, 0.5)
+    assert "re-calibrate" in model and "without an inspection" not in model
+    assert "38 of them without an inspection" in uninspected and "re-calibrate" not in uninspected
+
+
 def test_a_station_rejecting_nearly_everything_raises_the_reject_rate_alarm(small_bundle, broker, tmp_path):
     bundle, _ = small_bundle
     good_paths = sorted((require(METAL_PLATE) / "train" / "good").glob("*.png"))[:PARTS]

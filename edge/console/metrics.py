@@ -30,6 +30,7 @@ _STATION_COUNTERS = (
     ("bad_frames", "edge_station_bad_frames", "Frames that could not be inspected: unreadable, or smaller than the ROI"),
     ("inference_errors", "edge_station_inference_errors", "Inspections that failed in the engine"),
     ("not_inspected", "edge_station_not_inspected", "Parts answered as not inspected"),
+    ("uninspected", "edge_station_uninspected", "Parts rejected without an inspection: unreadable, no frame, not inspected, refused recipe or trigger"),
     ("trigger_timeouts", "edge_station_trigger_timeouts", "Triggers that got no frame in time"),
     ("bad_triggers", "edge_station_bad_triggers", "Trigger payloads the station refused"),
     ("results_dropped", "edge_station_results_dropped", "Results not sent while the broker was away (rejects wait in the outbox)"),
@@ -54,7 +55,7 @@ class ConsoleCollector(Collector):
         parts = CounterMetricFamily("edge_station_parts", "Parts this console received from the station (deduplicated)", labels=["station"])
         rejects = CounterMetricFamily("edge_station_rejects", "Parts received that did not pass, by cause (the verdict for parts never inspected)", labels=["station", "cause"])
         fps = GaugeMetricFamily("edge_station_parts_per_second", "Parts per second, as the station reports", labels=["station"])
-        reject_rate = GaugeMetricFamily("edge_station_reject_rate", "Share of inspected parts rejected, as the station reports", labels=["station"])
+        reject_rate = GaugeMetricFamily("edge_station_reject_rate", "Share of answered parts rejected, inspected or not, as the station reports", labels=["station"])
         latency = GaugeMetricFamily("edge_station_latency_seconds", "Capture-to-answer latency percentiles the station reports", labels=["station", "quantile"])
         outbox = GaugeMetricFamily("edge_station_outbox_pending", "Rejects waiting in the station's outbox for the broker", labels=["station"])
         drift = GaugeMetricFamily("edge_station_drift_spreads", "Median pass score's shift from calibration, in calibration q50..q95 spreads", labels=["station"])

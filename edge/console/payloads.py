@@ -124,6 +124,7 @@ class StatsMessage(_Message):
     bad_triggers: Count | None = None
     inference_errors: Count | None = None
     not_inspected: Count | None = None
+    uninspected: Count | None = None
     repeated_part_ids: Count | None = None
     uptime_s: Finite | None = None
     drift: Drift | None = None

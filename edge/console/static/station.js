@@ -173,6 +173,7 @@
   const STAT_ROWS = [
     ["parts", "parts inspected", count],
     ["rejects", "rejects", count],
+    ["uninspected", "rejected without inspection", count],
     ["dropped_frames", "dropped frames", count],
     ["not_inspected", "not inspected", count],
     ["bad_frames", "bad frames", count],
