@@ -54,7 +54,9 @@ def roi_view(frame: Frame, camera: CameraConfig) -> np.ndarray | None:
 
 # A part this much wider or taller than the widest or tallest good part is another camera
 # setting, not another part: resized to the model's square it would be squashed out of shape.
-ASPECT_TOLERANCE = 1.25
+# Loose enough for a crop a little off (a 4:3 picture of a square part passes), tight enough for
+# a frame of another shape (16:9 against square, a line-scan strip).
+ASPECT_TOLERANCE = 1.5
 
 
 def shape_mismatch(image: np.ndarray, known: object) -> str | None:

@@ -198,7 +198,7 @@ def test_a_part_far_out_of_the_calibrated_shape_is_refused_with_an_alarm(small_b
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     _part(inbox / "W-1.png", cv2.resize(good, (512, 128)))
-    _part(inbox / "N-1.png", cv2.resize(good, (300, 256)))  # 1.17: a crop a little off, still inspected
+    _part(inbox / "N-1.png", cv2.resize(good, (320, 240)))  # 4:3 of a square part: a crop a little off, still inspected
     _part(inbox / "N-2.png", good)
     subscriber = Subscriber(broker.port)
     camera = f"  - station: cam\n    source: {{type: folder, path: {inbox}, poll_interval_s: 0.05}}\n"
