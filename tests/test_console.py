@@ -299,7 +299,9 @@ def test_live_model_metrics_and_dedupe(console, station):
     name = "metrics-1"
     station.send(name, "status", "online", retain=True)
     station.send(name, "stats", stats(name), retain=True)
-    station.send(name, "alarm", {"station": name, "active": [{"alarm": "camera_lost", "message": "no frame for 5 s", "since": "2026-12-07T03:00:00Z"}], "time": "x"}, retain=True)
+    invented = {"alarm": "made-up-by-someone", "message": "not a daemon's", "since": "2026-12-07T03:00:01Z"}
+    active = [{"alarm": "camera_lost", "message": "no frame for 5 s", "since": "2026-12-07T03:00:00Z"}, invented]
+    station.send(name, "alarm", {"station": name, "active": active, "time": "x"}, retain=True)
     for i in range(20):
         _publish_part(station, name, part(name, f"M{i}", i, 1.5 if i % 10 == 3 else 0.3))
     _publish_part(station, name, part(name, "M-none", None, None, verdict="no_frame", error="trigger got no frame"))
@@ -314,8 +316,9 @@ def test_live_model_metrics_and_dedupe(console, station):
         ("edge_station_latency_seconds", name, (("quantile", "0.99"),)): 0.0637,
         ("edge_station_outbox_pending", name, ()): 4.0,
         ("edge_station_drift_spreads", name, ()): 0.125,
-        ("edge_station_alarms_active", name, ()): 1.0,
+        ("edge_station_alarms_active", name, ()): 2.0,
         ("edge_station_alarm", name, (("alarm", "camera_lost"),)): 1.0,
+        ("edge_station_alarm", name, (("alarm", "other"),)): 1.0,  # a name no daemon raises: one label, not a new one per name
         ("edge_station_dropped_frames_total", name, ()): 3.0,
         ("edge_station_bad_frames_total", name, ()): 1.0,
     }

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from edge.alarms import KNOWN_ALARMS
 from edge.console.counters import ConsoleCounters
 from edge.console.history import History
 from edge.console.live import LiveModel
@@ -79,7 +80,8 @@ class ConsoleCollector(Collector):
                 if stats.teach is not None:
                     teach.add_metric([name], 1.0 if stats.teach.active else 0.0)
         for name, key in self.model.alarm_keys():
-            alarm.add_metric([name, key], 1.0)
+            # A publisher inventing alarm names must not grow Prometheus's label set without end.
+            alarm.add_metric([name, key if key in KNOWN_ALARMS else "other"], 1.0)
         yield from (up, parts, rejects, fps, reject_rate, latency, outbox, drift, alarms, alarm, camera, labels, teach, *counters.values())
 
     def _console(self) -> Iterator[Metric]:
