@@ -211,15 +211,14 @@ class Daemon:
             if now >= next_watchdog:
                 next_watchdog = now + watchdog_every
                 self._feed_watchdog()
-            if now >= next_stats:
-                next_stats = now + self.config.publish.stats_interval_s
-                self.publish_stats()
-            elif now >= next_alarms:
-                self.check_alarms()
-            if now >= next_alarms:
-                # Every second, whatever the stats interval: an hourly stats topic must not
-                # hold a full disk or an outbox backlog back from the line for an hour.
+            publish = now >= next_stats
+            if publish or now >= next_alarms:
+                # Alarms at least every second, whatever the stats interval: an hourly stats
+                # topic must not hold a full disk or an outbox backlog back for an hour.
                 next_alarms = now + ALARM_CHECK_S
+                if publish:
+                    next_stats = now + self.config.publish.stats_interval_s
+                self.publish_stats(publish)
             if self.stations and all(s.finished for s in self.stations):
                 log.info("every source has ended")
                 break
@@ -258,15 +257,13 @@ class Daemon:
         else:
             self.notifier.watchdog()
 
-    def check_alarms(self) -> None:
-        for station in self.stations:
-            check_alarms(station, self.config.alarms, stats_message(station))
-
-    def publish_stats(self) -> None:
+    def publish_stats(self, publish: bool = True) -> None:
+        """Check the alarms the stats show; publish the stats too where `publish`."""
         for station in self.stations:
             stats = stats_message(station)
             check_alarms(station, self.config.alarms, stats)
-            station.publisher.publish_stats(stats)
+            if publish:
+                station.publisher.publish_stats(stats)
 
     # -- stopping (everything here fits STOP_BUDGET, which the unit's TimeoutStopSec covers) ----
     def shutdown(self) -> int:

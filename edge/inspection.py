@@ -59,14 +59,12 @@ def roi_view(frame: Frame, camera: CameraConfig) -> np.ndarray | None:
 ASPECT_TOLERANCE = 1.5
 
 
-def shape_mismatch(image: np.ndarray, known: object) -> str | None:
-    """Why the part's width / height is far outside the calibration's good parts' (the manifest's
-    training.part_aspect), or None; bundles calibrated before it was recorded are not checked."""
-    if not isinstance(known, dict):
+def shape_mismatch(image: np.ndarray, known: tuple[float, float] | None) -> str | None:
+    """Why the part's width / height is far outside the calibration's good parts' range, or
+    None; bundles calibrated before it was recorded (None) are not checked."""
+    if known is None:
         return None
-    low, high = known.get("min"), known.get("max")
-    if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and 0 < low <= high < float("inf")):
-        return None
+    low, high = known
     height, width = image.shape[:2]
     aspect = width / max(1, height)
     if low / ASPECT_TOLERANCE <= aspect <= high * ASPECT_TOLERANCE:
@@ -94,7 +92,7 @@ def inspect_frame(frame: Frame, engine: StationEngine, camera: CameraConfig, wor
             return replace(cannot_inspect(frame, f"cannot be inspected: {outside}", camera, bundle.bundle_id), fault=ROI_OUTSIDE_FRAME)
         x, y, w, h = camera.roi
         image, box = image[y : y + h, x : x + w], (x, y, w, h)
-    squashed = shape_mismatch(image, bundle.manifest.training.get("part_aspect"))
+    squashed = shape_mismatch(image, engine.part_aspect)
     if squashed:
         return replace(cannot_inspect(frame, f"cannot be inspected: {squashed}", camera, bundle.bundle_id), fault=PART_SHAPE)
     inspector = engine.inspectors[worker]

@@ -28,6 +28,9 @@ MAX_AUTO_WORKERS = 8
 class StationEngine:
     bundle: Bundle
     inspectors: tuple[Inspector, ...]  # one per inference worker; stations on this bundle share them
+    # The good parts' width / height range (the manifest's training.part_aspect), read once;
+    # None for a bundle calibrated before it was recorded.
+    part_aspect: tuple[float, float] | None = None
 
     def close(self) -> None:
         for inspector in self.inspectors:
@@ -135,4 +138,12 @@ def _open_engine(path: str, config: Config, plan: InferencePlan, notifier: Syste
         plan.workers,
         plan.threads_per_worker or "all",
     )
-    return StationEngine(bundle, tuple(inspectors))
+    return StationEngine(bundle, tuple(inspectors), part_aspect(bundle.manifest.training))
+
+
+def part_aspect(training: dict) -> tuple[float, float] | None:
+    known = training.get("part_aspect")
+    low, high = (known.get("min"), known.get("max")) if isinstance(known, dict) else (None, None)
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and 0 < low <= high < float("inf"):
+        return float(low), float(high)
+    return None

@@ -10,12 +10,14 @@ import numpy as np
 
 from edge.counters import Counter
 
+PASSED, REJECTED, UNINSPECTED = "passed", "rejected", "uninspected"
+
 
 class StationStats:
     def __init__(self, calibrations: dict[str, dict[str, float]], window: int = 1000, recent_parts: int = 50):
         self.lock = threading.Lock()
-        self.recent_rejects: collections.deque[bool] = collections.deque(maxlen=recent_parts)  # the reject-rate alarm's window
-        self.recent_uninspected: collections.deque[bool] = collections.deque(maxlen=recent_parts)  # which of those were not inspected
+        # The reject-rate alarm's window: each recent part's PASSED, REJECTED or UNINSPECTED.
+        self.recent: collections.deque[str] = collections.deque(maxlen=recent_parts)
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=window)
         self.pass_scores: collections.deque[float] = collections.deque(maxlen=window)
         self.finished: collections.deque[float] = collections.deque(maxlen=window)
@@ -49,8 +51,7 @@ class StationStats:
             self.parts += 1
             self.latencies_ms.append(latency_ms)
             self.finished.append(time.monotonic())
-            self.recent_rejects.append(reject)
-            self.recent_uninspected.append(False)
+            self.recent.append(REJECTED if reject else PASSED)
             if reject:
                 self.rejects += 1
             else:
@@ -59,8 +60,7 @@ class StationStats:
     def record_uninspected(self) -> None:
         with self.lock:
             self.uninspected += 1
-            self.recent_rejects.append(True)
-            self.recent_uninspected.append(True)
+            self.recent.append(UNINSPECTED)
 
     def _drift(self) -> dict | None:
         """Where passing parts sit now against the calibration's good parts, in units of the
@@ -90,7 +90,7 @@ class StationStats:
                 "rejects": self.rejects,
                 "uninspected": self.uninspected,
                 "reject_rate": (self.rejects + self.uninspected) / answered if answered else 0.0,
-                "recent": {"parts": len(self.recent_rejects), "rejects": sum(self.recent_rejects), "uninspected": sum(self.recent_uninspected)},
+                "recent": {"parts": len(self.recent), "rejects": len(self.recent) - self.recent.count(PASSED), "uninspected": self.recent.count(UNINSPECTED)},
                 "fps": round(fps, 2),
                 "latency_ms": {f"p{p}": round(float(np.percentile(latencies, p)), 2) for p in (50, 95, 99)},
                 "dropped_frames": self.dropped.value,
