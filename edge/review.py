@@ -113,6 +113,14 @@ def _part_of(name: str) -> tuple[int, str] | None:
     return int(sequence), unquote(rest[2:-4])
 
 
+def _move_into(path: Path, folder: Path) -> Path:
+    """A labelled part's image renamed into its label's folder; where it is now."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    os.replace(path, target)
+    return target
+
+
 class _Tier:
     """Kept parts, oldest first, bounded in count and bytes."""
 
@@ -327,9 +335,7 @@ class ReviewRing:
         if kept.path is not None:  # on disk: a rename, done here
             folder = self._folder(command, kept)
             try:
-                folder.mkdir(parents=True, exist_ok=True)
-                target = folder / kept.path.name
-                os.replace(kept.path, target)
+                target = _move_into(kept.path, folder)
                 self._append_label(command, kept, target)
             except OSError as error:
                 return f"cannot file part {part_id}'s image in {folder} ({error.strerror})"
@@ -355,9 +361,7 @@ class ReviewRing:
             return "its first label's image is still being written; send the correction again in a moment"
         folder = self._folder(command, filed.kept)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / filed.path.name
-            os.replace(filed.path, target)
+            target = _move_into(filed.path, folder)
         except OSError as error:
             return f"cannot move part {command.part_id}'s image to {folder} ({error.strerror})"
         self.labels.counter(before.label, filed.kept.reject).add(-1)
