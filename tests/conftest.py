@@ -76,3 +76,17 @@ def run_scenario(scenario, *args, **kwargs):
         pytest.skip(str(missing))
     print(report.to_json())
     return report
+
+
+@pytest.fixture(autouse=True)
+def no_daemon_left_behind():
+    """A test that fails before stopping its daemon must not leave it running for the rest of the
+    suite (two such daemons kept polling for hours on the bench VM)."""
+    yield
+    from tests.test_daemon_e2e import STARTED_DAEMONS
+
+    while STARTED_DAEMONS:
+        process = STARTED_DAEMONS.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

@@ -35,7 +35,12 @@ def start_daemon(config: Path, env: dict | None = None, launcher: str | None = N
     environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     program = ["-c", launcher] if launcher else ["-m", "edge.cli"]
     output = open(log, "a") if log else subprocess.PIPE
-    return subprocess.Popen([sys.executable, *program, "--config", str(config)], cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([sys.executable, *program, "--config", str(config)], cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT, text=True)
+    STARTED_DAEMONS.append(process)  # conftest kills it after the test if the test did not stop it
+    return process
+
+
+STARTED_DAEMONS: list[subprocess.Popen] = []
 
 
 def finish(process: subprocess.Popen, timeout: float = 120) -> str:
