@@ -29,6 +29,7 @@ class ScoredCategory:
     masks: np.ndarray  # bool (N, H, W)
     labels: np.ndarray  # bool (N,), True = defective
     maps: np.ndarray  # calibrated anomaly maps (N, H, W)
+    map_scores: np.ndarray  # (N,) the map half of each image score (engines/scoring.py: ScoredFrames)
     scores: np.ndarray
     reference_maps: np.ndarray  # test-set-max normalised, evaluation only
     reference_scores: np.ndarray
@@ -49,13 +50,11 @@ def score_category(bundle: Bundle, category: Category, backend: str = "onnxrunti
         images, masks = move(images, masks)
     inspector = Inspector(bundle, open_backend(backend, bundle, threads=threads))
     progress = Progress(f"inspecting {category.name}", len(images))
-    maps, scores, outputs = [], [], []
+    batches, outputs = [], []
     started = time.monotonic()
     for start in range(0, len(images), batch_size):
         output = inspector.backend.infer(images[start : start + batch_size])
-        batch_maps, batch_scores = inspector.score(output)
-        maps.append(batch_maps)
-        scores.append(batch_scores)
+        batches.append(inspector.scored_frames(output))
         outputs.append(output)
         progress.update(min(start + batch_size, len(images)))
     elapsed = time.monotonic() - started
@@ -68,8 +67,9 @@ def score_category(bundle: Bundle, category: Category, backend: str = "onnxrunti
         images=images,
         masks=masks,
         labels=np.array([t.is_defective for t in category.test]),
-        maps=np.concatenate(maps),
-        scores=np.concatenate(scores),
+        maps=np.concatenate([b.maps for b in batches]),
+        map_scores=np.concatenate([b.map_scores for b in batches]),
+        scores=np.concatenate([b.scores for b in batches]),
         reference_maps=reference_maps,
         reference_scores=reference_scores,
         log_likelihoods=per_scale,
@@ -117,7 +117,7 @@ def evaluate_scored(bundle: Bundle, scored: ScoredCategory) -> dict:
     if scored.part_distances is not None:
         # What each half of the image score separates on its own.
         result["image_auroc_of"] = {
-            "map_maximum": auroc_if_defined(scored.maps.reshape(len(scored.maps), -1).max(axis=1), scored.labels),
+            "map_maximum": auroc_if_defined(scored.map_scores, scored.labels),
             "part_appearance": auroc_if_defined(scored.part_distances, scored.labels),
         }
     types = np.array([t.defect_type for t in scored.category.test])

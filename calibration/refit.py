@@ -72,7 +72,7 @@ def refit(
     _, old_scores = anomaly_maps(out.log_likelihoods, m.scoring, m.input_size, out.part_distances, out.patch_distances)
     constants = fit_scoring_constants(out.log_likelihoods, m.scoring.blur_sigma, m.scoring.scale_weights)
     if m.scoring.nearest_patch is not None and out.patch_distances is not None:
-        constants = with_nearest_patch(constants, out.patch_distances, m.scoring.nearest_patch.weight)
+        constants = with_nearest_patch(constants, out.patch_distances, m.scoring.nearest_patch.weight, m.scoring.nearest_patch.in_image_score)
     maps, maxima = anomaly_maps(out.log_likelihoods, constants, m.input_size, patch_distances=out.patch_distances)
     if m.scoring.part_score is not None and out.part_distances is not None:
         constants = with_part_score(constants, maxima, out.part_distances)

@@ -107,7 +107,10 @@ def choose_nearest_patch(
     output_size: tuple[int, int],
 ) -> PatchChoice:
     """Keep the nearest patch's term in the map (`constants` has it) unless the synthetic defects
-    score more than NEAREST_PATCH_VETO_MARGIN worse with it than without."""
+    score more than NEAREST_PATCH_VETO_MARGIN worse with it than without. Judged on the whole
+    map, its maxima included, although the image score no longer reads the term (format 7): where
+    it makes good parts' maps noisy (mtd/magnetic_tile) the heatmap shows that noise, and the
+    term's arithmetic buys nothing."""
     scores: dict[str, float] = {}
     for label, patch in (("with", constants.nearest_patch), ("without", None)):
         trial = dataclasses.replace(constants, part_score=None, nearest_patch=patch)

@@ -22,14 +22,16 @@ def fit_scoring_constants(log_likelihoods: list[np.ndarray], blur_sigma: float, 
     return ScoringConstants(references, blur_sigma, scale_weights=scale_weights)
 
 
-def with_nearest_patch(constants: ScoringConstants, patch_distances: np.ndarray, weight: float = 1.0) -> ScoringConstants:
+def with_nearest_patch(constants: ScoringConstants, patch_distances: np.ndarray, weight: float = 1.0, in_image_score: bool = False) -> ScoringConstants:
     """The nearest good patch's term fitted on held-out good parts' distances (N, h, w): its
     spread is their mean, so a typical good position reads -0.5 nats per channel as a flow's
-    would, and its reference is their 99th percentile on that scale, as for each flow."""
+    would, and its reference is their 99th percentile on that scale, as for each flow. New
+    bundles keep it out of the image score (engines/scoring.py: in_image_score); a refit keeps
+    what its bundle was calibrated with."""
     distances = np.asarray(patch_distances, dtype=np.float64)
     spread = max(float(distances.mean()), 1e-12)  # a bank that holds every held-out patch exactly
     reference = float(np.percentile(-distances / (2.0 * spread), 99))
-    return dataclasses.replace(constants, nearest_patch=NearestPatchScoring(spread, reference, weight))
+    return dataclasses.replace(constants, nearest_patch=NearestPatchScoring(spread, reference, weight, in_image_score))
 
 
 def with_part_score(constants: ScoringConstants, map_maxima: np.ndarray, part_distances: np.ndarray) -> ScoringConstants:

@@ -22,8 +22,10 @@ class DefectRegion:
         return {"bbox": [self.x, self.y, self.width, self.height], "area": self.area, "peak": round(self.peak, 4)}
 
 
-# Why a part was rejected: its anomaly map rises above the image threshold somewhere, or the map
-# stays below and the whole-part appearance score (engines/part_appearance.py) lifted the score.
+# Why a part was rejected: the map half of its score (the anomaly map's maximum, or the flows'
+# where the nearest patch only shapes the outlines, engines/scoring.py) is above the image
+# threshold, or it stays below and the whole-part appearance score (engines/part_appearance.py)
+# lifted the score.
 CAUSE_REGION = "defect region"
 CAUSE_WHOLE_PART = "whole part"
 # A score that is not a number (a non-finite feature, a broken engine): nobody can say the part
@@ -47,12 +49,14 @@ def decide(
     pixel_threshold: float,
     min_region_area: int,
     frame_box: tuple[int, int, int, int],
+    map_score: float | None = None,
 ) -> Verdict:
     """Reject when the score exceeds the image threshold (strictly, as calibrated), or is not
     a finite number.
 
-    A reject whose map stays at or below the image threshold everywhere was decided by the
-    whole-part appearance score; it may have no regions at all.
+    A reject whose map half of the score (map_score; None: the map's maximum) stays at or below
+    the image threshold was decided by the whole-part appearance score; it may have no regions
+    at all.
 
     Regions are the 8-connected components of the map above the pixel threshold, at least
     min_region_area frame pixels large, mapped from map coordinates into the frame's
@@ -86,5 +90,6 @@ def decide(
             )
         )
     regions.sort(key=lambda r: -r.peak)
-    cause = CAUSE_REGION if float(anomaly_map.max()) > image_threshold else CAUSE_WHOLE_PART
+    map_half = float(anomaly_map.max()) if map_score is None else map_score
+    cause = CAUSE_REGION if map_half > image_threshold else CAUSE_WHOLE_PART
     return Verdict(True, float(score), float(image_threshold), tuple(regions), cause)

@@ -100,7 +100,7 @@ def inspect_frame(frame: Frame, engine: StationEngine, camera: CameraConfig, wor
         model_input = inspector.model_input(image)
     except FrameError as error:
         return cannot_inspect(frame, f"cannot be inspected: {error}", camera, bundle.bundle_id)
-    maps, scores = inspector.inspect_batch(model_input[None])
+    scored = inspector.inspect_frames(model_input[None])
     thresholds = bundle.manifest.thresholds
-    verdict = decide(maps[0], float(scores[0]), thresholds.image, thresholds.pixel, camera.min_region_area, box)
-    return Answer.of_inspection(camera.station, frame, verdict, bundle.bundle_id, Inspected(maps[0], image, box))
+    verdict = decide(scored.maps[0], float(scored.scores[0]), thresholds.image, thresholds.pixel, camera.min_region_area, box, float(scored.map_scores[0]))
+    return Answer.of_inspection(camera.station, frame, verdict, bundle.bundle_id, Inspected(scored.maps[0], image, box))

@@ -36,8 +36,11 @@ from engines.scoring import ScoringConstants, ScoringJson
 # 6: nearest_patch.pt may carry a projection onto the training patches' principal directions,
 # and its bank is then in those directions. A version-5 torch backend would compare unprojected
 # patches with a projected bank, so it must refuse. Version 5 bundles are read as they are.
-FORMAT_VERSION = 6
-READABLE_FORMAT_VERSIONS = (4, 5, 6)
+# 7: scoring.nearest_patch.in_image_score: false, the image score's map half reads the flows'
+# terms alone (engines/scoring.py). A version-6 reader would refuse the key; format 5 and 6
+# manifests leave it out and are scored as calibrated (the patch term in the image score).
+FORMAT_VERSION = 7
+READABLE_FORMAT_VERSIONS = (4, 5, 6, 7)
 UNSEALED_FORMAT_VERSIONS = (1, 2, 3)  # what `edge-bundle reseal` reads
 MANIFEST = "manifest.json"
 # Ed25519 signature of manifest.json's bytes, for plants that sign their bundles (engines/signing.py).
@@ -385,6 +388,10 @@ def _open_bundle(path: Path, public_key: str | os.PathLike | None, unsealed: boo
     if version == 4 and manifest.scoring.nearest_patch is not None:
         # A version-4 reader would refuse the key; a manifest that says 4 and has it was not written by edge-calibrate.
         raise BundleError(f"{manifest_path}: scoring.nearest_patch needs bundle format 5, the manifest says 4; re-run edge-calibrate")
+    patch = manifest.scoring.nearest_patch
+    if version in (5, 6) and patch is not None and not patch.in_image_score:
+        # As above: a version-5 or -6 reader would refuse the key, so edge-calibrate never wrote it there.
+        raise BundleError(f"{manifest_path}: scoring.nearest_patch.in_image_score needs bundle format 7, the manifest says {version}; re-run edge-calibrate")
     _verify_files(path, manifest)
     return Bundle(path, manifest, hashlib.sha256(raw).hexdigest()[:12])
 

@@ -10,7 +10,7 @@ import numpy as np
 from engines.backends import InferenceBackend, ModelOutput
 from engines.bundle import NEAREST_PATCH_WEIGHTS, PART_APPEARANCE_WEIGHTS, PART_DISTANCE, PATCH_DISTANCE, Bundle, BundleError
 from engines.preprocess import to_model_input
-from engines.scoring import anomaly_maps
+from engines.scoring import ScoredFrames, score_frames
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,15 @@ class Inspector:
         """uint8 RGB (B, H, W, 3) -> maps (B, H, W), scores (B,)."""
         return self.score(self.backend.infer(model_inputs))
 
+    def inspect_frames(self, model_inputs: np.ndarray) -> ScoredFrames:
+        """uint8 RGB (B, H, W, 3) -> maps, their map halves of the score, and the scores."""
+        return self.scored_frames(self.backend.infer(model_inputs))
+
     def score(self, output: ModelOutput) -> tuple[np.ndarray, np.ndarray]:
+        scored = self.scored_frames(output)
+        return scored.maps, scored.scores
+
+    def scored_frames(self, output: ModelOutput) -> ScoredFrames:
         scoring = self.bundle.manifest.scoring
         # The threshold was calibrated on scores that include every term the manifest names;
         # without one, every part would be judged on less than it was calibrated for.
@@ -46,7 +54,7 @@ class Inspector:
                     f"{self.bundle.path}: the manifest scores {what} but the backend gave no {output_name} "
                     f"(no {output_name} output in the flows graph, or no {torch_file} for the torch backend); re-calibrate"
                 )
-        return anomaly_maps(output.log_likelihoods, scoring, self.input_size, output.part_distances, output.patch_distances)
+        return score_frames(output.log_likelihoods, scoring, self.input_size, output.part_distances, output.patch_distances)
 
     def inspect(self, frame: np.ndarray) -> Inspection:
         maps, scores = self.inspect_batch(self.model_input(frame)[None])

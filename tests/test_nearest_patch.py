@@ -142,13 +142,16 @@ def test_a_bad_patch_section_is_refused_by_key(patch_bundle, tmp_path):
             open_bundle(copy)
 
 
-def _copy_as_format(bundle, directory, version: int):
-    """The bundle copied with its manifest's format version changed and the digest made again."""
+def _copy_as_format(bundle, directory, version: int, as_written: bool = True):
+    """The bundle copied with its manifest's format version changed and the digest made again;
+    as_written: without the keys that version's edge-calibrate did not write."""
     copy = directory / "bundle"
     shutil.copytree(bundle.path, copy)
     data = json.loads((copy / "manifest.json").read_text())
     data.pop("integrity")
     data["format_version"] = version
+    if as_written and version < 7:
+        data["scoring"]["nearest_patch"].pop("in_image_score")
     (copy / "manifest.json").write_text(json.dumps(seal(data)))
     return copy
 
@@ -161,6 +164,38 @@ def test_a_format_4_manifest_cannot_carry_the_patch_term(patch_bundle, tmp_path)
 def test_format_5_bundles_are_still_read(patch_bundle, tmp_path):
     """Format 5 differs only in nearest_patch.pt having no projection, which the loader takes."""
     assert open_bundle(_copy_as_format(patch_bundle[0], tmp_path, 5)).manifest.format_version == 5
+
+
+def test_new_bundles_score_parts_by_the_flows_map_and_older_ones_as_calibrated(patch_bundle, tmp_path):
+    """Format 7 keeps the patch term out of the image score: the map half is the maximum of the
+    flows' own map, while the published map keeps the term. A format-6 bundle (no key) is
+    scored as it was calibrated, by the maximum of the whole map."""
+    bundle, _ = patch_bundle
+    scoring = bundle.manifest.scoring
+    assert bundle.manifest.format_version == 7 and scoring.nearest_patch is not None and not scoring.nearest_patch.in_image_score
+    paths = list_images(require(METAL_PLATE) / "test" / "good")[:4] + list_images(require(METAL_PLATE) / "test" / "defective")[:4]
+    images = load_images(paths, SMALL_SIZE, "rgb").images
+    backend = open_backend("onnxruntime", bundle)
+    output = backend.infer(images)
+    backend.close()
+    scored = Inspector(bundle, backend).scored_frames(output)
+    flows_maps, _ = anomaly_maps(output.log_likelihoods, scoring.subset(tuple(range(len(output.log_likelihoods)))), SMALL_SIZE)
+    # subset() weighs the flows as the bundle does, without the patch term: the map the score reads.
+    np.testing.assert_allclose(scored.map_scores, flows_maps.reshape(8, -1).max(axis=1), rtol=1e-5)
+    with_patch = scored.maps.reshape(8, -1).max(axis=1)
+    assert np.abs(scored.map_scores - with_patch).max() > 1e-3, "the patch term still moves the image score"
+    np.testing.assert_allclose(scored.scores, np.maximum(scored.map_scores, scoring.part_scores(output.part_distances)), rtol=1e-6)
+    older = open_bundle(_copy_as_format(bundle, tmp_path, 6))
+    assert older.manifest.scoring.nearest_patch.in_image_score
+    old = Inspector(older, backend).scored_frames(output)
+    np.testing.assert_allclose(old.maps, scored.maps, rtol=1e-5)
+    np.testing.assert_array_equal(old.map_scores, old.maps.reshape(8, -1).max(axis=1))
+    np.testing.assert_allclose(old.map_scores, with_patch, rtol=1e-5)
+
+
+def test_a_format_6_manifest_cannot_leave_the_patch_out_of_the_image_score(patch_bundle, tmp_path):
+    with pytest.raises(BundleError, match=r"in_image_score needs bundle format 7"):
+        open_bundle(_copy_as_format(patch_bundle[0], tmp_path, 6, as_written=False))
 
 
 def test_patch_taps_need_strides_8_and_16():

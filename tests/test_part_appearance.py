@@ -111,8 +111,10 @@ def test_a_bundle_without_part_model_scores_by_the_map(tmp_path):
     # synthetic defects of this calibration scored best without it when that was allowed).
     assert output.part_distances is None and len(output.log_likelihoods) == 3
     assert bundle.manifest.flow_strides == (8, 16, 32) and "0" not in report.coarsest_weight_scores
-    maps, scores = Inspector(bundle, open_backend("torch", bundle)).inspect_batch(images)
-    np.testing.assert_allclose(scores, maps.reshape(2, -1).max(axis=1))
+    scored = Inspector(bundle, open_backend("torch", bundle)).inspect_frames(images)
+    # The map half alone: the maximum of the flows' map (the nearest patch shapes only the outlines).
+    flows_maps, _ = anomaly_maps(output.log_likelihoods, bundle.manifest.scoring.subset((0, 1, 2)), SMALL_SIZE)
+    np.testing.assert_allclose(scored.scores, flows_maps.reshape(2, -1).max(axis=1), rtol=1e-4)
     # A manifest that scores part appearance needs the distance from its graph; without it the
     # calibrated threshold would not mean what it says.
     # Bundles written before the part model (format version 1) are read as they were by
@@ -120,7 +122,7 @@ def test_a_bundle_without_part_model_scores_by_the_map(tmp_path):
     make_unsealed(bundle.path, 1)
     old = open_bundle(bundle.path, unsealed=True)
     _, old_scores = Inspector(old, open_backend("onnxruntime", old)).inspect_batch(images)
-    np.testing.assert_allclose(old_scores, scores, atol=1e-4)
+    np.testing.assert_allclose(old_scores, scored.scores, atol=1e-4)
     scoring = dataclasses.replace(bundle.manifest.scoring, part_score=(1.0, 0.0))
     claims_part = Bundle(bundle.path, dataclasses.replace(bundle.manifest, scoring=scoring), "edited")
     with pytest.raises(BundleError, match="part_distance"):
@@ -140,6 +142,10 @@ def test_a_reject_says_whether_a_region_or_the_whole_part_decided():
     assert region.reject and region.cause == CAUSE_REGION
     assert (region.regions[0].x, region.regions[0].y, region.regions[0].width) == (16, 16, 16)
     assert decide(faint, 0.5, 2.0, 1.0, 1, box).cause is None
+    # Where the score reads the flows' map (format 7), a map half above the threshold is a
+    # region's reject even though the published map, sharpened by the patch term, stays lower.
+    flows_decided = decide(faint, 2.5, 2.0, 1.0, 1, box, map_score=2.5)
+    assert flows_decided.cause == CAUSE_REGION and decide(faint, 2.5, 2.0, 1.0, 1, box, map_score=1.9).cause == CAUSE_WHOLE_PART
     # A part whose score is not a number was not judged; it must not pass.
     broken = decide(faint, float("nan"), 2.0, 1.0, 1, box)
     assert broken.reject and broken.cause == "score not finite"
