@@ -124,14 +124,18 @@ def scale_subsets(bundle, scored) -> list[dict]:
 def map_ablation(bundle, scored) -> dict | None:
     """The same bundle's map, by the map alone, without what issue 22 added: every scale weighted
     equally (the weight calibration chose on synthetic defects), without the nearest good patch's
-    term, and, for a bundle with a stride-4 flow (--strides 4,...), without that flow (each flow
-    trains independently, so the others' subset is that model). None where none applies."""
+    term, with that term in the map the image score reads (as format 5 and 6 bundles score), and,
+    for a bundle with a stride-4 flow (--strides 4,...), without that flow (each flow trains
+    independently, so the others' subset is that model). None where none applies."""
     constants = replace(bundle.manifest.scoring, part_score=None)
     strides = bundle.manifest.flow_strides
     size = tuple(bundle.manifest.input_size)
 
-    def metrics(scales: tuple[int, ...], weights, patch: bool = True) -> dict:
-        sub = replace(constants.subset(scales), scale_weights=weights, nearest_patch=constants.nearest_patch if patch else None)
+    def metrics(scales: tuple[int, ...], weights, patch: bool = True, patch_in_image: bool = False) -> dict:
+        nearest = constants.nearest_patch if patch else None
+        if nearest is not None and patch_in_image:
+            nearest = replace(nearest, in_image_score=True)
+        sub = replace(constants.subset(scales), scale_weights=weights, nearest_patch=nearest)
         maps, scores = anomaly_maps([scored.log_likelihoods[i] for i in scales], sub, size, patch_distances=scored.patch_distances)
         m = category_metrics(maps, scores, scored.masks, scored.labels, None)
         return {k: m.get(k) for k in ("image_auroc", "pixel_auroc", "pro")}
@@ -141,6 +145,8 @@ def map_ablation(bundle, scored) -> dict | None:
     if constants.scale_weights is not None:
         rows["equal scale weights, map only"] = metrics(everything, None)
     if constants.nearest_patch is not None:
+        if not constants.nearest_patch.in_image_score:
+            rows["nearest patch in the image score's map (format 6), map only"] = metrics(everything, constants.scale_weights, patch_in_image=True)
         rows["without the nearest patch, map only"] = metrics(everything, constants.scale_weights, patch=False)
         rows["without the nearest patch, equal scale weights, map only"] = metrics(everything, None, patch=False)
     if 4 in strides and len(strides) > 1:
@@ -230,7 +236,7 @@ def main() -> int:
                     rows.append({"dataset": row["dataset"], "variant": label, **m})
             if row["image_auroc_of"]:
                 parts = row["image_auroc_of"]
-                rows.append({"dataset": row["dataset"], "variant": "score: map maximum only", "image_auroc": parts["map_maximum"]})
+                rows.append({"dataset": row["dataset"], "variant": "score: map half only", "image_auroc": parts["map_maximum"]})
                 rows.append({"dataset": row["dataset"], "variant": "score: part appearance", "image_auroc": parts["part_appearance"]})
             if args.ablation:
                 for sub in scale_subsets(bundle, scored):

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_row("test-set-max ref", result["reference_test_set_max"]))
     parts = result.get("image_auroc_of")
     if parts and parts["map_maximum"] is not None:
-        print(f"image AUROC of the map's maximum alone {parts['map_maximum']:.3f}, of the part appearance alone {parts['part_appearance']:.3f}")
+        print(f"image AUROC of the map half alone {parts['map_maximum']:.3f}, of the part appearance alone {parts['part_appearance']:.3f}")
     if result["overall"]["image_auroc"] is None:
         print(f"{args.category / 'test'} holds no good parts: image AUROC and the false-reject rate need some in test/good/ (shown as -)")
     print(f"wrote {json_path} and {png_path}")

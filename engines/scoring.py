@@ -61,7 +61,8 @@ class ScoringConstants:
     blur_sigma: float = 4.0
     # (scale, offset): the part appearance distance d on the anomaly map's scale, scale * d +
     # offset, fitted so held-out good parts' distances have the mean and spread of their map
-    # maxima. The image score is the larger of the map's maximum and that. None: no part model.
+    # maxima. The image score is the larger of the map half (ScoredFrames.map_scores) and that.
+    # None: no part model.
     part_score: tuple[float, float] | None = None
     # Per scale, its weight in the average of relative likelihoods (normalised to sum 1). None:
     # equal weights, as every bundle before issue 22 was calibrated with.
@@ -274,8 +275,8 @@ def _averaged_likelihood(terms: list[np.ndarray], weights: np.ndarray, output_si
 
 
 def image_scores(map_maxima: np.ndarray, constants: ScoringConstants, part_distances: np.ndarray | None = None) -> np.ndarray:
-    """The image score: the map's maximum, or the larger of it and the part score where the
-    constants have one and the part distances are given."""
+    """The image score: the map half (the maximum of the map the score reads), or the larger of
+    it and the part score where the constants have one and the part distances are given."""
     if constants.part_score is None or part_distances is None:
         return map_maxima
     return np.maximum(map_maxima, constants.part_scores(part_distances).astype(map_maxima.dtype))
