@@ -48,11 +48,12 @@ def score(inspector: Inspector, frames: list[np.ndarray]) -> dict:
     manifest = inspector.bundle.manifest
     images = np.stack([to_model_input(f, tuple(manifest.input_size), manifest.colour) for f in frames])
     output = inspector.backend.infer(images)
-    maps, scores = inspector.score(output)
+    scored = inspector.scored_frames(output)
+    scores = scored.scores
     part = manifest.scoring.part_scores(output.part_distances) if output.part_distances is not None else None
     return {
         "median_score": round(float(np.median(scores)), 3),
-        "median_map_maximum": round(float(np.median(maps.reshape(len(maps), -1).max(axis=1))), 3),
+        "median_map_maximum": round(float(np.median(scored.map_scores)), 3),  # the map half of the score
         "median_part_score": None if part is None else round(float(np.median(part)), 3),
         "rejects": int((scores > manifest.thresholds.image).sum()),
         "parts": len(frames),

@@ -158,8 +158,10 @@ def map_ablation(bundle, scored) -> dict | None:
 
 
 def image_score_rules(scored) -> list[dict]:
-    """Image AUROC of other ways to turn one frame's anomaly map into its score (the product uses
-    the maximum): the mean of the highest 0.1%, 1% and 10% of pixels, and the mean of all."""
+    """Image AUROC of other ways to turn one frame's published anomaly map into its score (the
+    product uses the maximum of the map over the terms the score reads: since bundle format 7,
+    without the nearest patch's): the mean of the highest 0.1%, 1% and 10% of pixels, and the
+    mean of all."""
     flat = np.sort(scored.maps.reshape(len(scored.maps), -1), axis=1)[:, ::-1]
     rows = []
     for label, fraction in (("top 0.1% mean", 0.001), ("top 1% mean", 0.01), ("top 10% mean", 0.1), ("mean", 1.0)):

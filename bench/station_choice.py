@@ -56,10 +56,11 @@ def candidate_scores(bundle, category, category_dir: Path) -> list[dict]:
     scores and test maps."""
     scored = score_category(bundle, category, "onnxruntime")
     inspector = Inspector(bundle, open_backend("onnxruntime", bundle))
-    held_maps, held_scores = inspector.inspect_batch(held_out_good(bundle, category_dir))
+    held = inspector.inspect_frames(held_out_good(bundle, category_dir))
     inspector.backend.close()
-    map_only = scored.maps.reshape(len(scored.maps), -1).max(axis=1)
-    held_map_only = held_maps.reshape(len(held_maps), -1).max(axis=1)
+    held_maps, held_scores = held.maps, held.scores
+    # The map half of the score: the flows' map where the nearest patch shapes outlines only.
+    map_only, held_map_only = scored.map_scores, held.map_scores
     out = [{"part": True, "held": held_scores, "test": scored.scores}]
     if bundle.manifest.scoring.part_score is not None:
         out.append({"part": False, "held": held_map_only, "test": map_only})

@@ -237,18 +237,20 @@ def _one_frame(terms: list[np.ndarray], weights: np.ndarray, output_size: tuple[
     """One frame's terms (each (h_s, w_s) in (0, 1]) -> its anomaly map (H, W) and the maximum
     of the map over its first image_terms terms. Upsampling and blur are linear, so the two
     groups are averaged apart and added: the map is the same sum as one average of all terms."""
+    whole = image_terms == len(terms)
     image_part = _averaged_likelihood(terms[:image_terms], weights[:image_terms], output_size, blur_sigma, np.float32, _FLOAT32_FLOOR)
-    if image_terms == len(terms):
-        likelihood, image_low = image_part, float(image_part.min())
-    else:
-        likelihood = image_part + _averaged_likelihood(terms[image_terms:], weights[image_terms:], output_size, blur_sigma, np.float32, _FLOAT32_FLOOR)
-        image_low = float(image_part.min()) / float(weights[:image_terms].sum())
-    if min(float(likelihood.min()), image_low) < _FLOAT32_TRUSTED:
-        return float64_map(terms, weights, output_size, blur_sigma), _float64_image_maximum(terms, weights, output_size, blur_sigma, image_terms)
-    anomaly_map = -np.log(likelihood)  # every position is at least _FLOAT32_TRUSTED (or NaN, kept as NaN)
-    if image_terms == len(terms):
-        return anomaly_map, float(anomaly_map.max())
-    return anomaly_map, -math.log(image_low)
+    likelihood = image_part if whole else image_part + _averaged_likelihood(terms[image_terms:], weights[image_terms:], output_size, blur_sigma, np.float32, _FLOAT32_FLOOR)
+    low = float(likelihood.min())
+    if math.isnan(low):
+        # A term that is not a number (a non-finite feature, a broken engine) spreads over the
+        # map; the score must say so too, whichever terms it reads, so the part cannot pass.
+        return -np.log(likelihood), math.nan
+    image_low = low if whole else float(image_part.min()) / float(weights[:image_terms].sum())
+    if low < _FLOAT32_TRUSTED or image_low < _FLOAT32_TRUSTED:
+        anomaly_map = float64_map(terms, weights, output_size, blur_sigma)
+        return anomaly_map, float(anomaly_map.max()) if whole else _float64_image_maximum(terms, weights, output_size, blur_sigma, image_terms)
+    anomaly_map = -np.log(likelihood)  # every position is at least _FLOAT32_TRUSTED
+    return anomaly_map, float(anomaly_map.max()) if whole else -math.log(image_low)
 
 
 def float64_map(terms: list[np.ndarray], weights: np.ndarray, output_size: tuple[int, int], blur_sigma: float) -> np.ndarray:

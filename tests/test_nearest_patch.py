@@ -18,7 +18,7 @@ from engines.cflow import PreprocessedEncoder
 from engines.encoders import load_encoder
 from engines.inspector import Inspector
 from engines.nearest_patch import PRINCIPAL_COMPONENTS, NearestPatch, fit_nearest_patch, greedy_coreset, load_nearest_patch, patch_features, patch_taps, principal_directions
-from engines.scoring import NearestPatchScoring, ScoringConstants, anomaly_maps
+from engines.scoring import NearestPatchScoring, ScoringConstants, anomaly_maps, score_frames
 from tests.conftest import METAL_PLATE, SMALL_SIZE, require
 
 
@@ -281,3 +281,22 @@ def test_synthetic_defects_veto_a_patch_term_that_hides_them_and_keep_one_that_m
     marking[masks[:, ::4, ::4]] += 20.0  # the term agrees with the flows
     kept = choose_nearest_patch(constants, good_ll, defect_ll, good_patch, marking, masks, (32, 32))
     assert kept.keep
+
+
+def test_a_patch_term_that_is_not_a_number_leaves_no_score_that_could_pass():
+    """The image score reads the flows' terms only (format 7), but a NaN in the patch term still
+    spreads over the published map: the score must be NaN too, so decide() rejects the part."""
+    rng = np.random.default_rng(2)
+    log_likelihoods = [rng.normal(-1.0, 0.2, size=(2, 8, 8)), rng.normal(-1.0, 0.2, size=(2, 4, 4))]
+    distances = rng.uniform(0.0, 2.0, size=(2, 8, 8))
+    distances[1, 2, 2] = np.nan
+    outlines_only = ScoringConstants((-0.5, -0.5), 2.0, nearest_patch=NearestPatchScoring(spread=1.0, reference=-1.0, weight=1.0, in_image_score=False))
+    scored = score_frames(log_likelihoods, outlines_only, (32, 32), patch_distances=distances)
+    assert np.isfinite(scored.map_scores[0]) and np.isnan(scored.map_scores[1]) and np.isnan(scored.scores[1])
+    assert np.isnan(scored.maps[1]).any() and np.isfinite(scored.maps[0]).all()
+    # Flows far below the good parts (the float64 path) with a NaN patch: still NaN, not the float32 floor.
+    far = [ll - 300.0 for ll in log_likelihoods]
+    assert np.isnan(score_frames(far, outlines_only, (32, 32), patch_distances=distances).map_scores[1])
+    # Without the NaN the float64 path gives the flows' depth, about 300 nats, on both parts.
+    clean = np.nan_to_num(distances, nan=1.0)
+    assert (score_frames(far, outlines_only, (32, 32), patch_distances=clean).map_scores > 250).all()
