@@ -19,7 +19,7 @@ from calibration.reference_scoring import test_set_max_maps
 from engines.backends import ModelOutput, open_backend
 from engines.bundle import Bundle
 from engines.inspector import Inspector
-from engines.overlay import label, overlay
+from engines.overlay import colour_top, label, overlay
 
 
 @dataclass
@@ -140,7 +140,7 @@ def contact_sheet(bundle: Bundle, scored: ScoredCategory, per_type: int = 4, til
         chosen = ranked[:per_type] if defect == "good" else ranked[:: max(1, math.ceil(len(ranked) / per_type))][:per_type]
         tiles = []
         for i in chosen:
-            picture = overlay(scored.images[i], scored.maps[i], 0.0, thresholds.image * 1.5)
+            picture = overlay(scored.images[i], scored.maps[i], 0.0, colour_top(thresholds.image, thresholds.pixel))
             contours, _ = cv2.findContours(scored.masks[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(picture, contours, -1, (255, 255, 255), 1)
             picture = cv2.resize(picture, (tile, tile))

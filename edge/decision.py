@@ -40,6 +40,7 @@ class Verdict:
     threshold: float
     regions: tuple[DefectRegion, ...]
     cause: str | None = None  # a reject's: one of the CAUSE_ constants above; None for a pass
+    region_threshold: float | None = None  # the map level regions are cut at (the heatmap's colour scale reads it)
 
 
 def decide(
@@ -63,10 +64,10 @@ def decide(
     (x, y, width, height) box: the inspected region of interest.
     """
     if not math.isfinite(score):
-        return Verdict(True, float(score), float(image_threshold), (), CAUSE_NOT_FINITE)
+        return Verdict(True, float(score), float(image_threshold), (), CAUSE_NOT_FINITE, float(pixel_threshold))
     reject = bool(score > image_threshold)
     if not reject:
-        return Verdict(False, float(score), float(image_threshold), ())
+        return Verdict(False, float(score), float(image_threshold), (), region_threshold=float(pixel_threshold))
     box_x, box_y, box_w, box_h = frame_box
     map_h, map_w = anomaly_map.shape
     sx, sy = box_w / map_w, box_h / map_h
@@ -92,4 +93,4 @@ def decide(
     regions.sort(key=lambda r: -r.peak)
     map_half = float(anomaly_map.max()) if map_score is None else map_score
     cause = CAUSE_REGION if map_half > image_threshold else CAUSE_WHOLE_PART
-    return Verdict(True, float(score), float(image_threshold), tuple(regions), cause)
+    return Verdict(True, float(score), float(image_threshold), tuple(regions), cause, float(pixel_threshold))

@@ -10,7 +10,7 @@ import numpy as np
 from edge.answer import Answer
 from edge.decision import CAUSE_WHOLE_PART
 from edge.jpeg_comment import with_comment
-from engines.overlay import colour_bar, label, overlay
+from engines.overlay import colour_bar, colour_top, label, overlay
 from engines.preprocess import to_model_input
 
 HEATMAP_LONG_SIDE = 512  # pixels: enough to see a defect, small enough for a JPEG per reject
@@ -33,7 +33,8 @@ def picture_meta(answer: Answer) -> dict:
 def render_heatmap(answer: Answer, quality: int, long_side: int = HEATMAP_LONG_SIDE) -> bytes:
     """The ROI crop the inspection made (in its own aspect and colour, at most 512 px a side)
     with the anomaly map over it, the defect boxes, the verdict and a colour bar scaled to the
-    threshold (so the same colour means the same thing on every part). Empty for an answer that
+    region threshold (engines/overlay.py: colour_top; the same colour means the same thing on
+    every part). Empty for an answer that
     was not inspected."""
     if answer.inspected is None or answer.verdict is None:
         return b""
@@ -45,7 +46,7 @@ def render_heatmap(answer: Answer, quality: int, long_side: int = HEATMAP_LONG_S
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     view_rgb = to_model_input(inspected.view, size, "rgb")  # any depth and channels to display RGB
     anomaly_map = cv2.resize(inspected.anomaly_map, (view_rgb.shape[1], view_rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
-    top = 1.5 * verdict.threshold
+    top = colour_top(verdict.threshold, verdict.region_threshold)
     picture = overlay(view_rgb, anomaly_map, 0.0, top)
     sx, sy = picture.shape[1] / width, picture.shape[0] / height
     for r in verdict.regions:

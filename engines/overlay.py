@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
+
+
+def colour_top(image_threshold: float, region_threshold: float | None) -> float:
+    """The map level at the top of the heatmap's colour scale: twice the region threshold, so a
+    region's edge is mid-scale and its core runs to red. The region threshold is fitted on the
+    published map itself; the image threshold is not, where the score reads the flows' map alone
+    (bundle format 7), and scaling by it washed out every heatmap of such a bundle. Without a
+    usable region threshold: 1.5 times the image threshold, as before."""
+    if region_threshold is not None and math.isfinite(region_threshold) and region_threshold > 0:
+        return 2.0 * region_threshold
+    return 1.5 * image_threshold
 
 
 def overlay(image_rgb: np.ndarray, anomaly_map: np.ndarray, low: float, high: float, alpha: float = 0.45) -> np.ndarray:

@@ -177,3 +177,27 @@ def test_a_slightly_softer_or_turned_frame_does_not_reject_good_parts(small_bund
     margin = threshold - np.median(clean)
     shift = np.median(moved) - np.median(clean)
     assert shift < 0.1 * margin, f"a slight blur moved good parts {shift:.2f} nats towards the threshold ({margin:.2f} away)"
+
+
+def test_the_heatmap_colours_the_map_by_its_region_threshold_not_the_score_threshold():
+    """A format-7 score reads the flows' map, so the image threshold sits above what the published
+    map reaches; coloured by it, every region looked cold. Twice the region threshold is the
+    top of the scale: a region's core at that level is red."""
+    import cv2
+
+    from edge.answer import Answer, Inspected
+    from edge.capture import Frame
+    from edge.decision import decide
+    from edge.heatmap import render_heatmap
+
+    image = np.full((256, 256, 3), 128, np.uint8)
+    anomaly_map = np.zeros((256, 256), np.float32)
+    anomaly_map[96:160, 96:160] = 2.0  # twice the region threshold, well below the image threshold
+    verdict = decide(anomaly_map, 9.0, 6.0, 1.0, 1, (0, 0, 256, 256), map_score=9.0)
+    assert verdict.reject and verdict.region_threshold == 1.0 and len(verdict.regions) == 1
+    answer = Answer.of_inspection("s", Frame(image, 1, 0.0), verdict, "b", Inspected(anomaly_map, image, (0, 0, 256, 256)))
+    picture = cv2.imdecode(np.frombuffer(render_heatmap(answer, 95), np.uint8), cv2.IMREAD_COLOR)
+    blue, green, red = (int(c) for c in picture[128, 128])  # the region's centre (a 256 px crop is drawn at 256 px)
+    assert red > blue + 40, (blue, green, red)  # scaled by 1.5 x the image threshold it was blue (0.22 of the scale)
+    background_blue, _, background_red = (int(c) for c in picture[200, 30])
+    assert background_blue > background_red  # the good part of the map stays at the cold end
