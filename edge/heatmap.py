@@ -34,8 +34,7 @@ def render_heatmap(answer: Answer, quality: int, long_side: int = HEATMAP_LONG_S
     """The ROI crop the inspection made (in its own aspect and colour, at most 512 px a side)
     with the anomaly map over it, the defect boxes, the verdict and a colour bar scaled to the
     region threshold (engines/overlay.py: colour_top; the same colour means the same thing on
-    every part). Empty for an answer that
-    was not inspected."""
+    every part). Empty for an answer that was not inspected."""
     if answer.inspected is None or answer.verdict is None:
         return b""
     verdict, inspected = answer.verdict, answer.inspected
