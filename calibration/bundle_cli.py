@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from calibration.cli_checks import BadInput, OneLineErrors, check_output, os_error_line, refuse_inside_bundle
+from calibration.cli_checks import MAX_THREADS, BadInput, OneLineErrors, check_output, os_error_line, refuse_inside_bundle, whole_number
 from engines.version import version_line
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument("--who", help="who asks for it (default: the login name)")
     refit.add_argument("--defects", type=Path, help="folder of defective parts: report the miss rate at the new threshold")
     refit.add_argument("--target-frr", type=fraction, help="false-reject target (default: the bundle's)")
-    refit.add_argument("--threads", type=int, default=0, help="CPU threads (default: all)")
+    refit.add_argument("--threads", type=whole_number(0, MAX_THREADS), default=0, help="CPU threads (default: all)")
     refit.add_argument("--force", action="store_true", help="replace an existing bundle at --output")
     sign = commands.add_parser("sign", help="sign the bundle's manifest with an Ed25519 private key")
     sign.add_argument("bundle", type=Path)

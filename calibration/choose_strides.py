@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration.calibrate import CalibrationReport, CalibrationSettings, calibrate, split_good
-from calibration.datasets import read_mask_file
+from calibration.datasets import check_mask_shape, read_mask_file
 from calibration.images import IMAGE_SUFFIXES, ImageFolderError, list_images, load_images, read_image
 from calibration.metrics import auroc, pixel_auroc, pro_auc
 from engines.bundle import Bundle, amend_training, move_into_place, open_bundle
@@ -81,7 +81,9 @@ def find_defect_samples(defect_dir: Path, mask_dir: Path | None) -> DefectSample
             problems.append(f"{path.name}: no mask ({path.stem}_mask.png or {path.stem}.png in {mask_dir})")
             continue
         try:
-            marked = read_image(found[0]).max() > 0
+            mask, image = read_image(found[0]), read_image(path)
+            check_mask_shape(found[0], mask.shape, image.shape[1] / max(1, image.shape[0]), image.shape[:2])
+            marked = mask.max() > 0
         except ImageFolderError as error:
             problems.append(str(error))
             continue

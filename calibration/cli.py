@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from calibration.calibrate import AugmentConfig, CalibrationSettings, calibrate
-from calibration.cli_checks import BadInput, OneLineErrors, check_output, os_error_line
+from calibration.cli_checks import MAX_AUGMENT_COPIES, MAX_COUPLING_BLOCKS, MAX_THREADS, BadInput, OneLineErrors, check_output, os_error_line, whole_number
 from engines.encoders import ENCODER_NAMES, TAP_STRIDES
 from engines.version import version_line
 
@@ -46,21 +46,6 @@ def fraction(text: str) -> float:
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"{text}: must be between 0 and 1 (exclusive)")
     return value
-
-
-def whole_number(low: int, high: int | None = None):
-    """An argparse type: an integer from low (to high); argparse names the option in its message."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{text}: must be at least {low}" + (f" and at most {high}" if high is not None else ""))
-        return value
-
-    return parse
 
 
 def positive_number(text: str) -> float:
@@ -149,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="with --choose-strides: folder of the --defects images' masks (<stem>_mask.png or <stem>.png, defect pixels non-zero)",
     )
-    parser.add_argument("--coupling-blocks", type=whole_number(1), default=8)
+    parser.add_argument("--coupling-blocks", type=whole_number(1, MAX_COUPLING_BLOCKS), default=8)
     parser.add_argument(
         "--feature-pooling",
         type=int,
@@ -174,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--epochs", type=positive_number, default=None, help="passes over the finest scale's fibers (default from the training config)")
     parser.add_argument("--max-steps", type=whole_number(1), default=None, help="cap on optimiser steps per scale (a quick trial run)")
-    parser.add_argument("--augment", type=whole_number(0), default=0, metavar="COPIES", help="add COPIES shifted/rotated copies of each good image (unfixtured parts)")
-    parser.add_argument("--threads", type=whole_number(0), default=0, help="CPU threads (default: all cores)")
+    parser.add_argument("--augment", type=whole_number(0, MAX_AUGMENT_COPIES), default=0, metavar="COPIES", help="add COPIES shifted/rotated copies of each good image (unfixtured parts)")
+    parser.add_argument("--threads", type=whole_number(0, MAX_THREADS), default=0, help="CPU threads (default: all cores)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the good parts are encoded and the flows train: auto takes a GPU when torch sees one (default auto)")
     parser.add_argument("--seed", type=whole_number(0, 2**63 - 1), default=0)  # what numpy and torch both take
     parser.add_argument("--json", action="store_true", help="print the calibration report as JSON on stdout")

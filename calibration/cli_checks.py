@@ -70,3 +70,26 @@ def check_output(output: Path, force: bool) -> None:
             raise BadInput(f"{option} {output}: is a folder but not a bundle (no {MANIFEST}); --force replaces only a bundle, choose another path")
     # The bundle is written into a temporary folder beside it, then renamed into place.
     check_can_create_in(output.absolute().parent, output, option)
+
+
+# Upper bounds for the options that size the work: past them a run exhausts memory or threads
+# before it says anything (--threads 100000 crashed OpenCV's pool with a segfault; --augment and
+# --coupling-blocks at 100000 grew past 6 GB in seconds). Each is far beyond any useful value.
+MAX_THREADS = 256
+MAX_AUGMENT_COPIES = 32  # --augment 1 is what unfixtured parts need (bench/README.md)
+MAX_COUPLING_BLOCKS = 64  # the default is 8; 12 was measured
+
+
+def whole_number(low: int, high: int | None = None):
+    """An argparse type: an integer from low (to high); argparse names the option in its message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text}: must be at least {low}" + (f" and at most {high}" if high is not None else ""))
+        return value
+
+    return parse

@@ -44,8 +44,9 @@ def score_category(bundle: Bundle, category: Category, backend: str = "onnxrunti
     (robustness studies); the masks move with them."""
     height, width = bundle.manifest.input_size
     size = (height, width)
-    images = load_images([t.path for t in category.test], size, bundle.manifest.colour).images
-    masks = np.stack([read_mask(t, size) for t in category.test])
+    loaded = load_images([t.path for t in category.test], size, bundle.manifest.colour)
+    images = loaded.images
+    masks = np.stack([read_mask(t, size, aspect) for t, aspect in zip(category.test, loaded.aspects)])
     if move is not None:
         images, masks = move(images, masks)
     inspector = Inspector(bundle, open_backend(backend, bundle, threads=threads))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from calibration.cli import whole_number
-from calibration.cli_checks import BadInput, OneLineErrors, check_can_create_in, os_error_line, refuse_inside_bundle
+from calibration.cli_checks import MAX_THREADS, BadInput, OneLineErrors, check_can_create_in, os_error_line, refuse_inside_bundle, whole_number
 from engines.version import version_line
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("category", type=Path, help="category folder: train/good, test/<type>, ground_truth/<type>/<stem>_mask.png")
     parser.add_argument("-o", "--output", type=Path, help="folder for evaluation.json and contact_sheet.png (default: BUNDLE.evaluation, beside the bundle)")
     parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
-    parser.add_argument("--threads", type=whole_number(0), default=0, help="CPU threads (default: all cores)")
+    parser.add_argument("--threads", type=whole_number(0, MAX_THREADS), default=0, help="CPU threads (default: all cores)")
     parser.add_argument("--version", action="version", version=version_line("edge-evaluate"))
     args = parser.parse_args(argv)
 

@@ -66,6 +66,8 @@ def reseal(bundle: Bundle, output: Path, why: str, who: str | None = None, force
     """An older bundle (formats 1 to 3, no manifest digest) in the current format, unchanged
     otherwise. Only its files' checksums vouch for it: reseal bundles you know."""
     old_version = bundle.manifest.format_version
+    if old_version == FORMAT_VERSION:
+        raise BundleError(f"{bundle.path}: already bundle format {FORMAT_VERSION}, sealed; nothing to reseal (edge-bundle retune or refit change a current bundle)")
     entry = history_entry(bundle, "reseal", why, who, {"format_version": [old_version, FORMAT_VERSION]})
     manifest = replace(bundle.manifest, format_version=FORMAT_VERSION, history=(*bundle.manifest.history, entry))
     return write_amended(bundle, output, manifest, force)

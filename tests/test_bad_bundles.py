@@ -191,6 +191,9 @@ def test_reseal_carries_an_older_bundle_over_and_records_it(bundle_copy, tmp_pat
     assert resealed.manifest.format_version == FORMAT_VERSION and resealed.manifest.history[0]["action"] == "reseal"
     # Without held-out scores, only a threshold given as a number can be set.
     assert edge_bundle(["retune", str(tmp_path / "new"), "-o", str(tmp_path / "t"), "--target-frr", "0.05", "--why", "x"]) == 2
+    # A current bundle has nothing to reseal: refused, not rewritten with a history entry.
+    assert edge_bundle(["reseal", str(tmp_path / "new"), "-o", str(tmp_path / "again"), "--why", "x"]) == 2
+    assert not (tmp_path / "again").exists()
 
 
 def _keys(directory: Path) -> tuple[Path, Path]:

@@ -56,6 +56,39 @@ def a_folder(path: Path, *files: str) -> Path:
     return path
 
 
+def a_mask(path: Path, shape: tuple[int, int]) -> Path:
+    """A marked mask of this (height, width), whatever its image's size."""
+    import cv2
+    import numpy as np
+
+    mask = np.zeros(shape, np.uint8)
+    mask[shape[0] // 3 : shape[0] // 2, shape[1] // 3 : shape[1] // 2] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), mask)
+    return path
+
+
+def masks_of_another_shape(folder: Path, images: Path) -> Path:
+    """A 33x47 mask for every image of `images` (real parts of 512x512)."""
+    for image in sorted(images.iterdir()):
+        a_mask(folder / f"{image.stem}_mask.png", (47, 33))
+    return folder
+
+
+def category_with_a_mask_of_another_shape(root: Path) -> Path:
+    """A real MVTec-layout category of one good and one defective metal plate, whose mask is
+    33x47 while its image is 512x512."""
+    import shutil
+
+    source = require(METAL_PLATE)
+    defect = sorted((source / "test" / "defective").iterdir())[0]
+    for folder, image in (("train/good", sorted((source / "train" / "good").iterdir())[0]), ("test/good", sorted((source / "test" / "good").iterdir())[0]), ("test/defective", defect)):
+        (root / folder).mkdir(parents=True)
+        shutil.copy(image, root / folder / image.name)
+    a_mask(root / "ground_truth" / "defective" / f"{defect.stem}_mask.png", (47, 33))
+    return root
+
+
 def with_broken_image(folder: Path) -> Path:
     (folder / "broken.png").write_bytes(b"not a png")
     return folder
@@ -76,6 +109,11 @@ CALIBRATE_CASES = [
     ("defects-missing", lambda t, g, m: [g, "-o", t / "out", "--defects", t / "rejects"], ["--defects", "rejects"]),
     ("defects-empty", lambda t, g, m: [g, "-o", t / "out", "--defects", a_folder(t / "rejects")], ["--defects", "no images"]),
     ("masks-missing", lambda t, g, m: [g, "-o", t / "out", "--choose-strides", "--defects", g, "--masks", t / "masks"], ["--masks", "masks"]),
+    (
+        "masks-of-another-shape",
+        lambda t, g, m: [g, "-o", t / "out", "--choose-strides", "--defects", g, "--masks", masks_of_another_shape(t / "masks", g)],
+        ["_mask.png", "33x47", "its image 512x512"],
+    ),
     ("output-exists", lambda t, g, m: [g, "-o", a_folder(t / "out"), "--max-steps", "1"], ["out", "already exists", "--force"]),
     ("output-is-a-file", lambda t, g, m: [g, "-o", a_file(t / "out"), "--force"], ["out", "is a file"]),
     ("output-not-a-bundle", lambda t, g, m: [g, "-o", a_folder(t / "out", "keep.txt"), "--force"], ["out", "not a bundle"]),
@@ -89,6 +127,10 @@ CALIBRATE_CASES = [
     ("max-steps-not-a-number", lambda t, g, m: [g, "-o", t / "out", "--max-steps", "many"], ["--max-steps"]),
     ("augment-negative", lambda t, g, m: [g, "-o", t / "out", "--augment", "-1"], ["--augment"]),
     ("threads-negative", lambda t, g, m: [g, "-o", t / "out", "--threads", "-1"], ["--threads"]),
+    # Past these the run crashed (OpenCV's thread pool: a segfault) or grew past 6 GB in seconds.
+    ("threads-beyond-any-machine", lambda t, g, m: [g, "-o", t / "out", "--threads", "100000"], ["--threads", "at most 256"]),
+    ("augment-beyond-memory", lambda t, g, m: [g, "-o", t / "out", "--augment", "100000"], ["--augment", "at most 32"]),
+    ("coupling-blocks-beyond-memory", lambda t, g, m: [g, "-o", t / "out", "--coupling-blocks", "100000"], ["--coupling-blocks", "at most 64"]),
     ("holdout-fraction-above-1", lambda t, g, m: [g, "-o", t / "out", "--holdout-fraction", "1.5"], ["--holdout-fraction"]),
     ("target-frr-zero", lambda t, g, m: [g, "-o", t / "out", "--target-frr", "0"], ["--target-frr"]),
     ("coupling-blocks-zero", lambda t, g, m: [g, "-o", t / "out", "--coupling-blocks", "0"], ["--coupling-blocks"]),
@@ -152,6 +194,9 @@ EVALUATE_CASES = [
     ("output-inside-the-bundle", lambda t, b, c, m: [b, c, "-o", b / "evaluation"], ["evaluation", "inside the bundle"]),
     ("output-not-writable", lambda t, b, c, m: no_write_access(m) or [b, c, "-o", t / "eval"], ["eval", "cannot write"]),
     ("threads-negative", lambda t, b, c, m: [b, c, "--threads", "-1"], ["--threads"]),
+    ("threads-beyond-any-machine", lambda t, b, c, m: [b, c, "--threads", "100000"], ["--threads", "at most 256"]),
+    # A mask of another shape was stretched over its part: PRO 0.35 instead of 0.83, silently.
+    ("mask-of-another-shape", lambda t, b, c, m: [b, category_with_a_mask_of_another_shape(t / "plates"), "-o", t / "eval"], ["_mask.png", "33x47", "width/height 1.000"]),
 ]
 
 
