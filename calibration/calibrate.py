@@ -43,6 +43,7 @@ from engines.export import export_encoder, export_flows, export_half_graphs
 from engines.flow import FlowConfig
 from engines.nearest_patch import PATCH_STRIDES, NearestPatch, fit_nearest_patch, nearest_distances, patch_taps
 from engines.part_appearance import fit_part_appearance, part_statistics
+from engines.preprocess import PART_ASPECT_TOLERANCE
 from engines.scoring import anomaly_maps, image_scores
 
 MIN_FIT_IMAGES = 10
@@ -117,6 +118,22 @@ class CalibrationReport:
 def part_aspect(aspects: list[float]) -> dict[str, float]:
     """The range of the good parts' width / height."""
     return {"min": round(min(aspects), 4), "max": round(max(aspects), 4)}
+
+
+def refuse_odd_shapes(paths: list[Path], aspects: list[float]) -> None:
+    """A good image far from the others' width / height (a stray strip or a picture from another
+    camera) would be stretched to the model's square as a good part, and widen the range of
+    shapes the station accepts (training.part_aspect): refused, naming each, by the daemon's own
+    tolerance."""
+    if len(aspects) < 3:
+        return
+    median = float(np.median(aspects))
+    odd = [f"{path} ({aspect:.2f})" for path, aspect in zip(paths, aspects) if not median / PART_ASPECT_TOLERANCE <= aspect <= median * PART_ASPECT_TOLERANCE]
+    if odd:
+        raise ImageFolderError(
+            f"{len(odd)} odd-shaped good image(s): {', '.join(odd[:5])}{' ...' if len(odd) > 5 else ''}, far from the others' width/height "
+            f"(median {median:.2f}); crop them like the rest, or leave them out"
+        )
 
 
 def split_good(paths: list[Path], holdout: list[Path] | None, fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -225,6 +242,7 @@ def calibrate(
     fit = load_images(fit_paths, settings.input_size, settings.colour)
     colour = settings.colour or ("gray" if fit.grayscale else "rgb")
     held = load_images(held_paths, settings.input_size, colour)
+    refuse_odd_shapes(fit.paths + held.paths, fit.aspects + held.aspects)
     defects = load_images(defect_paths, settings.input_size, colour) if defect_paths else None
     seconds["read"] = time.monotonic() - started
 

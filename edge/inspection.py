@@ -15,7 +15,7 @@ from edge.capture import LIVE_SOURCES, Frame, known_frame_size, roi_outside
 from edge.config import CameraConfig
 from edge.decision import decide
 from edge.station_engine import StationEngine
-from engines.preprocess import FrameError
+from engines.preprocess import PART_ASPECT_TOLERANCE, FrameError
 
 
 def answers_every_frame(camera: CameraConfig) -> bool:
@@ -52,11 +52,7 @@ def roi_view(frame: Frame, camera: CameraConfig) -> np.ndarray | None:
     return image[y : y + h, x : x + w]
 
 
-# A part this much wider or taller than the widest or tallest good part is another camera
-# setting, not another part: resized to the model's square it would be squashed out of shape.
-# Loose enough for a crop a little off (a 4:3 picture of a square part passes), tight enough for
-# a frame of another shape (16:9 against square, a line-scan strip).
-ASPECT_TOLERANCE = 1.5
+ASPECT_TOLERANCE = PART_ASPECT_TOLERANCE
 
 
 def shape_mismatch(image: np.ndarray, known: tuple[float, float] | None) -> str | None:

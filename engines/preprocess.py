@@ -10,6 +10,12 @@ import cv2
 import numpy as np
 
 COLOUR_MODES = ("rgb", "gray")
+# A part this much wider or taller than the widest or tallest good part is another camera
+# setting, not another part: resized to the model's square it would be squashed out of shape.
+# Loose enough for a crop a little off (a 4:3 picture of a square part passes), tight enough for
+# a frame of another shape (16:9 against square, a line-scan strip). The daemon refuses such a
+# frame (edge/inspection.py), calibration such a good image (calibration/calibrate.py).
+PART_ASPECT_TOLERANCE = 1.5
 
 
 class FrameError(ValueError):

@@ -56,6 +56,15 @@ def a_folder(path: Path, *files: str) -> Path:
     return path
 
 
+def with_strip(folder: Path) -> Path:
+    """The good folder with one real plate cropped to a 2000x40 strip beside the 512x512 ones."""
+    import cv2
+
+    plate = cv2.imread(str(sorted(folder.iterdir())[0]))
+    cv2.imwrite(str(folder / "strip.png"), cv2.resize(plate, (2000, 40)))
+    return folder
+
+
 def a_mask(path: Path, shape: tuple[int, int]) -> Path:
     """A marked mask of this (height, width), whatever its image's size."""
     import cv2
@@ -104,6 +113,8 @@ CALIBRATE_CASES = [
     ("good-empty", lambda t, g, m: [a_folder(t / "empty"), "-o", t / "out"], ["empty", "no images"]),
     ("good-no-images", lambda t, g, m: [a_folder(t / "notes", "a.txt", "b.csv"), "-o", t / "out"], ["notes", "no images"]),
     ("good-unreadable-image", lambda t, g, m: [with_broken_image(g), "-o", t / "out"], ["broken.png"]),
+    # A stray 2000x40 strip among square plates was stretched to the square and trained as good.
+    ("good-image-of-another-shape", lambda t, g, m: [with_strip(g), "-o", t / "out"], ["strip.png (50.00)", "median 1.00", "width/height"]),
     ("holdout-missing", lambda t, g, m: [g, "-o", t / "out", "--holdout", t / "gone"], ["--holdout", "gone"]),
     ("holdout-is-good", lambda t, g, m: [g, "-o", t / "out", "--holdout", g], ["--holdout", "GOOD folder"]),
     ("defects-missing", lambda t, g, m: [g, "-o", t / "out", "--defects", t / "rejects"], ["--defects", "rejects"]),
