@@ -81,7 +81,10 @@ def describe(bundle) -> str:
     lines = [
         f"bundle {bundle.bundle_id} at {bundle.path} (format {m.format_version}, written {m.created} by {m.project_version})",
         f"  {m.encoder.name}, input {m.input_size[1]}x{m.input_size[0]} {m.colour}, flows at strides {', '.join(map(str, m.flow_strides))}",
-        f"  image threshold {t.image:.4f} for a {100 * t.target_false_reject_rate:g}% false-reject target ({t.method})",
+        # A threshold set by hand was not chosen for the target the bundle still records.
+        f"  image threshold {t.image:.4g} ({t.method})"
+        if t.method.startswith("set by hand")
+        else f"  image threshold {t.image:.4f} for a {100 * t.target_false_reject_rate:g}% false-reject target ({t.method})",
         f"  pixel threshold {t.pixel:.4f}; {t.good_parts} held-out good parts",
     ]
     for entry in m.history:

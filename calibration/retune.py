@@ -53,7 +53,14 @@ def retune(bundle: Bundle, output: Path, why: str, threshold: float | None = Non
         new = replace(old, image=image, method=method, target_false_reject_rate=target_frr)
     else:
         assert threshold is not None
-        new = replace(old, image=float(threshold), method=f"set by hand to {threshold:g} (edge-bundle retune)")
+        method = f"set by hand to {threshold:g} (edge-bundle retune)"
+        if old.good_scores:
+            # What the hand-set level means on the good parts calibration held out: a threshold
+            # above all of them passes every defect that scores like a good part, one below most
+            # rejects the line's good parts; say which, instead of the target it replaced.
+            scores = np.asarray(old.good_scores)
+            method += f"; {int((scores > threshold).sum())} of the {len(scores)} held-out good parts score above it"
+        new = replace(old, image=float(threshold), method=method)
     if new.pixel > new.image:
         new = replace(new, pixel=new.image)  # a region is never more sure than the part
     changes = {key: [getattr(old, key), getattr(new, key)] for key in ("image", "pixel", "target_false_reject_rate") if getattr(old, key) != getattr(new, key)}

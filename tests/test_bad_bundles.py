@@ -138,6 +138,11 @@ def test_retune_writes_a_new_bundle_with_its_history_and_keeps_the_old(bundle_co
     assert entry["who"] == "anna" and entry["why"] == "lighting changed" and entry["from_bundle"] == old.bundle_id
     assert entry["changes"]["thresholds.image"] == [old.manifest.thresholds.image, 7.5]
     assert open_bundle(bundle_copy).manifest == old.manifest  # the old one is untouched
+    # A hand-set level says what it does on the held-out good parts, not the target it replaced.
+    held = np.asarray(old.manifest.thresholds.good_scores)
+    assert new.manifest.thresholds.method.endswith(f"; {int((held > 7.5).sum())} of the {len(held)} held-out good parts score above it")
+    shown = capsys.readouterr().out
+    assert "image threshold 7.5 (set by hand to 7.5" in shown and "false-reject target" not in shown.splitlines()[2]
     # A new target false-reject rate is chosen from the held-out scores the manifest keeps.
     frr_path = tmp_path / "frr"
     assert edge_bundle(["retune", str(new_path), "-o", str(frr_path), "--target-frr", "0.2", "--why", "too many false rejects"]) == 0
