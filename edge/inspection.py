@@ -52,9 +52,6 @@ def roi_view(frame: Frame, camera: CameraConfig) -> np.ndarray | None:
     return image[y : y + h, x : x + w]
 
 
-ASPECT_TOLERANCE = PART_ASPECT_TOLERANCE
-
-
 def shape_mismatch(image: np.ndarray, known: tuple[float, float] | None) -> str | None:
     """Why the part's width / height is far outside the calibration's good parts' range, or
     None; bundles calibrated before it was recorded (None) are not checked."""
@@ -63,7 +60,7 @@ def shape_mismatch(image: np.ndarray, known: tuple[float, float] | None) -> str 
     low, high = known
     height, width = image.shape[:2]
     aspect = width / max(1, height)
-    if low / ASPECT_TOLERANCE <= aspect <= high * ASPECT_TOLERANCE:
+    if low / PART_ASPECT_TOLERANCE <= aspect <= high * PART_ASPECT_TOLERANCE:
         return None
     learned = f"{low:.2f}" if high == low else f"{low:.2f} to {high:.2f}"
     return (
